@@ -1,0 +1,150 @@
+// moe/ops/weights.hpp: non-owning views of weight matrices, in the layouts real checkpoints use.
+//
+// Every weight view describes a linear map from `in` features to `out` features, y = x . W.
+// The bytes are never copied or repacked: the views point straight into a memory-mapped file or
+// into a Buffer owned by the caller.
+//
+//   DenseWeight<float> / DenseWeight<bf16>
+//       Layout::kInOut : data is [in, out] row-major  (JAX / Haiku, Grok-1's files): W[i, o]
+//       Layout::kOutIn : data is [out, in] row-major  (PyTorch / HF nn.Linear)    : W[o, i]
+//   Int8Weight (Grok-1 "QuantizedWeight8bit")
+//       weight int8 [in, out] row-major, scales bf16 [blocks, out], blocks = 1 or 8 (any divisor
+//       of `in` is accepted). Row i uses scale row i / (in / blocks). Dequantization is exact:
+//       w = float(int8) * float(scale) in f32 (8-bit x 8-bit significands fit in 24 bits).
+//
+// Stacks of experts ([E, in, out] weights, [E, blocks, out] scales) are WeightStack<W>: one view
+// of expert 0 plus the expert count; expert e is a pointer offset.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include <moe/core/bf16.hpp>
+#include <moe/core/error.hpp>
+
+namespace moe {
+
+/// Memory layout of a dense weight matrix.
+enum class Layout : std::uint8_t {
+  kInOut,  ///< [in, out] row-major: JAX/Haiku (Grok-1 checkpoint files)
+  kOutIn,  ///< [out, in] row-major: PyTorch nn.Linear
+};
+
+inline constexpr std::string_view layout_name(Layout l) noexcept {
+  return l == Layout::kInOut ? "[in, out]" : "[out, in]";
+}
+
+/// Dense f32 or bf16 weight view.
+template <class T>
+struct DenseWeight {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "DenseWeight holds float or bf16");
+  using element_type = T;
+
+  const T* data = nullptr;
+  std::size_t in = 0;
+  std::size_t out = 0;
+  Layout layout = Layout::kInOut;
+
+  /// Element W[i, o] of the logical [in, out] matrix, as float (for reference code and tests).
+  [[nodiscard]] float at(std::size_t i, std::size_t o) const noexcept {
+    const T v = layout == Layout::kInOut ? data[i * out + o] : data[o * in + i];
+    if constexpr (std::is_same_v<T, float>) {
+      return v;
+    } else {
+      return v.to_float();
+    }
+  }
+  /// Bytes of weight data read by one full pass.
+  [[nodiscard]] std::size_t bytes() const noexcept { return in * out * sizeof(T); }
+};
+
+using F32Weight = DenseWeight<float>;
+using BF16Weight = DenseWeight<bf16>;
+
+/// Grok-1 int8 weight: int8 [in, out] with bf16 scales [blocks, out].
+struct Int8Weight {
+  const std::int8_t* data = nullptr;
+  const bf16* scales = nullptr;
+  std::size_t in = 0;
+  std::size_t out = 0;
+  std::size_t blocks = 1;  ///< rows of `scales`; row i uses scale row i / block_rows()
+
+  [[nodiscard]] std::size_t block_rows() const noexcept { return in / blocks; }
+  /// Exact dequantized W[i, o].
+  [[nodiscard]] float at(std::size_t i, std::size_t o) const noexcept {
+    return static_cast<float>(data[i * out + o]) * scales[(i / block_rows()) * out + o].to_float();
+  }
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return in * out + blocks * out * sizeof(bf16);
+  }
+};
+
+template <class W>
+struct is_weight : std::false_type {};
+template <class T>
+struct is_weight<DenseWeight<T>> : std::true_type {};
+template <>
+struct is_weight<Int8Weight> : std::true_type {};
+template <class W>
+inline constexpr bool is_weight_v = is_weight<W>::value;
+
+/// Human-readable weight type, e.g. "f32 [in, out]", "int8 [in, out] x bf16 scales [8, out]".
+template <class W>
+std::string weight_type_name(const W& w) {
+  if constexpr (std::is_same_v<W, Int8Weight>) {
+    return "int8 [in, out] x bf16 scales [" + std::to_string(w.blocks) + ", out]";
+  } else if constexpr (std::is_same_v<typename W::element_type, float>) {
+    return "f32 " + std::string(layout_name(w.layout));
+  } else {
+    return "bf16 " + std::string(layout_name(w.layout));
+  }
+}
+
+/// Throws ShapeError unless `w` is a well-formed [in, out] view (non-null, non-empty, blocks
+/// dividing `in`). `component` and `name` go into the message.
+template <class W>
+void validate_weight(const W& w, std::string_view component, std::string_view name) {
+  const std::string where = "[" + std::string(component) + "] weight '" + std::string(name) + "'";
+  if (w.data == nullptr) throw ShapeError(where + " has no data");
+  if (w.in == 0 || w.out == 0) {
+    throw ShapeError(where + " has empty shape " + shape_str({w.in, w.out}));
+  }
+  if constexpr (std::is_same_v<W, Int8Weight>) {
+    if (w.scales == nullptr) throw ShapeError(where + " has no scales");
+    if (w.blocks == 0 || w.in % w.blocks != 0) {
+      throw ShapeError(where + " has scales " + shape_str({w.blocks, w.out}) +
+                       " whose row count does not divide in = " + std::to_string(w.in));
+    }
+  }
+}
+
+/// Throws ShapeError unless w is [in, out].
+template <class W>
+void check_weight_shape(const W& w, std::string_view component, std::string_view name,
+                        std::size_t in, std::size_t out) {
+  validate_weight(w, component, name);
+  check_shape(component, name, {w.in, w.out}, {in, out});
+}
+
+/// E experts stored back to back: weights [E, in, out] (or [E, out, in]), scales [E, blocks, out].
+template <class W>
+struct WeightStack {
+  W first{};               ///< expert 0
+  std::size_t count = 0;   ///< number of experts E
+
+  /// View of expert e (pointer arithmetic only).
+  [[nodiscard]] W operator[](std::size_t e) const noexcept {
+    W w = first;
+    w.data += e * first.in * first.out;
+    if constexpr (std::is_same_v<W, Int8Weight>) w.scales += e * first.blocks * first.out;
+    return w;
+  }
+  [[nodiscard]] std::size_t in() const noexcept { return first.in; }
+  [[nodiscard]] std::size_t out() const noexcept { return first.out; }
+};
+
+}  // namespace moe

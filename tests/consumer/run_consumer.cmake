@@ -1,0 +1,30 @@
+# cmake -P script: configure, build and run the consumer project in one of three modes.
+file(REMOVE_RECURSE "${BIN}")
+execute_process(
+  COMMAND ${CMAKE_COMMAND} -S "${SRC}" -B "${BIN}" -G "${GEN}" ${COMMON} -DMOE_CONSUME=${KIND}
+          -DMOE_SOURCE=${MOE_SOURCE} -DCMAKE_PREFIX_PATH=${MOE_PREFIX}
+  RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "configuring the ${KIND} consumer failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build "${BIN}" RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "building the ${KIND} consumer failed (${rc})")
+endif()
+execute_process(COMMAND "${BIN}/consumer" RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+message(STATUS "${out}")
+if(rc)
+  message(FATAL_ERROR "running the ${KIND} consumer failed (${rc})")
+endif()
+if(KIND STREQUAL "find_package")
+  # pkg-config sees the installed moe.pc
+  find_program(PKGCONF pkg-config)
+  if(PKGCONF)
+    set(ENV{PKG_CONFIG_PATH} "${MOE_PREFIX}/share/pkgconfig")
+    execute_process(COMMAND ${PKGCONF} --cflags moe RESULT_VARIABLE rc OUTPUT_VARIABLE cflags)
+    string(REGEX MATCH "-I([^ \n]+)" _m "${cflags}")
+    if(rc OR NOT EXISTS "${CMAKE_MATCH_1}/moe/moe.hpp")
+      message(FATAL_ERROR "pkg-config --cflags moe gave '${cflags}' (${rc}): no moe/moe.hpp there")
+    endif()
+  endif()
+endif()
