@@ -9,10 +9,12 @@
 #include <moe/core/error.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
+#include <moe/models/grok1_config.hpp>
 #include <moe/ops/activation.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/norm.hpp>
 #include <moe/ops/rope.hpp>
 #include <moe/ops/softmax.hpp>
 #include <moe/ops/topk.hpp>
+#include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
