@@ -12,7 +12,17 @@
 // one TU is caught as moe::Error in another).
 #pragma once
 
+// GCC 12 raises bogus -Wuninitialized / -Wmaybe-uninitialized warnings inside xsimd's AVX-512
+// kernels when they are not inlined (sanitizer and -O0 builds; GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <cstdio>
 #include <cstdlib>
