@@ -1,0 +1,187 @@
+// moe/layers/expert.hpp: gated feed-forward networks, dense (GatedFfn) and stacked (Expert).
+//
+//   FFN(x) = down( act(x . W_gate) * (x . W_up) ),   act in {GELU-tanh, GELU-erf, SiLU}
+//
+// Grok-1 names: W_gate = `linear` [D, F], W_up = `linear_v` [D, F], W_down = `linear_1` [F, D],
+// GELU-tanh. Mixtral/HF: w1 = gate, w3 = up, w2 = down (stored [out, in]: Layout::kOutIn), SiLU.
+// Weights are views of any weight type (F32Weight / BF16Weight in either layout, Int8Weight);
+// they are never copied. The activation is a template parameter.
+//
+// GatedFfn<W, A> is one FFN with the FFN-layer interface of moe_types.hpp (dim, workspace_bytes,
+// forward), so a TransformerBlock can hold it in place of an MoE layer; it is also the type of a
+// shared expert. Expert<W, A> is E FFNs stored stacked ([E, D, F], [E, D, F], [E, F, D]), exactly
+// as in the checkpoint files; MoELayer runs expert e over a contiguous block of gathered rows.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include <moe/config.hpp>
+#include <moe/core/arena.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/tensor.hpp>
+#include <moe/core/thread_pool.hpp>
+#include <moe/layers/moe_types.hpp>
+#include <moe/ops/activation.hpp>
+#include <moe/ops/matmul.hpp>
+#include <moe/ops/weights.hpp>
+
+namespace moe {
+
+/// Rows an FFN processes per pass: its scratch holds two [rows, F] f32 blocks. Larger batches
+/// are processed in blocks of this many rows (at 256 rows the expert GEMMs are compute-bound,
+/// so re-reading the weights per block costs little).
+inline constexpr std::size_t kFfnBlockRows = 256;
+
+}  // namespace moe
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+namespace moe_impl {
+
+/// g[i] = act(g[i]) * u[i] over n contiguous elements, split into fixed blocks on the pool.
+template <Activation A>
+void gated_activation_parallel(ThreadPool& pool, float* g, const float* u, std::size_t n) {
+  constexpr std::size_t kBlock = 16384;
+  const std::size_t blocks = (n + kBlock - 1) / kBlock;
+  pool.parallel_for(blocks, [&](std::size_t b, std::size_t) {
+    const std::size_t i0 = b * kBlock, len = std::min(kBlock, n - i0);
+    gated_activation(A, g + i0, u + i0, g + i0, len);
+  });
+}
+
+/// y[n, D] = down(act(x . gate) * (x . up)) for n <= kFfnBlockRows rows, scratch g, u [n, F].
+template <Activation A, class W>
+void gated_ffn_rows(ThreadPool& pool, const W& gate, const W& up, const W& down,
+                    MatrixView<const float> x, MatrixView<float> y, float* g, float* u) {
+  const std::size_t n = x.rows, f = gate.out;
+  MOE_ASSERT(n <= kFfnBlockRows && y.rows == n);
+  matmul(pool, x, gate, MatrixView<float>(g, n, f));
+  matmul(pool, x, up, MatrixView<float>(u, n, f));
+  gated_activation_parallel<A>(pool, g, u, n * f);
+  matmul(pool, MatrixView<const float>(g, n, f), down, y);
+}
+
+}  // namespace moe_impl
+
+/// One gated FFN: gate [D, F], up [D, F], down [F, D] (logical [in, out] shapes).
+template <class W, Activation A = Activation::kSilu>
+class GatedFfn {
+ public:
+  using weight_type = W;
+  using Result = FfnResult;
+  static constexpr Activation activation = A;
+
+  GatedFfn(const W& gate, const W& up, const W& down) : gate_(gate), up_(up), down_(down) {
+    static_assert(is_weight_v<W>, "GatedFfn: W must be a weight view type (ops/weights.hpp)");
+    validate_weight(gate_, "ffn", "gate");
+    check_weight_shape(up_, "ffn", "up", gate_.in, gate_.out);
+    check_weight_shape(down_, "ffn", "down", gate_.out, gate_.in);
+  }
+
+  [[nodiscard]] std::size_t dim() const noexcept { return gate_.in; }
+  [[nodiscard]] std::size_t hidden() const noexcept { return gate_.out; }
+  [[nodiscard]] const W& gate() const noexcept { return gate_; }
+  [[nodiscard]] const W& up() const noexcept { return up_; }
+  [[nodiscard]] const W& down() const noexcept { return down_; }
+  /// Weight bytes one forward pass reads.
+  [[nodiscard]] std::size_t weight_bytes() const noexcept {
+    return gate_.bytes() + up_.bytes() + down_.bytes();
+  }
+
+  [[nodiscard]] std::size_t workspace_bytes(std::size_t max_tokens) const noexcept {
+    const std::size_t rows = std::min(max_tokens, kFfnBlockRows);
+    return 2 * Arena::bytes_for<float>(rows * hidden());
+  }
+
+  /// y[T, D] = FFN(x[T, D]). x and y must not alias. token_mask is ignored (every row computed).
+  FfnResult forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, Arena& arena,
+                    const ForwardOptions& /*opts*/ = {}) const {
+    check_io(x, y);
+    const std::size_t t_count = x.rows;
+    if (t_count == 0) return {};
+    Arena::Scope scope(arena);
+    const std::size_t rows = std::min(t_count, kFfnBlockRows);
+    float* g = arena.alloc<float>(rows * hidden());
+    float* u = arena.alloc<float>(rows * hidden());
+    for (std::size_t r0 = 0; r0 < t_count; r0 += kFfnBlockRows) {
+      const std::size_t n = std::min(kFfnBlockRows, t_count - r0);
+      moe_impl::gated_ffn_rows<A>(pool, gate_, up_, down_, x.rows_slice(r0, n), y.rows_slice(r0, n),
+                                  g, u);
+    }
+    return {};
+  }
+
+ private:
+  void check_io(MatrixView<const float> x, MatrixView<float> y) const {
+    if (x.cols != dim() || y.cols != dim() || x.rows != y.rows) {
+      throw ShapeError("[ffn] input " + shape_str({x.rows, x.cols}) + " / output " +
+                       shape_str({y.rows, y.cols}) + " do not match [T, " + std::to_string(dim()) +
+                       "]");
+    }
+  }
+
+  W gate_, up_, down_;
+};
+
+/// E gated FFNs stored stacked: gate [E, D, F], up [E, D, F], down [E, F, D].
+template <class W, Activation A = Activation::kSilu>
+class Expert {
+ public:
+  using weight_type = W;
+  static constexpr Activation activation = A;
+
+  Expert(const WeightStack<W>& gate, const WeightStack<W>& up, const WeightStack<W>& down)
+      : gate_(gate), up_(up), down_(down) {
+    static_assert(is_weight_v<W>, "Expert: W must be a weight view type (ops/weights.hpp)");
+    validate_weight(gate_.first, "expert", "gate");
+    if (gate_.count == 0) throw ShapeError("[expert] tensor 'gate' has no experts (count 0)");
+    check_stack(up_, "up", gate_.count, gate_.in(), gate_.out());
+    check_stack(down_, "down", gate_.count, gate_.out(), gate_.in());
+  }
+
+  [[nodiscard]] std::size_t num_experts() const noexcept { return gate_.count; }
+  [[nodiscard]] std::size_t dim() const noexcept { return gate_.in(); }
+  [[nodiscard]] std::size_t hidden() const noexcept { return gate_.out(); }
+  [[nodiscard]] const WeightStack<W>& gate() const noexcept { return gate_; }
+  [[nodiscard]] const WeightStack<W>& up() const noexcept { return up_; }
+  [[nodiscard]] const WeightStack<W>& down() const noexcept { return down_; }
+  /// Weight bytes of one expert (gate + up + down, scales included).
+  [[nodiscard]] std::size_t bytes_per_expert() const noexcept {
+    return gate_.first.bytes() + up_.first.bytes() + down_.first.bytes();
+  }
+  /// Expert e as a standalone FFN (views only).
+  [[nodiscard]] GatedFfn<W, A> operator[](std::size_t e) const {
+    return GatedFfn<W, A>(gate_[e], up_[e], down_[e]);
+  }
+
+  /// Scratch floats compute() needs per call: g and u, each rows * F.
+  [[nodiscard]] std::size_t scratch_floats(std::size_t rows) const noexcept {
+    return rows * hidden();
+  }
+
+  /// y[n, D] = FFN_e(x[n, D]) for n <= kFfnBlockRows rows; g, u are [n, F] scratch each.
+  void compute(ThreadPool& pool, std::size_t e, MatrixView<const float> x, MatrixView<float> y,
+               float* g, float* u) const {
+    MOE_ASSERT(e < num_experts());
+    moe_impl::gated_ffn_rows<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u);
+  }
+
+ private:
+  /// Throws ShapeError unless a weight stack is [count, in, out] (logical) and well formed.
+  static void check_stack(const WeightStack<W>& s, std::string_view name, std::size_t count,
+                          std::size_t in, std::size_t out) {
+    validate_weight(s.first, "expert", name);
+    if (s.count != count || s.first.in != in || s.first.out != out) {
+      throw ShapeError("[expert] tensor '" + std::string(name) + "' has shape " +
+                       shape_str({s.count, s.first.in, s.first.out}) + ", expected " +
+                       shape_str({count, in, out}) + " ([experts, in, out])");
+    }
+  }
+
+  WeightStack<W> gate_, up_, down_;
+};
+
+MOE_SIMD_NAMESPACE_END

@@ -1,0 +1,81 @@
+// moe/layers/moe_types.hpp: plain data exchanged with an FFN layer's forward().
+//
+// Every feed-forward layer a TransformerBlock can hold (MoELayer, a dense gated FFN) offers
+//
+//   std::size_t dim() const;                                   // D (input = output width)
+//   std::size_t workspace_bytes(std::size_t max_tokens) const; // Arena bytes forward() needs
+//   Result forward(ThreadPool& pool, MatrixView<const float> x /*[T, D]*/,
+//                  MatrixView<float> y /*[T, D]*/, Arena& arena,
+//                  const ForwardOptions& opts = {}) const;     // y = layer(x); x, y never alias
+//
+// For MoELayer, Result is MoEResult: the layer's own losses (never hidden in global state) and
+// its routing statistics, computed over the real (unmasked) tokens of this call only.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace moe {
+
+/// Per-call options of an FFN layer's forward().
+struct ForwardOptions {
+  /// Training mode: enables the router noise policy and selects the training capacity factor.
+  bool training = false;
+  /// [T] mask, 1 = real token, 0 = padding (nullptr = all real). In an MoE layer, padding tokens
+  /// are not dispatched to any expert, take no capacity, are excluded from the losses and the
+  /// statistics, and their output row is 0. A dense FFN ignores the mask.
+  const std::uint8_t* token_mask = nullptr;
+  /// Counter for the noise RNG: noise is a pure function of (layer seed, step, token, expert),
+  /// so a run is reproducible and independent of the thread count.
+  std::uint64_t step = 0;
+};
+
+/// Auxiliary losses of one MoE layer for one forward call. Divided by the number of real tokens.
+struct MoELosses {
+  /// raw Switch load-balancing loss, E * sum_i f_i P_i (normalised as the policy says)
+  float load_balance = 0.0f;
+  float z_loss = 0.0f;                 ///< raw router z-loss, mean over real tokens of lse(z)^2
+  float load_balance_weighted = 0.0f;  ///< load_balance * the balance policy's coefficient
+  float z_loss_weighted = 0.0f;        ///< z_loss * the z-loss policy's coefficient
+
+  /// What to add to the training loss for this layer.
+  [[nodiscard]] float total() const noexcept { return load_balance_weighted + z_loss_weighted; }
+
+  /// Sums another layer's losses into this one (e.g. over the layers of a decoder).
+  MoELosses& operator+=(const MoELosses& o) noexcept {
+    load_balance += o.load_balance;
+    z_loss += o.z_loss;
+    load_balance_weighted += o.load_balance_weighted;
+    z_loss_weighted += o.z_loss_weighted;
+    return *this;
+  }
+};
+
+/// Routing statistics of one MoE layer for one forward call (real tokens only).
+struct MoEStats {
+  /// Largest expert count a layer supports (stats are a fixed-size array: no allocation).
+  static constexpr std::size_t kMaxExperts = 512;
+
+  std::size_t num_experts = 0;  ///< E (entries of tokens_per_expert that are meaningful)
+  std::size_t tokens = 0;       ///< real (unmasked) tokens routed
+  std::size_t assignments = 0;  ///< (token, expert) pairs selected by the router = k * tokens
+  std::size_t dropped = 0;      ///< pairs dropped by the capacity policy
+  std::size_t capacity = 0;     ///< per-expert capacity C of this call (0 for a dropless layer)
+  /// (token, expert) pairs each expert actually computed (after capacity), real tokens only.
+  std::array<std::uint32_t, kMaxExperts> tokens_per_expert{};
+  float dropped_fraction = 0.0f;  ///< dropped / assignments (0 when no tokens)
+  float router_entropy = 0.0f;    ///< mean over tokens of -sum_i p_i log p_i (nats)
+  float mean_top1_prob = 0.0f;    ///< mean over tokens of max_i p_i ("router confidence")
+};
+
+/// What a dense gated FFN's forward returns (nothing: it has no losses or routing).
+struct FfnResult {};
+
+/// What MoELayer::forward returns.
+struct MoEResult {
+  MoELosses losses;
+  MoEStats stats;
+};
+
+}  // namespace moe
