@@ -308,16 +308,16 @@ void check_errors_on_ids(const moe::Tokenizer& tok) {
   const std::int32_t n = tok.vocab_size();
   const std::string vocab = std::to_string(n);
   const std::vector<std::int32_t> bad = {tok.bos_id(), 5, n};
-  CHECK_THROWS_AS(tok.decode(bad), moe::TokenIdError);
+  CHECK_THROWS_AS(tok.decode(bad), moe::TokenError);
   CHECK_THROWS_WITH(tok.decode(bad),
                     Catch::Contains("token id " + vocab) && Catch::Contains("at position 2") &&
                         Catch::Contains("[0, " + vocab + ")") && Catch::StartsWith("[tokenizer]"));
   const std::vector<std::int32_t> negative = {-1};
   CHECK_THROWS_WITH(tok.decode(negative), Catch::Contains("token id -1 at position 0"));
-  CHECK_THROWS_AS(tok.id_to_piece(n), moe::TokenIdError);
-  CHECK_THROWS_AS(tok.id_to_piece(-5), moe::TokenIdError);
-  CHECK_THROWS_AS(tok.is_byte(n + 100), moe::TokenIdError);
-  CHECK_THROWS_AS(tok.check_ids(bad), moe::TokenIdError);
+  CHECK_THROWS_AS(tok.id_to_piece(n), moe::TokenError);
+  CHECK_THROWS_AS(tok.id_to_piece(-5), moe::TokenError);
+  CHECK_THROWS_AS(tok.is_byte(n + 100), moe::TokenError);
+  CHECK_THROWS_AS(tok.check_ids(bad), moe::TokenError);
   CHECK_THROWS_AS(tok.decode(bad), moe::Error);  // part of the moe::Error family
   CHECK_NOTHROW(tok.check_ids(tok.encode(kDemoPrompt)));
 
@@ -326,8 +326,8 @@ void check_errors_on_ids(const moe::Tokenizer& tok) {
   moe::DecodeStream stream = tok.decode_stream();
   std::string out;
   for (std::size_t i = 0; i + 1 < emoji.size(); ++i) out += stream.push(emoji[i]);
-  CHECK_THROWS_AS(stream.push(n), moe::TokenIdError);
-  CHECK_THROWS_AS(stream.push(std::numeric_limits<std::int32_t>::min()), moe::TokenIdError);
+  CHECK_THROWS_AS(stream.push(n), moe::TokenError);
+  CHECK_THROWS_AS(stream.push(std::numeric_limits<std::int32_t>::min()), moe::TokenError);
   out += stream.push(emoji.back());
   out += stream.finish();
   CHECK(out == tok.decode(emoji));
@@ -503,7 +503,7 @@ TEST_CASE("demo tokenizer: stream prints words at once and holds back partial ch
   check_stream_behaviour(demo_tokenizer());
 }
 
-TEST_CASE("demo tokenizer: bad ids throw TokenIdError naming the id and vocab size",
+TEST_CASE("demo tokenizer: bad ids throw TokenError naming the id and vocab size",
           "[text][demo][errors]") {
   check_errors_on_ids(demo_tokenizer());
 }

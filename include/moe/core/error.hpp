@@ -52,6 +52,12 @@ class CapacityError : public Error {
   using Error::Error;
 };
 
+/// A token id outside a vocabulary [0, vocab_size) (prompt ids, ids to decode).
+class TokenError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// Formats a shape as "[a, b, c]".
 inline std::string shape_str(std::span<const std::size_t> shape) {
   std::string s = "[";

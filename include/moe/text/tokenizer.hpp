@@ -5,7 +5,7 @@
 //
 //   moe::Tokenizer tok("tokenizer.model");          // IoError / FormatError naming the path
 //   std::vector<std::int32_t> ids = tok.encode("The answer to life");  // no BOS, no EOS
-//   std::string text = tok.decode(ids);             // TokenIdError on an id outside the vocab
+//   std::string text = tok.decode(ids);             // TokenError on an id outside the vocab
 //
 //   moe::DecodeStream out = tok.decode_stream();    // streaming generated tokens to stdout
 //   for (std::int32_t id : generated) std::cout << out.push(id) << std::flush;
@@ -56,12 +56,6 @@ namespace moe {
 static_assert(std::is_same_v<int, std::int32_t>,
               "SentencePiece uses int token ids; moe assumes int is int32_t");
 
-/// A token id outside [0, vocab_size) was given to decode(), id_to_piece() or a DecodeStream.
-class TokenIdError : public Error {
- public:
-  using Error::Error;
-};
-
 class DecodeStream;
 
 /// A loaded SentencePiece model (BPE or unigram; Grok-1's tokenizer.model, the demo tokenizer).
@@ -102,7 +96,7 @@ class Tokenizer {
 
   /// The text of a whole id sequence, exactly as SentencePiece decodes it: control ids (PAD,
   /// BOS, EOS) are invisible, runs of byte pieces are joined into UTF-8 (invalid bytes give
-  /// U+FFFD), the leading "▁" of the first piece is dropped. Throws TokenIdError, naming the id,
+  /// U+FFFD), the leading "▁" of the first piece is dropped. Throws TokenError, naming the id,
   /// its position and the vocabulary size, for an id outside [0, vocab_size()).
   [[nodiscard]] std::string decode(std::span<const std::int32_t> ids) const {
     check_ids(ids);
@@ -112,7 +106,7 @@ class Tokenizer {
   /// A stream decoder for generated tokens (see DecodeStream). It shares this model.
   [[nodiscard]] DecodeStream decode_stream() const;
 
-  /// Throws TokenIdError unless every id is in [0, vocab_size()).
+  /// Throws TokenError unless every id is in [0, vocab_size()).
   void check_ids(std::span<const std::int32_t> ids) const {
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] >= impl_->vocab_size) throw_bad_id(ids[i], i);
@@ -129,7 +123,7 @@ class Tokenizer {
   [[nodiscard]] std::int32_t unk_id() const noexcept { return impl_->unk; }
 
   /// The raw piece of an id ("▁The", "<0x0A>", "[EOS]"); "▁" is SentencePiece's space symbol.
-  /// Throws TokenIdError for an id outside the vocabulary.
+  /// Throws TokenError for an id outside the vocabulary.
   [[nodiscard]] const std::string& id_to_piece(std::int32_t id) const {
     check_id(id);
     return impl_->sp.IdToPiece(id);
@@ -140,7 +134,7 @@ class Tokenizer {
     return impl_->sp.PieceToId(piece);
   }
 
-  /// Piece types. Each throws TokenIdError for an id outside the vocabulary.
+  /// Piece types. Each throws TokenError for an id outside the vocabulary.
   [[nodiscard]] bool is_control(std::int32_t id) const {
     check_id(id);
     return impl_->sp.IsControl(id);
@@ -262,7 +256,7 @@ class Tokenizer {
     if (position != std::size_t(-1)) msg += " at position " + std::to_string(position);
     msg += " is outside the vocabulary [0, " + std::to_string(impl_->vocab_size) + ") of '" +
            impl_->path + "'";
-    throw TokenIdError(msg);
+    throw TokenError(msg);
   }
 
   // Ids already checked. SentencePiece itself does not range-check ids (it indexes its piece
@@ -300,7 +294,7 @@ class DecodeStream {
   explicit DecodeStream(const Tokenizer& tokenizer) : tok_(tokenizer) {}
 
   /// Appends one id; returns the text that became final (often one word, possibly empty).
-  /// Throws TokenIdError for an id outside the vocabulary (the stream is then unchanged).
+  /// Throws TokenError for an id outside the vocabulary (the stream is then unchanged).
   std::string push(std::int32_t id) {
     tok_.check_id(id);
     const auto& impl = *tok_.impl_;

@@ -1,0 +1,212 @@
+// moe/layers/transformer_block.hpp: TransformerBlock<Attention, Ffn>, one decoder layer.
+//
+// The residual stream h [T, D] is updated in place. Norm placement is configuration:
+//
+//   NormPlacement::kPre       h += Attn(N0(h));          h += Ffn(N2(h))          (Llama, Mixtral)
+//   NormPlacement::kSandwich  h += N1(Attn(N0(h)));      h += N3(Ffn(N2(h)))      (Grok-1)
+//
+// Every norm is RMSNorm y = s * x / sqrt(mean(x^2) + eps) with the scale applied as stored (no
+// "1 + s"). N0/N2 are the pre-norms, N1/N3 the post-norms (read only for kSandwich).
+//
+// Attention is any type with RotaryAttention's forward(pool, x, y, cache, layer, arena); Ffn any
+// type with the FFN interface of moe/layers/moe_types.hpp (MoELayer, a dense gated FFN, ...).
+// The block's forward returns what the Ffn's forward returns (MoEResult for an MoE layer).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <moe/config.hpp>
+#include <moe/core/arena.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/tensor.hpp>
+#include <moe/core/thread_pool.hpp>
+#include <moe/layers/kv_cache.hpp>
+#include <moe/layers/moe_types.hpp>
+#include <moe/ops/norm.hpp>
+#include <moe/ops/vector.hpp>
+
+namespace moe {
+
+/// Where a block normalises (see the file comment).
+enum class NormPlacement : std::uint8_t {
+  kPre,       ///< pre-norm only: h += f(N(h))
+  kSandwich,  ///< Grok-1: h += N_post(f(N_pre(h))), for attention and FFN
+};
+inline constexpr std::string_view norm_placement_name(NormPlacement p) noexcept {
+  return p == NormPlacement::kPre ? "pre" : "sandwich";
+}
+
+/// The RMSNorm scales of one block (views, [D] each). post_* are only read for kSandwich.
+struct BlockNorms {
+  std::span<const float> pre_attn;   ///< N0 (Grok-1: rms_norm)
+  std::span<const float> post_attn;  ///< N1 (Grok-1: rms_norm_1)
+  std::span<const float> pre_ffn;    ///< N2 (Grok-1: rms_norm_2)
+  std::span<const float> post_ffn;   ///< N3 (Grok-1: rms_norm_3)
+};
+
+struct BlockConfig {
+  NormPlacement norm = NormPlacement::kPre;
+  double rms_eps = 1e-5;
+};
+
+/// Wall time per component accumulated over forward calls (seconds). Opt-in: a Decoder fills it
+/// when DecoderOptions::profile points at one. "ffn" is the whole MoE layer (router + experts).
+struct DecoderProfile {
+  double embedding = 0;
+  double norms = 0;      ///< every RMSNorm and residual add of the blocks, plus the final norm
+  double attention = 0;  ///< projections, RoPE, cache append, attention core, output projection
+  double ffn = 0;        ///< the FFN / MoE layer (router and experts)
+  double head = 0;       ///< LM head (and output multiplier)
+  std::size_t calls = 0;
+  std::size_t tokens = 0;
+
+  [[nodiscard]] double total() const noexcept { return embedding + norms + attention + ffn + head; }
+  void reset() noexcept { *this = DecoderProfile{}; }
+};
+
+/// The FFN interface a TransformerBlock calls (see moe/layers/moe_types.hpp).
+template <class F>
+concept FeedForwardLayer = requires(const F& f, ThreadPool& pool, MatrixView<const float> x,
+                                    MatrixView<float> y, Arena& arena) {
+  { f.dim() } -> std::convertible_to<std::size_t>;
+  { f.workspace_bytes(std::size_t{}) } -> std::convertible_to<std::size_t>;
+  f.forward(pool, x, y, arena, ForwardOptions{});
+};
+
+}  // namespace moe
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+namespace layer_detail {
+/// Seconds since `t0`, and resets t0 to now (for the opt-in profile).
+inline double lap(std::chrono::steady_clock::time_point& t0) noexcept {
+  const auto t1 = std::chrono::steady_clock::now();
+  const double s = std::chrono::duration<double>(t1 - t0).count();
+  t0 = t1;
+  return s;
+}
+
+/// y = RMSNorm(x) row by row (x and y may alias), rows split over the pool in fixed chunks.
+inline void rms_norm_rows_parallel(ThreadPool& pool, MatrixView<const float> x, const float* scale,
+                                   MatrixView<float> y, float eps) {
+  constexpr std::size_t kRows = 8;
+  const std::size_t n = (x.rows + kRows - 1) / kRows;
+  if (n <= 1) {
+    rms_norm_rows(x, scale, y, eps);
+    return;
+  }
+  pool.parallel_for(n, [&](std::size_t c, std::size_t) {
+    const std::size_t r0 = c * kRows, r1 = std::min(x.rows, r0 + kRows);
+    for (std::size_t r = r0; r < r1; ++r) rms_norm(x.row(r), scale, y.row(r), x.cols, eps);
+  });
+}
+
+/// h += (post ? RMSNorm(u, post) : u), row by row.
+inline void residual_add(MatrixView<float> h, MatrixView<float> u, const float* post, float eps) {
+  for (std::size_t r = 0; r < h.rows; ++r) {
+    if (post) rms_norm(u.row(r), post, u.row(r), u.cols, eps);
+    add(h.row(r), u.row(r), h.row(r), h.cols);
+  }
+}
+}  // namespace layer_detail
+
+template <class Attention, class Ffn>
+requires FeedForwardLayer<Ffn>
+class TransformerBlock {
+ public:
+  using attention_type = Attention;
+  using ffn_type = Ffn;
+  using ffn_result_type = decltype(std::declval<const Ffn&>().forward(
+      std::declval<ThreadPool&>(), std::declval<MatrixView<const float>>(),
+      std::declval<MatrixView<float>>(), std::declval<Arena&>(), ForwardOptions{}));
+
+  TransformerBlock(Attention attention, Ffn ffn, const BlockNorms& norms,
+                   const BlockConfig& config = {})
+      : attn_(std::move(attention)), ffn_(std::move(ffn)), norms_(norms), cfg_(config) {
+    const std::size_t d = attn_.dim();
+    check_config(
+        ffn_.dim() == d, "block",
+        "attention width " + std::to_string(d) + " != FFN width " + std::to_string(ffn_.dim()));
+    check_config(cfg_.rms_eps > 0, "block", "rms_eps must be > 0");
+    check_norm(norms_.pre_attn, "pre_attn", d);
+    check_norm(norms_.pre_ffn, "pre_ffn", d);
+    if (cfg_.norm == NormPlacement::kSandwich) {
+      check_norm(norms_.post_attn, "post_attn", d);
+      check_norm(norms_.post_ffn, "post_ffn", d);
+    }
+    eps_ = static_cast<float>(cfg_.rms_eps);
+  }
+
+  [[nodiscard]] std::size_t dim() const noexcept { return attn_.dim(); }
+  [[nodiscard]] const Attention& attention() const noexcept { return attn_; }
+  [[nodiscard]] const Ffn& ffn() const noexcept { return ffn_; }
+  [[nodiscard]] const BlockNorms& norms() const noexcept { return norms_; }
+  [[nodiscard]] const BlockConfig& config() const noexcept { return cfg_; }
+
+  /// Arena bytes forward() needs for up to max_tokens rows.
+  [[nodiscard]] std::size_t workspace_bytes(std::size_t max_tokens) const {
+    return 2 * Arena::bytes_for<float>(max_tokens * dim()) +
+           std::max<std::size_t>(attn_.workspace_bytes(max_tokens),
+                                 ffn_.workspace_bytes(max_tokens));
+  }
+
+  /// Updates the residual stream h [T, D] in place; layer `layer` of `cache` gets T positions.
+  ffn_result_type forward(ThreadPool& pool, MatrixView<float> h, KvCache& cache, std::size_t layer,
+                          Arena& arena, DecoderProfile* profile = nullptr,
+                          const ForwardOptions& ffn_options = {}) const {
+    const std::size_t T = h.rows, d = dim();
+    MOE_ASSERT(h.cols == d);
+    Arena::Scope scope(arena);
+    MatrixView<float> a(arena.alloc<float>(T * d), T, d);  // normed input of a sub-block
+    MatrixView<float> u(arena.alloc<float>(T * d), T, d);  // output of a sub-block
+    const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
+    auto t0 = std::chrono::steady_clock::now();
+    auto charge = [&](double DecoderProfile::*field) {
+      if (profile) profile->*field += layer_detail::lap(t0);
+    };
+
+    layer_detail::rms_norm_rows_parallel(pool, h, norms_.pre_attn.data(), a, eps_);
+    charge(&DecoderProfile::norms);
+    attn_.forward(pool, a, u, cache, layer, arena);
+    charge(&DecoderProfile::attention);
+    layer_detail::residual_add(h, u, sandwich ? norms_.post_attn.data() : nullptr, eps_);
+    layer_detail::rms_norm_rows_parallel(pool, h, norms_.pre_ffn.data(), a, eps_);
+    charge(&DecoderProfile::norms);
+    if constexpr (std::is_void_v<ffn_result_type>) {
+      ffn_.forward(pool, a, u, arena, ffn_options);
+      charge(&DecoderProfile::ffn);
+      layer_detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
+      charge(&DecoderProfile::norms);
+    } else {
+      ffn_result_type result = ffn_.forward(pool, a, u, arena, ffn_options);
+      charge(&DecoderProfile::ffn);
+      layer_detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
+      charge(&DecoderProfile::norms);
+      return result;
+    }
+  }
+
+ private:
+  static void check_norm(std::span<const float> s, const char* name, std::size_t d) {
+    if (s.data() == nullptr) {
+      throw ShapeError(std::string("[block] norm scale '") + name + "' is missing");
+    }
+    check_shape("block", name, {s.size()}, {d});
+  }
+
+  Attention attn_;
+  Ffn ffn_;
+  BlockNorms norms_;
+  BlockConfig cfg_;
+  float eps_ = 1e-5f;
+};
+
+MOE_SIMD_NAMESPACE_END

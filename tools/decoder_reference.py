@@ -1,0 +1,349 @@
+#!/usr/bin/python3
+"""Float64 reference of a Grok-1-style MoE decoder, and the fixtures of tests/model/.
+
+Written from the specification (/work/shared/specs/grok1.md §1.3-1.6), independently of the
+C++ code. For each fixture it draws random weights with a seeded numpy generator (stored in the
+weight formats the C++ side reads: int8 + bf16 scales, bf16, f32), runs the whole forward pass
+over a token sequence in float64 without a KV cache (one causal pass), and writes
+
+    tests/data/model/<name>.bin       every tensor, 64-byte aligned, little-endian
+    tests/data/model/<name>.txt       manifest: config values, then one line per tensor
+                                      "tensor <name> <dtype> <offset> <dim0> <dim1> ..."
+
+dtypes: f32, f64, i32, i8, bf16 (raw uint16 bits). Outputs: `tokens` [T] i32, `hidden.<l>`
+[T, D] f64 (the residual stream after decoder layer l), `logits` [T, V] f64.
+
+Fixtures:
+  grok1_tiny     Grok-1 exactly (grok1::Config::tiny() shapes): sandwich norms, GQA 4/2,
+                 half-split RoPE base 10000, logits * multiplier then 30 tanh(x / 30) (one layer
+                 has large q/k weights so that the cap is engaged), softmax router over 8
+                 experts, top-2 NOT renormalised, GELU-tanh experts, embedding and output
+                 multipliers, tied head. Weights int8 [in, out] with bf16 scales (wo and the
+                 expert down projection with 8 scale blocks), router/norms/embedding f32.
+  mixtral_tiny   The same components configured Mixtral-style: pre-norm only, no soft-cap, no
+                 multipliers, logits / sqrt(head_dim), interleaved RoPE base 1e6, SiLU experts,
+                 top-2 renormalised, untied head. Weights bf16 in the PyTorch [out, in] layout,
+                 router f32 [E, D] ([out, in]).
+
+Run:  /usr/bin/python3 tools/decoder_reference.py            (rewrites the fixtures)
+      /usr/bin/python3 tools/decoder_reference.py --check    (recomputes, compares, no writes)
+"""
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join(ROOT, "tests", "data", "model")
+
+# ---- numeric helpers --------------------------------------------------------------------------
+
+
+def bf16_bits(x):
+    """float -> bf16 bits, round to nearest even (finite inputs)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16)
+
+
+def bf16_value(bits):
+    """bf16 bits -> float64 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def rms_norm(x, scale, eps):
+    """scale * x / sqrt(mean(x^2) + eps) over the last axis (plain scale, no 1 + s)."""
+    return scale * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis=-1):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def rope(x, positions, base, layout):
+    """x [T, H, dh] rotated by position; pairs (j, j + dh/2) or (2j, 2j + 1)."""
+    t_count, _, dh = x.shape
+    half = dh // 2
+    inv_freq = base ** (-2.0 * np.arange(half) / dh)  # [half]
+    theta = positions[:, None].astype(np.float64) * inv_freq[None, :]  # [T, half]
+    c = np.cos(theta)[:, None, :]
+    s = np.sin(theta)[:, None, :]
+    if layout == "half_split":
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    y = np.empty_like(x)
+    y[..., 0::2] = a * c - b * s
+    y[..., 1::2] = b * c + a * s
+    return y
+
+
+# ---- weight formats ---------------------------------------------------------------------------
+
+
+class Tensor:
+    """A tensor as stored in the fixture (`data`, numpy) and its float64 value (`value`)."""
+
+    def __init__(self, dtype, data, value):
+        self.dtype, self.data, self.value = dtype, data, value
+
+
+def make_int8(rng, in_dim, out_dim, blocks, std):
+    """Grok-1 QuantizedWeight8bit [in, out]: int8 weights, bf16 scales [blocks, out].
+    Returns (weight tensor, scales tensor, dequantized float64 [in, out])."""
+    q = rng.integers(-127, 128, size=(in_dim, out_dim), dtype=np.int8)
+    # int8 uniform in [-127, 127] has std ~73.6; scales ~ std / 73.6, varying per column/block.
+    raw = rng.uniform(0.5, 1.5, size=(blocks, out_dim)) * std / 73.6
+    sbits = bf16_bits(raw)
+    svals = bf16_value(sbits)
+    rows = in_dim // blocks
+    w = q.astype(np.float64) * np.repeat(svals, rows, axis=0)
+    return Tensor("i8", q, None), Tensor("bf16", sbits, svals), w
+
+
+def make_int8_stack(rng, experts, in_dim, out_dim, blocks, std):
+    qs, ss, ws = [], [], []
+    for _ in range(experts):
+        q, s, w = make_int8(rng, in_dim, out_dim, blocks, std)
+        qs.append(q.data)
+        ss.append(s.data)
+        ws.append(w)
+    return (Tensor("i8", np.stack(qs), None), Tensor("bf16", np.stack(ss), None), np.stack(ws))
+
+
+def make_bf16_out_in(rng, in_dim, out_dim, std, lead=()):
+    """bf16 weight stored [*, out, in] (PyTorch). Returns (tensor, float64 value [*, in, out])."""
+    bits = bf16_bits(rng.normal(0.0, std, size=lead + (out_dim, in_dim)))
+    return Tensor("bf16", bits, None), np.swapaxes(bf16_value(bits), -1, -2)
+
+
+def make_f32(rng, shape, std=None, lo=None, hi=None):
+    if std is not None:
+        v = rng.normal(0.0, std, size=shape).astype(np.float32)
+    else:
+        v = rng.uniform(lo, hi, size=shape).astype(np.float32)
+    return Tensor("f32", v, v.astype(np.float64))
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+def attention(a, lw, cfg):
+    """Full causal self-attention over a [T, D] (no cache), float64."""
+    t_count = a.shape[0]
+    hq, hkv, dh = cfg["n_q_heads"], cfg["n_kv_heads"], cfg["head_dim"]
+    q = (a @ lw["wq"]).reshape(t_count, hq, dh)
+    k = (a @ lw["wk"]).reshape(t_count, hkv, dh)
+    v = (a @ lw["wv"]).reshape(t_count, hkv, dh)
+    pos = np.arange(t_count)
+    k = rope(k, pos, cfg["rope_base"], cfg["rope_layout"])
+    q = rope(q, pos, cfg["rope_base"], cfg["rope_layout"])
+    group = hq // hkv
+    out = np.zeros((t_count, hq, dh))
+    max_logit = 0.0
+    for h in range(hq):
+        g = h // group  # KV head of query head h
+        s = q[:, h, :] @ k[:, g, :].T * cfg["attn_logit_multiplier"]  # [T, T]
+        max_logit = max(max_logit, float(np.max(np.abs(s))))
+        if cfg["attn_softcap"] > 0:
+            c = cfg["attn_softcap"]
+            s = c * np.tanh(s / c)
+        mask = np.tril(np.ones((t_count, t_count), dtype=bool))
+        s = np.where(mask, s, -1e30)
+        out[:, h, :] = softmax(s, axis=-1) @ v[:, g, :]
+    return out.reshape(t_count, hq * dh) @ lw["wo"], max_logit
+
+
+def moe(m, lw, cfg):
+    """Router softmax over all experts, top-k (ties -> lower index), gated experts."""
+    logits = m @ lw["router"]  # [T, E]
+    probs = softmax(logits, axis=-1)
+    k = cfg["top_k"]
+    act = gelu_tanh if cfg["activation"] == "gelu_tanh" else silu
+    y = np.zeros_like(m)
+    min_gap = np.inf
+    for t in range(m.shape[0]):
+        order = sorted(range(probs.shape[1]), key=lambda e: (-probs[t, e], e))
+        chosen = order[:k]
+        min_gap = min(min_gap, probs[t, order[k - 1]] - probs[t, order[k]])
+        gates = probs[t, chosen]
+        if cfg["renormalize"]:
+            gates = gates / np.sum(gates)
+        for gate, e in zip(gates, chosen):
+            hidden = act(m[t] @ lw["gate"][e]) * (m[t] @ lw["up"][e])
+            y[t] += gate * (hidden @ lw["down"][e])
+    return y, min_gap
+
+
+def forward(tokens, weights, cfg):
+    eps = cfg["rms_eps"]
+    h = weights["embedding"][tokens] * cfg["embedding_multiplier"]
+    hidden, max_logit, min_gap = [], 0.0, np.inf
+    for lw in weights["layers"]:
+        o, ml = attention(rms_norm(h, lw["norm0"], eps), lw, cfg)
+        max_logit = max(max_logit, ml)
+        h = h + (rms_norm(o, lw["norm1"], eps) if cfg["sandwich"] else o)
+        y, gap = moe(rms_norm(h, lw["norm2"], eps), lw, cfg)
+        min_gap = min(min_gap, gap)
+        h = h + (rms_norm(y, lw["norm3"], eps) if cfg["sandwich"] else y)
+        hidden.append(h.copy())
+    hn = rms_norm(h, weights["final_norm"], eps)
+    head = weights["embedding"].T if cfg["tied"] else weights["head"]  # [D, V]
+    logits = hn @ head * cfg["output_multiplier"]
+    return hidden, logits, max_logit, min_gap
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+
+GROK1_TINY = dict(  # must equal moe::grok1::Config::tiny()
+    vocab_size=64, d_model=32, n_layers=2, n_q_heads=4, n_kv_heads=2, head_dim=8, n_experts=8,
+    top_k=2, d_ff=48, rope_base=10000.0, rope_layout="half_split", rms_eps=1e-5,
+    embedding_multiplier=5.656854249492381, output_multiplier=0.5773502691896257,
+    attn_logit_multiplier=0.35355339059327373, attn_softcap=30.0, sandwich=True,
+    activation="gelu_tanh", renormalize=False, tied=True)
+
+MIXTRAL_TINY = dict(
+    vocab_size=80, d_model=48, n_layers=2, n_q_heads=6, n_kv_heads=2, head_dim=8, n_experts=4,
+    top_k=2, d_ff=40, rope_base=1e6, rope_layout="interleaved", rms_eps=1e-5,
+    embedding_multiplier=1.0, output_multiplier=1.0, attn_logit_multiplier=1 / math.sqrt(8),
+    attn_softcap=0.0, sandwich=False, activation="silu", renormalize=True, tied=False)
+
+
+def build_grok(rng, cfg):
+    d, f, e = cfg["d_model"], cfg["d_ff"], cfg["n_experts"]
+    qd, kvd = cfg["n_q_heads"] * cfg["head_dim"], cfg["n_kv_heads"] * cfg["head_dim"]
+    tensors, weights = {}, {"layers": []}
+    emb = make_f32(rng, (cfg["vocab_size"], d), std=0.25)
+    fnorm = make_f32(rng, (d,), lo=0.6, hi=1.4)
+    tensors["embedding"], tensors["final_norm"] = emb, fnorm
+    weights["embedding"], weights["final_norm"] = emb.value, fnorm.value
+    for layer in range(cfg["n_layers"]):
+        lw, p = {}, "layer%d." % layer
+        # Layer 1 gets large query/key weights: its attention logits exceed the soft-cap.
+        qk_std = 1.0 / math.sqrt(d) * (6.0 if layer == 1 else 1.0)
+        for name, (i, o, blocks, std) in {
+                "wq": (d, qd, 1, qk_std), "wk": (d, kvd, 1, qk_std),
+                "wv": (d, kvd, 1, 1.0 / math.sqrt(d)), "wo": (qd, d, 8, 1.0 / math.sqrt(qd))}.items():
+            qw, sc, w = make_int8(rng, i, o, blocks, std)
+            tensors[p + name], tensors[p + name + ".scales"], lw[name] = qw, sc, w
+        for n in range(4):
+            t = make_f32(rng, (d,), lo=0.6, hi=1.4)
+            tensors[p + "norm%d" % n], lw["norm%d" % n] = t, t.value
+        r = make_f32(rng, (d, e), std=1.0 / math.sqrt(d))
+        tensors[p + "router"], lw["router"] = r, r.value
+        for name, (i, o, blocks) in {"gate": (d, f, 1), "up": (d, f, 1), "down": (f, d, 8)}.items():
+            qw, sc, w = make_int8_stack(rng, e, i, o, blocks, 1.0 / math.sqrt(i))
+            tensors[p + name], tensors[p + name + ".scales"], lw[name] = qw, sc, w
+        weights["layers"].append(lw)
+    return tensors, weights
+
+
+def build_mixtral(rng, cfg):
+    d, f, e, v = cfg["d_model"], cfg["d_ff"], cfg["n_experts"], cfg["vocab_size"]
+    qd, kvd = cfg["n_q_heads"] * cfg["head_dim"], cfg["n_kv_heads"] * cfg["head_dim"]
+    tensors, weights = {}, {"layers": []}
+    emb = make_f32(rng, (v, d), std=1.0)
+    fnorm = make_f32(rng, (d,), lo=0.6, hi=1.4)
+    head, head_v = make_bf16_out_in(rng, d, v, 1.0 / math.sqrt(d))  # lm_head.weight [V, D]
+    tensors.update(embedding=emb, final_norm=fnorm, head=head)
+    weights.update(embedding=emb.value, final_norm=fnorm.value, head=head_v)
+    for layer in range(cfg["n_layers"]):
+        lw, p = {}, "layer%d." % layer
+        for name, (i, o) in {"wq": (d, qd), "wk": (d, kvd), "wv": (d, kvd), "wo": (qd, d)}.items():
+            t, w = make_bf16_out_in(rng, i, o, 1.0 / math.sqrt(i))
+            tensors[p + name], lw[name] = t, w
+        for n in (0, 2):
+            t = make_f32(rng, (d,), lo=0.6, hi=1.4)
+            tensors[p + "norm%d" % n], lw["norm%d" % n] = t, t.value
+        r = make_f32(rng, (e, d), std=1.0 / math.sqrt(d))  # gate.weight [E, D]
+        tensors[p + "router"], lw["router"] = r, r.value.T
+        for name, (i, o) in {"gate": (d, f), "up": (d, f), "down": (f, d)}.items():
+            t, w = make_bf16_out_in(rng, i, o, 1.0 / math.sqrt(i), lead=(e,))
+            tensors[p + name], lw[name] = t, w
+        weights["layers"].append(lw)
+    return tensors, weights
+
+
+FIXTURES = {
+    "grok1_tiny": (GROK1_TINY, build_grok, 20240317, 12),
+    "mixtral_tiny": (MIXTRAL_TINY, build_mixtral, 8, 10),
+}
+
+DTYPES = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i8": "i1", "bf16": "<u2"}
+
+
+def serialise(name, cfg, tensors):
+    blob, lines = bytearray(), ["# written by tools/decoder_reference.py; do not edit"]
+    for key in sorted(cfg):
+        lines.append("config %s %s" % (key, repr(cfg[key]) if isinstance(cfg[key], float)
+                                       else str(cfg[key]).lower()))
+    for tname, t in tensors.items():
+        blob.extend(b"\0" * (-len(blob) % 64))
+        arr = np.ascontiguousarray(t.data.astype(DTYPES[t.dtype]))
+        lines.append("tensor %s %s %d %s" % (tname, t.dtype, len(blob),
+                                             " ".join(str(s) for s in arr.shape)))
+        blob.extend(arr.tobytes())
+    return bytes(blob), "\n".join(lines) + "\n"
+
+
+def make_fixture(name):
+    cfg, build, seed, t_count = FIXTURES[name]
+    rng = np.random.default_rng(seed)
+    tensors, weights = build(rng, cfg)
+    # Token ids avoid 0 (Grok-1's padding id, which its reference masks as a key).
+    tokens = rng.integers(1, cfg["vocab_size"], size=t_count).astype(np.int32)
+    hidden, logits, max_logit, min_gap = forward(tokens, weights, cfg)
+    out = {"tokens": Tensor("i32", tokens, None)}
+    for layer, h in enumerate(hidden):
+        out["hidden.%d" % layer] = Tensor("f64", h, None)
+    out["logits"] = Tensor("f64", logits, None)
+    out.update(tensors)
+    stats = dict(max_abs_attn_logit=max_logit, min_top_k_gap=min_gap,
+                 logit_rms=float(np.sqrt(np.mean(logits ** 2))))
+    return cfg, out, stats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed fixtures")
+    args = ap.parse_args()
+    ok = True
+    for name in FIXTURES:
+        cfg, out, stats = make_fixture(name)
+        if name == "grok1_tiny" and stats["max_abs_attn_logit"] < 45.0:
+            sys.exit("grok1_tiny: attention logits too small to engage the soft-cap")
+        if stats["min_top_k_gap"] < 1e-3:
+            sys.exit("%s: a top-k choice is within %g of a tie; change the seed"
+                     % (name, stats["min_top_k_gap"]))
+        blob, manifest = serialise(name, cfg, out)
+        bin_path = os.path.join(OUT_DIR, name + ".bin")
+        txt_path = os.path.join(OUT_DIR, name + ".txt")
+        manifest += "# stats %s\n" % " ".join("%s=%.6g" % kv for kv in sorted(stats.items()))
+        if args.check:
+            same = (open(bin_path, "rb").read() == blob and open(txt_path).read() == manifest)
+            print("%s: %s" % (name, "identical" if same else "DIFFERENT"))
+            ok &= same
+        else:
+            os.makedirs(OUT_DIR, exist_ok=True)
+            with open(bin_path, "wb") as fh:
+                fh.write(blob)
+            with open(txt_path, "w") as fh:
+                fh.write(manifest)
+            print("%s: %d bytes, %s" % (name, len(blob), stats))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
