@@ -186,9 +186,23 @@ def forward(params, tokens, cfg):
 
 DEFAULTS = {
     "head_dim": 128, "rope_base": 10000.0, "rms_eps": 1e-5,
-    "embedding_multiplier": 78.38367176906169, "output_multiplier": 0.5773502691896257,
-    "attn_logit_multiplier": 0.08838834764831845, "attn_softcap": 30.0, "top_k": 2,
+    "output_multiplier": 0.5773502691896257, "attn_softcap": 30.0, "top_k": 2,
 }
+
+
+def model_config(checkpoint_dir, params):
+    """DEFAULTS, then config.json; the multipliers the files cannot tell default to the release's
+    rule: embedding_multiplier = sqrt(D) (78.38... for D = 6144) and attn_logit_multiplier =
+    1 / sqrt(head_dim) (0.0883... for 128)."""
+    cfg = dict(DEFAULTS)
+    path = os.path.join(checkpoint_dir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            cfg.update(json.load(f))
+    d_model = params["embed"].shape[1]
+    cfg.setdefault("embedding_multiplier", float(np.sqrt(d_model)))
+    cfg.setdefault("attn_logit_multiplier", float(1.0 / np.sqrt(cfg["head_dim"])))
+    return cfg
 
 
 def main():
@@ -197,15 +211,11 @@ def main():
     ap.add_argument("--tokens", required=True, help="comma-separated prompt token ids")
     ap.add_argument("--out", required=True, help="output .npy (float32 [T, vocab])")
     args = ap.parse_args()
-    cfg = dict(DEFAULTS)
-    cfg_path = os.path.join(args.checkpoint, "config.json")
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            cfg.update(json.load(f))
     ckpt = os.path.join(args.checkpoint, "ckpt-0")
     if not os.path.isdir(ckpt):
         ckpt = os.path.join(args.checkpoint, "ckpt")
     params = load_checkpoint(ckpt)
+    cfg = model_config(args.checkpoint, params)
     tokens = [int(t) for t in args.tokens.split(",")]
     logits = forward(params, tokens, cfg)
     np.save(args.out, logits.astype(np.float32))

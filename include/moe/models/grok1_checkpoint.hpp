@@ -600,28 +600,28 @@ class Checkpoint {
   }
 
   const float* aligned_f32(const TensorFile& f) const {
-    if (f.weight.aligned()) return reinterpret_cast<const float*>(f.weight.data);
-    const detail::CheckpointState& s = state();
-    std::lock_guard<std::mutex> lock(s.mutex);
-    Buffer<float>& b = s.f32_copies[f.index];
-    if (b.empty() && f.weight.numel() > 0) {
-      b = Buffer<float>(f.weight.numel());
-      std::memcpy(b.data(), f.weight.data, f.weight.nbytes);
-      s.copied += f.weight.nbytes;
-    }
-    return b.data();
+    return aligned_view<float>(f, f.weight, state().f32_copies[f.index]);
   }
   const bf16* aligned_scales(const TensorFile& f) const {
-    if (f.scales.aligned()) return reinterpret_cast<const bf16*>(f.scales.data);
+    return aligned_view<bf16>(f, f.scales, state().scale_copies[f.index]);
+  }
+  // The array's data as T*: in place when the file offset is aligned for T, else a one-time copy
+  // into `copy` (made on first use). The copied file pages are then unmapped from this process
+  // (they stay in the page cache until the kernel needs the memory), so a 3.2 GB embedding is
+  // not resident twice.
+  template <class T>
+  const T* aligned_view(const TensorFile& f, const io::Array& a, Buffer<T>& copy) const {
+    if (a.aligned()) return reinterpret_cast<const T*>(a.data);
     const detail::CheckpointState& s = state();
     std::lock_guard<std::mutex> lock(s.mutex);
-    Buffer<bf16>& b = s.scale_copies[f.index];
-    if (b.empty() && f.scales.numel() > 0) {
-      b = Buffer<bf16>(f.scales.numel());
-      std::memcpy(b.data(), f.scales.data, f.scales.nbytes);
-      s.copied += f.scales.nbytes;
+    if (copy.empty() && a.numel() > 0) {
+      copy = Buffer<T>(a.numel());
+      std::memcpy(copy.data(), a.data, a.nbytes);
+      s.copied += a.nbytes;
+      f.map.advise(io::Advice::kDontNeed, static_cast<std::size_t>(a.data - f.map.data()),
+                   a.nbytes);
     }
-    return b.data();
+    return copy.data();
   }
 
   // ---- open() steps ----

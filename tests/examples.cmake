@@ -1,0 +1,30 @@
+# End-to-end runs of the example binaries (included by tests/CMakeLists.txt).
+if(NOT TARGET grok1)
+  return()
+endif()
+find_program(MOE_E2E_PYTHON python3 PATHS /usr/bin NO_DEFAULT_PATH DOC "Debian's python3 (numpy)")
+if(NOT MOE_E2E_PYTHON)
+  message(STATUS "moe: no /usr/bin/python3; grok1 end-to-end tests are not registered")
+  return()
+endif()
+set(_work "${CMAKE_CURRENT_BINARY_DIR}/e2e")
+set(_script "${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grok1_cli.py")
+foreach(case logits greedy errors demo)
+  add_test(NAME "grok1.${case}"
+           COMMAND "${MOE_E2E_PYTHON}" "${_script}" --grok1 $<TARGET_FILE:grok1>
+                   --source "${PROJECT_SOURCE_DIR}" --work "${_work}/${case}"
+                   --demo-checkpoint "${MOE_DEMO_CHECKPOINT}" --case ${case})
+  set_tests_properties("grok1.${case}" PROPERTIES LABELS "e2e" TIMEOUT 600)
+endforeach()
+add_test(NAME "grok1.sparse314b: one token through the 314B shapes"
+         COMMAND "${MOE_E2E_PYTHON}" "${_script}" --grok1 $<TARGET_FILE:grok1>
+                 --source "${PROJECT_SOURCE_DIR}" --work "${_work}/sparse314b" --case sparse314b)
+set_tests_properties("grok1.sparse314b: one token through the 314B shapes"
+                     PROPERTIES LABELS "e2e;slow" TIMEOUT 3600)
+
+# examples/grok1_random: builds a Grok-1-shaped decoder from components with random weights and
+# checks that it agrees with make_model() on the first generated token.
+if(TARGET grok1_random)
+  add_test(NAME "examples.grok1_random" COMMAND grok1_random 8)
+  set_tests_properties("examples.grok1_random" PROPERTIES LABELS "e2e" TIMEOUT 300)
+endif()
