@@ -427,6 +427,35 @@ TEST_CASE("[in, out] results do not depend on the path (direct vs packed)", "[ke
   }
 }
 
+TEST_CASE("f32 [in, out] GEMM read in place equals the packed bf16 path bit for bit",
+          "[kernels][matmul]") {
+  // For T > 6, f32 [in, out] tiles are read in place while bf16 tiles are widened into scratch
+  // first. With bf16-representable f32 weights both must give the same FMA chains, K splits
+  // and tails included (out not a multiple of 64, in not a multiple of the tile depth).
+  moe::ThreadPool pool(2);
+  struct Shape {
+    std::size_t T, in, out;
+  };
+  const Shape shapes[] = {{7, 300, 1500}, {16, 6144, 70}, {64, 1000, 777}, {130, 333, 520}};
+  std::uint64_t seed = 2900;
+  for (const Shape& s : shapes) {
+    TestWeight b = make_weight(Kind::kBf16InOut, s.in, s.out, 1, ++seed);
+    TestWeight f = b;
+    f.kind = Kind::kF32InOut;
+    f.f32.resize(b.b16.size());
+    for (std::size_t i = 0; i < b.b16.size(); ++i) f.f32[i] = b.b16[i].to_float();
+    const TestX x = make_x(s.T, s.in, seed + 1);
+    TestY yb = make_y(s.T, s.out), yf = make_y(s.T, s.out);
+    run(pool, x, b, yb);
+    run(pool, x, f, yf);
+    INFO("T=" << s.T << " in=" << s.in << " out=" << s.out);
+    CHECK(std::memcmp(yb.buf.data(), yf.buf.data(), yb.buf.size() * sizeof(float)) == 0);
+    const Worst w = worst_error(yf, reference(x.view(), f), s.in);
+    INFO(describe(f, s.T, w));
+    CHECK(w.ratio <= 1.0);
+  }
+}
+
 TEST_CASE("zero activations give exact zeros; empty inputs are no-ops", "[kernels][matmul]") {
   moe::ThreadPool pool(2);
   for (Kind kind : kAllKinds) {
