@@ -15,7 +15,6 @@ class JsonWriter {
   explicit JsonWriter(std::FILE* out) : out_(out) {}
 
   JsonWriter& begin_object() {
-    value_prefix();
     std::fputc('{', out_);
     first_.push_back(true);
     return *this;
@@ -30,16 +29,13 @@ class JsonWriter {
     first_.back() = false;
     write_string(k);
     std::fputc(':', out_);
-    after_key_ = true;
     return *this;
   }
   JsonWriter& string(std::string_view s) {
-    value_prefix();
     write_string(s);
     return *this;
   }
   JsonWriter& number(double v) {
-    value_prefix();
     if (std::isfinite(v)) {
       std::fprintf(out_, "%.17g", v);
     } else {
@@ -48,12 +44,10 @@ class JsonWriter {
     return *this;
   }
   JsonWriter& boolean(bool b) {
-    value_prefix();
     std::fputs(b ? "true" : "false", out_);
     return *this;
   }
   JsonWriter& int_array(const std::vector<std::int32_t>& v) {
-    value_prefix();
     std::fputc('[', out_);
     for (std::size_t i = 0; i < v.size(); ++i) std::fprintf(out_, i ? ",%d" : "%d", v[i]);
     std::fputc(']', out_);
@@ -61,8 +55,6 @@ class JsonWriter {
   }
 
  private:
-  void value_prefix() { after_key_ = false; }
-
   // Escapes per RFC 8259; invalid UTF-8 bytes become U+FFFD so the output is always valid JSON.
   void write_string(std::string_view s) {
     std::fputc('"', out_);
@@ -74,10 +66,17 @@ class JsonWriter {
         ++i;
       } else if (c < 0x20) {
         switch (c) {
-          case '\n': std::fputs("\\n", out_); break;
-          case '\r': std::fputs("\\r", out_); break;
-          case '\t': std::fputs("\\t", out_); break;
-          default: std::fprintf(out_, "\\u%04x", c);
+          case '\n':
+            std::fputs("\\n", out_);
+            break;
+          case '\r':
+            std::fputs("\\r", out_);
+            break;
+          case '\t':
+            std::fputs("\\t", out_);
+            break;
+          default:
+            std::fprintf(out_, "\\u%04x", c);
         }
         ++i;
       } else if (c < 0x80) {
@@ -120,7 +119,8 @@ class JsonWriter {
       if ((b(k) & 0xc0u) != 0x80u) return 0;
       cp = (cp << 6) | (b(k) & 0x3fu);
     }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
       return 0;
     }
     return n;
@@ -128,7 +128,6 @@ class JsonWriter {
 
   std::FILE* out_;
   std::vector<bool> first_;
-  bool after_key_ = false;
 };
 
 }  // namespace grok1_example

@@ -6,9 +6,6 @@
 //         [--dump-logits FILE.npy] [--json] [--stop-at-eos]
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -21,7 +18,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <moe/io/npy.hpp>
@@ -188,11 +187,12 @@ int run(const Args& args) {
 
   // ---- load: map and validate every tensor file -------------------------------------------
   const auto t_load = Clock::now();
+  const bool tty = isatty(fileno(stderr)) != 0;
   moe::grok1::OpenOptions open_options;
   if (!quiet) {
     // On a terminal the line updates in place; in a log, one line per 10 %.
-    const bool tty = isatty(fileno(stderr)) != 0;
-    open_options.progress = [tty](std::size_t done, std::size_t total, const std::filesystem::path&) {
+    open_options.progress = [tty](std::size_t done, std::size_t total,
+                                  const std::filesystem::path&) {
       const std::size_t step = std::max<std::size_t>(1, total / 10);
       if (tty) {
         std::fprintf(stderr, "\rgrok1: validating checkpoint files %zu/%zu", done, total);
@@ -224,8 +224,8 @@ int run(const Args& args) {
   const std::size_t capacity = prompt.size() + args.max_new_tokens;
   if (capacity > cfg.max_seq_len) {
     throw moe::ConfigError("[grok1] prompt (" + std::to_string(prompt.size()) + ") + " +
-                           std::to_string(args.max_new_tokens) + " new tokens exceed the context of " +
-                           std::to_string(cfg.max_seq_len));
+                           std::to_string(args.max_new_tokens) +
+                           " new tokens exceed the context of " + std::to_string(cfg.max_seq_len));
   }
   moe::ThreadPool pool(args.threads);
   // Prefill runs the prompt as one batch (in chunks of up to 256 tokens).
@@ -247,20 +247,35 @@ int run(const Args& args) {
   // kernel needs the memory), so RSS holds about one layer's experts rather than growing to the
   // RAM size, and the next layer's attention weights are prefetched. A checkpoint that fits in
   // RAM keeps its pages mapped (re-faulting them every token would only cost time).
-  const double ram_bytes = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
-                           static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double ram_bytes =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
   const bool stream_experts = static_cast<double>(ckpt.file_bytes()) > 0.5 * ram_bytes;
   if (stream_experts) {
     log("grok1: checkpoint (%.1f GB) exceeds half the RAM (%.1f GB): streaming experts\n",
         static_cast<double>(ckpt.file_bytes()) / 1e9, ram_bytes / 1e9);
-    gen.on_layer = [&](std::size_t layer, moe::MatrixView<const float>) {
+  }
+  // Prefill progress per layer: in place on a terminal; as lines for a big (streamed) model,
+  // whose prefill reads the whole checkpoint and takes minutes.
+  const bool layer_progress = !quiet && (tty || stream_experts);
+  if (stream_experts || layer_progress) {
+    gen.on_layer = [&](std::size_t layer, moe::MatrixView<const float> h) {
       using moe::grok1::Slot;
-      for (Slot s : {Slot::kExpertGate, Slot::kExpertUp, Slot::kExpertDown}) {
-        ckpt.advise(ckpt.index_of(layer, s), moe::io::Advice::kDontNeed);
+      if (stream_experts) {
+        for (Slot s : {Slot::kExpertGate, Slot::kExpertUp, Slot::kExpertDown}) {
+          ckpt.advise(ckpt.index_of(layer, s), moe::io::Advice::kDontNeed);
+        }
+        if (layer + 1 < cfg.n_layers) {
+          for (Slot s : {Slot::kQuery, Slot::kKey, Slot::kValue, Slot::kAttnOut}) {
+            ckpt.advise(ckpt.index_of(layer + 1, s), moe::io::Advice::kWillNeed);
+          }
+        }
       }
-      if (layer + 1 < cfg.n_layers) {
-        for (Slot s : {Slot::kQuery, Slot::kKey, Slot::kValue, Slot::kAttnOut}) {
-          ckpt.advise(ckpt.index_of(layer + 1, s), moe::io::Advice::kWillNeed);
+      if (layer_progress && h.rows > 1) {
+        if (tty) {
+          std::fprintf(stderr, "\rgrok1: prefill layer %zu/%zu", layer + 1, cfg.n_layers);
+          if (layer + 1 == cfg.n_layers) std::fputc('\n', stderr);
+        } else if ((layer + 1) % 8 == 0 || layer + 1 == cfg.n_layers) {
+          std::fprintf(stderr, "grok1: prefill layer %zu/%zu\n", layer + 1, cfg.n_layers);
         }
       }
     };

@@ -62,7 +62,9 @@
 
 namespace moe {
 /// Name of the instruction-set namespace of this TU, e.g. "simd_avx512bw".
-inline constexpr const char* simd_abi_name() noexcept { return MOE_STRINGIFY(MOE_SIMD_ABI); }
+inline constexpr const char* simd_abi_name() noexcept {
+  return MOE_STRINGIFY(MOE_SIMD_ABI);
+}
 
 namespace detail {
 [[noreturn]] inline void assert_fail(const char* expr, const char* file, int line) noexcept {

@@ -31,8 +31,8 @@ inline std::vector<float> randu(std::size_t n, std::uint64_t seed, float lo, flo
 }
 
 struct Diff {
-  double max_abs = 0;   ///< max |a - b|
-  double max_rel = 0;   ///< max |a - b| / max(|b|, floor)
+  double max_abs = 0;  ///< max |a - b|
+  double max_rel = 0;  ///< max |a - b| / max(|b|, floor)
   std::size_t worst = 0;
   std::string str() const {
     std::ostringstream s;

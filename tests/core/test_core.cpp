@@ -1,19 +1,19 @@
 // Core types: bf16 rounding, Buffer, Arena, errors and the thread pool.
 #include <catch2/catch.hpp>
 
-#include <moe/moe.hpp>
-
 #include <atomic>
-#include <chrono>
-#include <mutex>
-#include <thread>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <set>
 #include <stdexcept>
+#include <thread>
 #include <vector>
+
+#include <moe/moe.hpp>
 
 TEST_CASE("bf16 widening is exact and narrowing rounds to nearest even", "[core][bf16]") {
   // Every bf16 bit pattern widens to a float whose low 16 bits are zero and narrows back.
@@ -76,7 +76,8 @@ TEST_CASE("shape errors name the component, tensor and both shapes", "[core][err
                     "[router] tensor 'gate' has shape [6144, 8], expected [6144, 16]");
   CHECK_NOTHROW(moe::check_shape("router", "gate", {1, 2}, {1, 2}));
   moe::Int8Weight w{};
-  CHECK_THROWS_WITH(moe::validate_weight(w, "expert", "down"), Catch::Contains("'down' has no data"));
+  CHECK_THROWS_WITH(moe::validate_weight(w, "expert", "down"),
+                    Catch::Contains("'down' has no data"));
 }
 
 TEST_CASE("ThreadPool runs every task exactly once, for any size", "[core][thread_pool]") {

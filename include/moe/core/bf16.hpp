@@ -45,10 +45,16 @@ struct bf16 {
 static_assert(sizeof(bf16) == 2);
 
 /// Exact bf16 -> float.
-inline float to_float(bf16 x) noexcept { return x.to_float(); }
+inline float to_float(bf16 x) noexcept {
+  return x.to_float();
+}
 /// float -> bf16, round to nearest even.
-inline bf16 to_bf16(float x) noexcept { return bf16(x); }
+inline bf16 to_bf16(float x) noexcept {
+  return bf16(x);
+}
 /// Rounds a float to the nearest bf16 value and returns it as a float.
-inline float round_to_bf16(float x) noexcept { return bf16(x).to_float(); }
+inline float round_to_bf16(float x) noexcept {
+  return bf16(x).to_float();
+}
 
 }  // namespace moe

@@ -26,7 +26,7 @@ class Buffer {
   explicit Buffer(std::size_t n) : size_(n) {
     if (n == 0) return;
     const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-    data_ = static_cast<T*>(::operator new(bytes, std::align_val_t{kAlignment}));
+    data_ = static_cast<T*>(::operator new (bytes, std::align_val_t{kAlignment}));
     std::fill_n(reinterpret_cast<unsigned char*>(data_), bytes, static_cast<unsigned char>(0));
   }
   Buffer(std::size_t n, T value) : Buffer(n) { std::fill_n(data_, n, value); }
@@ -60,7 +60,7 @@ class Buffer {
 
  private:
   void release() noexcept {
-    if (data_) ::operator delete(data_, std::align_val_t{kAlignment});
+    if (data_) ::operator delete (data_, std::align_val_t{kAlignment});
     data_ = nullptr;
     size_ = 0;
   }

@@ -133,8 +133,8 @@ void check_weight_shape(const W& w, std::string_view component, std::string_view
 /// E experts stored back to back: weights [E, in, out] (or [E, out, in]), scales [E, blocks, out].
 template <class W>
 struct WeightStack {
-  W first{};               ///< expert 0
-  std::size_t count = 0;   ///< number of experts E
+  W first{};              ///< expert 0
+  std::size_t count = 0;  ///< number of experts E
 
   /// View of expert e (pointer arithmetic only).
   [[nodiscard]] W operator[](std::size_t e) const noexcept {
