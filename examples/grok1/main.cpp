@@ -190,15 +190,16 @@ int run(const Args& args) {
   const bool tty = isatty(fileno(stderr)) != 0;
   moe::grok1::OpenOptions open_options;
   if (!quiet) {
-    // On a terminal the line updates in place; in a log, one line per 10 %.
-    open_options.progress = [tty](std::size_t done, std::size_t total,
-                                  const std::filesystem::path&) {
-      const std::size_t step = std::max<std::size_t>(1, total / 10);
+    // On a terminal the line updates in place; in a log, a line at most every 2 s and at the end.
+    open_options.progress = [tty, t_load, last = t_load](std::size_t done, std::size_t total,
+                                                         const std::filesystem::path&) mutable {
       if (tty) {
         std::fprintf(stderr, "\rgrok1: validating checkpoint files %zu/%zu", done, total);
         if (done == total) std::fputc('\n', stderr);
-      } else if (done == total || done % step == 0) {
-        std::fprintf(stderr, "grok1: validating checkpoint files %zu/%zu\n", done, total);
+      } else if (done == total || seconds_since(last) >= 2.0) {
+        last = Clock::now();
+        std::fprintf(stderr, "grok1: validated %zu/%zu checkpoint files (%.1f s)\n", done, total,
+                     seconds_since(t_load));
       }
     };
   }
@@ -321,7 +322,10 @@ int run(const Args& args) {
     if (!quiet) std::fwrite(rest.data(), 1, rest.size(), stdout);
   }
 #endif
-  if (!quiet) std::fputc('\n', stdout);
+  if (!quiet) {
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+  }
 
   if (args.dump_logits) {
     moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {prompt.size(), cfg.vocab_size});
