@@ -2,8 +2,7 @@
 if(NOT TARGET grok1)
   return()
 endif()
-find_program(MOE_E2E_PYTHON python3 PATHS /usr/bin NO_DEFAULT_PATH DOC "Debian's python3 (numpy)")
-if(NOT MOE_E2E_PYTHON)
+if(NOT MOE_PYTHON3)
   message(STATUS "moe: no /usr/bin/python3; grok1 end-to-end tests are not registered")
   return()
 endif()
@@ -11,13 +10,13 @@ set(_work "${CMAKE_CURRENT_BINARY_DIR}/e2e")
 set(_script "${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grok1_cli.py")
 foreach(case logits greedy errors demo)
   add_test(NAME "grok1.${case}"
-           COMMAND "${MOE_E2E_PYTHON}" "${_script}" --grok1 $<TARGET_FILE:grok1>
+           COMMAND "${MOE_PYTHON3}" "${_script}" --grok1 $<TARGET_FILE:grok1>
                    --source "${PROJECT_SOURCE_DIR}" --work "${_work}/${case}"
                    --demo-checkpoint "${MOE_DEMO_CHECKPOINT}" --case ${case})
   set_tests_properties("grok1.${case}" PROPERTIES LABELS "e2e" TIMEOUT 600)
 endforeach()
 add_test(NAME "grok1.sparse314b: one token through the 314B shapes"
-         COMMAND "${MOE_E2E_PYTHON}" "${_script}" --grok1 $<TARGET_FILE:grok1>
+         COMMAND "${MOE_PYTHON3}" "${_script}" --grok1 $<TARGET_FILE:grok1>
                  --source "${PROJECT_SOURCE_DIR}" --work "${_work}/sparse314b" --case sparse314b)
 set_tests_properties("grok1.sparse314b: one token through the 314B shapes"
                      PROPERTIES LABELS "e2e;slow" TIMEOUT 3600)

@@ -5,9 +5,10 @@
 #   * the Python test of the generator's byte stream (pickletools listing, both writers agree);
 #   * the libFuzzer run of the pickle reader (label `fuzz`, 60 s, skipped without clang/libFuzzer).
 
-find_program(MOE_IO_PYTHON python3 PATHS /usr/bin NO_DEFAULT_PATH DOC "Debian's python3 (numpy)")
+set(MOE_IO_PYTHON "${MOE_PYTHON3}")  # Debian's python3 (top-level CMakeLists)
 if(NOT MOE_IO_PYTHON)
-  find_program(MOE_IO_PYTHON python3)
+  find_program(MOE_IO_PYTHON_ANY python3)
+  set(MOE_IO_PYTHON "${MOE_IO_PYTHON_ANY}")
 endif()
 
 set(MOE_IO_FIXTURES_DIR "${CMAKE_CURRENT_BINARY_DIR}/io_fixtures")
