@@ -57,6 +57,16 @@
   }                            \
   }
 
+/// Opens `namespace moe::detail { inline namespace <isa> {` for the SIMD helpers behind the
+/// public functions. `detail` is the one helper-namespace name of the library: plain helpers live
+/// in `moe::detail`, SIMD helpers in its ISA-keyed inline namespace, so `detail::f` reaches both.
+#define MOE_SIMD_DETAIL_BEGIN \
+  namespace moe::detail {     \
+  inline namespace MOE_SIMD_ABI {
+#define MOE_SIMD_DETAIL_END \
+  }                         \
+  }
+
 #define MOE_STRINGIFY_IMPL(x) #x
 #define MOE_STRINGIFY(x) MOE_STRINGIFY_IMPL(x)
 

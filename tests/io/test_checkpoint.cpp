@@ -100,7 +100,7 @@ std::string open_error(const fs::path& dir, const OpenOptions& o = {}) {
 void check_against_sidecar(const Checkpoint& ck, const fs::path& dir) {
   const moe::io::JsonValue side = moe::io::read_json_file(dir / "expected.json");
   const auto& tensors = side.at("tensors").as_array();
-  REQUIRE(tensors.size() == ck.num_tensors());
+  REQUIRE(tensors.size() == ck.n_tensors());
   for (const moe::io::JsonValue& t : tensors) {
     const std::size_t i = static_cast<std::size_t>(t.at("index").as_int64());
     const moe::grok1::TensorFile& f = ck.file(i);
@@ -157,7 +157,7 @@ void check_against_sidecar(const Checkpoint& ck, const fs::path& dir) {
 TEST_CASE("checkpoint: index table of the release (lexicographic layer order)",
           "[io][checkpoint]") {
   using namespace moe::grok1;
-  CHECK(num_files(64) == 770);
+  CHECK(n_files(64) == 770);
   CHECK(file_name(519) == "tensor00519_000");
   CHECK(file_name(0) == "tensor00000_000");
   const TensorRef a = tensor_at(519, 64);
@@ -184,11 +184,11 @@ TEST_CASE("checkpoint: index table of the release (lexicographic layer order)",
   CHECK(layer_file_order(3) == std::vector<std::size_t>{0, 1, 2});
   CHECK(layer_rank(100, 101) == 3);  // 0, 1, 10, 100, 11, ...: "100" sorts after "10"
   for (std::size_t n : {1u, 2u, 9u, 10u, 11u, 12u, 64u, 101u}) {
-    std::vector<int> seen(num_files(n), 0);
+    std::vector<int> seen(n_files(n), 0);
     for (std::size_t l = 0; l < n; ++l) {
       for (std::size_t s = 0; s < kSlotsPerLayer; ++s) {
         const std::size_t i = file_index(l, static_cast<Slot>(s), n);
-        REQUIRE(i < num_files(n));
+        REQUIRE(i < n_files(n));
         ++seen[i];
         const TensorRef r = tensor_at(i, n);
         CHECK((r.in_layer && r.layer == l && r.slot == static_cast<Slot>(s)));
@@ -219,7 +219,7 @@ TEST_CASE("checkpoint: an 11-layer checkpoint reads back what the generator wrot
   check_same_config(ck.config(), tiny11());
   CHECK(ck.tensor_dir() == dir / "ckpt-0");
   CHECK(ck.config_json() == dir / "config.json");
-  CHECK(ck.num_tensors() == 134);
+  CHECK(ck.n_tensors() == 134);
   CHECK(ck.copied_bytes() == 0);  // open() copies nothing
   check_against_sidecar(ck, dir);
 
@@ -252,7 +252,7 @@ TEST_CASE("checkpoint: typed views are aligned and misaligned payloads are copie
   const Checkpoint ck = Checkpoint::open(fixture("tiny11"));
   std::size_t expect_copied = 0;
   std::size_t zero_copy = 0;
-  for (std::size_t i = 0; i < ck.num_tensors(); ++i) {
+  for (std::size_t i = 0; i < ck.n_tensors(); ++i) {
     const moe::grok1::TensorFile& f = ck.file(i);
     if (f.quantized) {
       const moe::bf16* s = f.weight.ndim() == 2 ? ck.int8(i).scales : ck.int8_stack(i).first.scales;
@@ -316,7 +316,7 @@ TEST_CASE("checkpoint: the 314B-shaped sparse checkpoint maps and validates in s
   CHECK(secs < 20.0);
   check_same_config(ck.config(), Config::full());
   CHECK(ck.config_json().empty());  // the release has no config.json: everything is inferred
-  CHECK(ck.num_tensors() == 770);
+  CHECK(ck.n_tensors() == 770);
   // 314,874,789,888 B int8 + 124,780,544 B scales + 3,240,124,416 B f32 + pickle headers
   CHECK(ck.file_bytes() > 318'239'694'848ull);
   CHECK(ck.file_bytes() < 318'239'694'848ull + 770 * 1024);

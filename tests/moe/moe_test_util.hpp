@@ -153,7 +153,7 @@ Routed route_copy(const RouterT& router, const std::vector<float>& x, std::size_
   Routed o;
   o.tokens = t_count;
   o.k = router.top_k();
-  o.experts_count = router.num_experts();
+  o.experts_count = router.n_experts();
   o.experts.assign(r.experts.data, r.experts.data + t_count * o.k);
   o.weights.assign(r.weights.data, r.weights.data + t_count * o.k);
   o.scores.assign(r.scores.data, r.scores.data + t_count * o.k);

@@ -207,7 +207,7 @@ TEST_CASE("stats: router entropy and mean top-1 probability", "[moe][loss]") {
   }
   CHECK(r.stats.router_entropy == Approx(h / t_count).epsilon(1e-5));
   CHECK(r.stats.mean_top1_prob == Approx(top / t_count).epsilon(1e-5));
-  CHECK(r.stats.num_experts == e_count);
+  CHECK(r.stats.n_experts == e_count);
   CHECK(r.stats.tokens == t_count);
   CHECK(r.stats.assignments == 2 * t_count);
   CHECK(r.stats.dropped == 0);
@@ -216,7 +216,7 @@ TEST_CASE("stats: router entropy and mean top-1 probability", "[moe][loss]") {
 
 TEST_CASE("AuxFreeBias: sign update towards the mean load", "[moe][loss]") {
   moe::MoEStats st;
-  st.num_experts = 4;
+  st.n_experts = 4;
   st.tokens_per_expert[0] = 10;
   st.tokens_per_expert[1] = 2;
   st.tokens_per_expert[2] = 6;

@@ -22,7 +22,7 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// A configuration value is invalid (e.g. top_k > num_experts).
+/// A configuration value is invalid (e.g. top_k > n_experts).
 class ConfigError : public Error {
  public:
   using Error::Error;

@@ -105,9 +105,8 @@ struct AttentionWeights {
 
 }  // namespace moe
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace layer_detail {
+MOE_SIMD_DETAIL_BEGIN
 
 /// dst[i] = float(src[i]) (exact widening).
 inline void widen_bf16(const bf16* src, float* dst, std::size_t n) noexcept {
@@ -263,7 +262,9 @@ inline void axpy_rows(const float* w, const KV* v, std::size_t n, std::size_t dh
 #pragma GCC diagnostic pop
 #endif
 
-}  // namespace layer_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 template <class W>
 class RotaryAttention {
@@ -414,7 +415,7 @@ class RotaryAttention {
                     std::size_t pos, float* scratch) const noexcept {
     const std::size_t dh = cfg_.head_dim;
     const std::size_t group = cfg_.group();
-    const bool fast = dh % layer_detail::kLanes == 0;
+    const bool fast = dh % detail::kLanes == 0;
     const std::size_t ls = pos + t1;  // score row stride: the longest context in the block
     const std::size_t n_rows = (t1 - t0) * group;
     float* scores = scratch;  // [n_rows, ls], row (t - t0) * group + hi
@@ -431,7 +432,7 @@ class RotaryAttention {
           const float* qh = q.row(t) + (g * group + hi) * dh;
           float* s = scores + ((t - t0) * group + hi) * ls;
           if (fast) {  // straight from the cache (bf16 widened in registers)
-            layer_detail::dot_rows(qh, keys + j0 * dh, je - j0, dh, s + j0);
+            detail::dot_rows(qh, keys + j0 * dh, je - j0, dh, s + j0);
           } else {
             for (std::size_t j = j0; j < je; ++j) s[j] = dot(qh, kt + (j - j0) * dh, dh);
           }
@@ -463,7 +464,7 @@ class RotaryAttention {
           float* oh = o.row(t) + (g * group + hi) * dh;
           const float* s = scores + ((t - t0) * group + hi) * ls;
           if (fast) {
-            layer_detail::axpy_rows(s + j0, values + j0 * dh, je - j0, dh, oh);
+            detail::axpy_rows(s + j0, values + j0 * dh, je - j0, dh, oh);
           } else {
             for (std::size_t j = j0; j < je; ++j) axpy(s[j], vt + (j - j0) * dh, oh, dh);
           }
@@ -483,7 +484,7 @@ class RotaryAttention {
       (void)tile;
       return base + j0 * dh;
     } else {
-      layer_detail::widen_bf16(base + j0 * dh, tile, (j1 - j0) * dh);
+      detail::widen_bf16(base + j0 * dh, tile, (j1 - j0) * dh);
       return tile;
     }
   }

@@ -256,7 +256,7 @@ class Decoder {
       float* r = h.row(t);
       for (std::size_t i = 0; i < d; ++i) r[i] = e[i] * emul;
     }
-    if (prof) prof->embedding += layer_detail::lap(t0);
+    if (prof) prof->embedding += detail::lap(t0);
 
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       if constexpr (std::is_void_v<ffn_result_type>) {
@@ -273,9 +273,9 @@ class Decoder {
     const std::size_t rows = logits.rows;
     MatrixView<const float> hs = h.rows_slice(T - rows, rows);
     MatrixView<float> hn(arena.alloc<float>(rows * d), rows, d);
-    layer_detail::rms_norm_rows_parallel(pool, hs, final_norm_.data(), hn,
+    detail::rms_norm_rows_parallel(pool, hs, final_norm_.data(), hn,
                                          static_cast<float>(cfg_.rms_eps));
-    if (prof) prof->norms += layer_detail::lap(t0);
+    if (prof) prof->norms += detail::lap(t0);
     if (head_) {
       matmul(pool, MatrixView<const float>(hn), *head_, logits);
     } else {
@@ -286,7 +286,7 @@ class Decoder {
       for (std::size_t r = 0; r < rows; ++r) scale(logits.row(r), logits.cols, omul);
     }
     if (prof) {
-      prof->head += layer_detail::lap(t0);
+      prof->head += detail::lap(t0);
       prof->calls += 1;
       prof->tokens += T;
     }

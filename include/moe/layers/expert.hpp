@@ -37,9 +37,8 @@ inline constexpr std::size_t kFfnBlockRows = 256;
 
 }  // namespace moe
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace moe_impl {
+MOE_SIMD_DETAIL_BEGIN
 
 /// g[i] = act(g[i]) * u[i] over n contiguous elements, split into fixed blocks on the pool.
 template <Activation A>
@@ -64,7 +63,9 @@ void gated_ffn_rows(ThreadPool& pool, const W& gate, const W& up, const W& down,
   matmul(pool, MatrixView<const float>(g, n, f), down, y);
 }
 
-}  // namespace moe_impl
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 /// One gated FFN: gate [D, F], up [D, F], down [F, D] (logical [in, out] shapes).
 template <class W, Activation A = Activation::kSilu>
@@ -108,7 +109,7 @@ class GatedFfn {
     float* u = arena.alloc<float>(rows * hidden());
     for (std::size_t r0 = 0; r0 < t_count; r0 += kFfnBlockRows) {
       const std::size_t n = std::min(kFfnBlockRows, t_count - r0);
-      moe_impl::gated_ffn_rows<A>(pool, gate_, up_, down_, x.rows_slice(r0, n), y.rows_slice(r0, n),
+      detail::gated_ffn_rows<A>(pool, gate_, up_, down_, x.rows_slice(r0, n), y.rows_slice(r0, n),
                                   g, u);
     }
     return {};
@@ -142,7 +143,7 @@ class Expert {
     check_stack(down_, "down", gate_.count, gate_.out(), gate_.in());
   }
 
-  [[nodiscard]] std::size_t num_experts() const noexcept { return gate_.count; }
+  [[nodiscard]] std::size_t n_experts() const noexcept { return gate_.count; }
   [[nodiscard]] std::size_t dim() const noexcept { return gate_.in(); }
   [[nodiscard]] std::size_t hidden() const noexcept { return gate_.out(); }
   [[nodiscard]] const WeightStack<W>& gate() const noexcept { return gate_; }
@@ -165,8 +166,8 @@ class Expert {
   /// y[n, D] = FFN_e(x[n, D]) for n <= kFfnBlockRows rows; g, u are [n, F] scratch each.
   void compute(ThreadPool& pool, std::size_t e, MatrixView<const float> x, MatrixView<float> y,
                float* g, float* u) const {
-    MOE_ASSERT(e < num_experts());
-    moe_impl::gated_ffn_rows<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u);
+    MOE_ASSERT(e < n_experts());
+    detail::gated_ffn_rows<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u);
   }
 
  private:

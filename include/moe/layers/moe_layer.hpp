@@ -77,11 +77,11 @@ class MoELayer {
         balance_(balance),
         z_loss_(z_loss),
         shared_(std::move(shared)) {
-    if (router_.num_experts() != experts_.num_experts() || router_.dim() != experts_.dim()) {
+    if (router_.n_experts() != experts_.n_experts() || router_.dim() != experts_.dim()) {
       throw ShapeError("[moe_layer] router gate " +
-                       shape_str({router_.dim(), router_.num_experts()}) +
+                       shape_str({router_.dim(), router_.n_experts()}) +
                        " does not match experts " +
-                       shape_str({experts_.num_experts(), experts_.dim(), experts_.hidden()}) +
+                       shape_str({experts_.n_experts(), experts_.dim(), experts_.hidden()}) +
                        " (expected gate [D, E] with experts [E, D, F])");
     }
     if constexpr (kShared) {
@@ -104,7 +104,7 @@ class MoELayer {
       : MoELayer(RouterT(router_gate), ExpertT(gate, up, down)) {}
 
   [[nodiscard]] std::size_t dim() const noexcept { return router_.dim(); }
-  [[nodiscard]] std::size_t num_experts() const noexcept { return router_.num_experts(); }
+  [[nodiscard]] std::size_t n_experts() const noexcept { return router_.n_experts(); }
   [[nodiscard]] std::size_t top_k() const noexcept { return router_.top_k(); }
   [[nodiscard]] std::size_t hidden() const noexcept { return experts_.hidden(); }
   [[nodiscard]] const RouterT& router() const noexcept { return router_; }
@@ -135,8 +135,8 @@ class MoELayer {
           "[moe_layer] input and output views overlap (forward does not work in place)");
     }
     MoEResult res;
-    const std::size_t t_count = x.rows, e_count = num_experts(), k = top_k(), d = dim();
-    res.stats.num_experts = e_count;
+    const std::size_t t_count = x.rows, e_count = n_experts(), k = top_k(), d = dim();
+    res.stats.n_experts = e_count;
     if (t_count == 0) return res;
     const std::uint8_t* mask = opts.token_mask;
     const auto real = [mask](std::size_t t) { return mask == nullptr || mask[t] != 0; };
@@ -310,7 +310,7 @@ class MoELayer {
   }
 
   [[nodiscard]] std::size_t dispatch_bytes(std::size_t t) const noexcept {
-    const std::size_t e = num_experts(), pairs = t * top_k();
+    const std::size_t e = n_experts(), pairs = t * top_k();
     return 2 * Arena::bytes_for<std::uint32_t>(pairs) + Arena::bytes_for<std::uint32_t>(e + 1) +
            Arena::bytes_for<std::uint32_t>(e) + Arena::bytes_for<std::uint8_t>(pairs) +
            Arena::bytes_for<double>(2 * e);
@@ -324,7 +324,7 @@ class MoELayer {
   // Losses and routing statistics over the real tokens; acc is [2 E] double scratch.
   void compute_losses_and_stats(const RouterOutput& r, const std::uint8_t* mask, std::size_t n_real,
                                 double* acc, MoEResult& res) const {
-    const std::size_t t_count = r.logits.rows, e_count = num_experts(), k = top_k();
+    const std::size_t t_count = r.logits.rows, e_count = n_experts(), k = top_k();
     const auto real = [mask](std::size_t t) { return mask == nullptr || mask[t] != 0; };
     if (n_real == 0) return;
     double ent = 0.0, top1 = 0.0, z2 = 0.0;

@@ -57,7 +57,7 @@ struct MoEStats {
   /// Largest expert count a layer supports (stats are a fixed-size array: no allocation).
   static constexpr std::size_t kMaxExperts = 512;
 
-  std::size_t num_experts = 0;  ///< E (entries of tokens_per_expert that are meaningful)
+  std::size_t n_experts = 0;  ///< E (entries of tokens_per_expert that are meaningful)
   std::size_t tokens = 0;       ///< real (unmasked) tokens routed
   std::size_t assignments = 0;  ///< (token, expert) pairs selected by the router = k * tokens
   std::size_t dropped = 0;      ///< pairs dropped by the capacity policy

@@ -95,25 +95,25 @@ struct Routing {
   GroupScore group_score = GroupScore::kMax;
 
   /// Throws ConfigError("[router] ...") for an inconsistent value, given E experts.
-  void validate(std::size_t num_experts) const {
+  void validate(std::size_t n_experts) const {
     const auto need = [](bool ok, const std::string& m) { check_config(ok, "router", m); };
-    const std::string e = std::to_string(num_experts);
-    need(num_experts > 0, "the router has no experts");
-    need(num_experts <= MoEStats::kMaxExperts,
+    const std::string e = std::to_string(n_experts);
+    need(n_experts > 0, "the router has no experts");
+    need(n_experts <= MoEStats::kMaxExperts,
          e + " experts exceed the supported maximum " + std::to_string(MoEStats::kMaxExperts));
-    need(top_k >= 1 && top_k <= num_experts,
-         "top_k = " + std::to_string(top_k) + " must be in [1, num_experts = " + e + "]");
+    need(top_k >= 1 && top_k <= n_experts,
+         "top_k = " + std::to_string(top_k) + " must be in [1, n_experts = " + e + "]");
     need(std::isfinite(route_scale) && route_scale > 0.0f, "route_scale must be finite and > 0");
-    need(n_group >= 1 && num_experts % n_group == 0,
-         "n_group = " + std::to_string(n_group) + " must divide num_experts = " + e);
+    need(n_group >= 1 && n_experts % n_group == 0,
+         "n_group = " + std::to_string(n_group) + " must divide n_experts = " + e);
     need(topk_group >= 1 && topk_group <= n_group,
          "topk_group = " + std::to_string(topk_group) +
              " must be in [1, n_group = " + std::to_string(n_group) + "]");
-    need(top_k <= topk_group * (num_experts / n_group),
+    need(top_k <= topk_group * (n_experts / n_group),
          "top_k = " + std::to_string(top_k) + " exceeds the " +
-             std::to_string(topk_group * (num_experts / n_group)) +
-             " experts of the kept groups (topk_group * num_experts / n_group)");
-    need(group_score != GroupScore::kTop2Sum || n_group == 1 || num_experts / n_group >= 2,
+             std::to_string(topk_group * (n_experts / n_group)) +
+             " experts of the kept groups (topk_group * n_experts / n_group)");
+    need(group_score != GroupScore::kTop2Sum || n_group == 1 || n_experts / n_group >= 2,
          "group_score = top2_sum needs at least 2 experts per group");
   }
 };
@@ -267,7 +267,7 @@ struct AuxFreeBias {
   float update_rate = 1e-3f;
 
   void update(std::span<float> bias, const MoEStats& stats) const noexcept {
-    const std::size_t e = bias.size() < stats.num_experts ? bias.size() : stats.num_experts;
+    const std::size_t e = bias.size() < stats.n_experts ? bias.size() : stats.n_experts;
     if (e == 0) return;
     double mean = 0.0;
     for (std::size_t i = 0; i < e; ++i) mean += stats.tokens_per_expert[i];

@@ -54,9 +54,8 @@ struct RouterOutput {
 
 }  // namespace moe
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace moe_impl {
+MOE_SIMD_DETAIL_BEGIN
 
 inline float sigmoid_f(float z) noexcept {
   return 1.0f / (1.0f + std::exp(-z));
@@ -65,7 +64,9 @@ inline float softplus_f(float z) noexcept {
   return z > 20.0f ? z : (z < -20.0f ? std::exp(z) : std::log1p(std::exp(z)));
 }
 
-}  // namespace moe_impl
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 template <class W, RoutingPolicy RoutingP = Routing, NoisePolicy NoiseP = NoNoise>
 class Router {
@@ -97,7 +98,7 @@ class Router {
   }
 
   [[nodiscard]] std::size_t dim() const noexcept { return gate_.in; }
-  [[nodiscard]] std::size_t num_experts() const noexcept { return gate_.out; }
+  [[nodiscard]] std::size_t n_experts() const noexcept { return gate_.out; }
   [[nodiscard]] std::size_t top_k() const noexcept { return routing_.top_k; }
   [[nodiscard]] const RoutingP& routing() const noexcept { return routing_; }
   [[nodiscard]] const NoiseP& noise() const noexcept { return noise_; }
@@ -106,14 +107,14 @@ class Router {
 
   /// Arena bytes of alloc_output(max_tokens).
   [[nodiscard]] std::size_t output_bytes(std::size_t max_tokens) const noexcept {
-    const std::size_t e = num_experts(), k = top_k();
+    const std::size_t e = n_experts(), k = top_k();
     return 2 * Arena::bytes_for<float>(max_tokens * e) +
            Arena::bytes_for<std::uint32_t>(max_tokens * k) +
            2 * Arena::bytes_for<float>(max_tokens * k);
   }
   /// Arena bytes route() uses internally (released when it returns).
   [[nodiscard]] std::size_t scratch_bytes(std::size_t max_tokens) const noexcept {
-    std::size_t b = Arena::bytes_for<float>(max_tokens * num_experts());  // selection values
+    std::size_t b = Arena::bytes_for<float>(max_tokens * n_experts());  // selection values
     if constexpr (kJitter) b += Arena::bytes_for<float>(max_tokens * dim());
     return b;
   }
@@ -124,7 +125,7 @@ class Router {
 
   /// Output views for `tokens` tokens carved from the arena.
   [[nodiscard]] RouterOutput alloc_output(Arena& arena, std::size_t tokens) const {
-    const std::size_t e = num_experts(), k = top_k();
+    const std::size_t e = n_experts(), k = top_k();
     RouterOutput o;
     o.logits = {arena.alloc<float>(tokens * e), tokens, e};
     o.probs = {arena.alloc<float>(tokens * e), tokens, e};
@@ -138,7 +139,7 @@ class Router {
   void route(ThreadPool& pool, MatrixView<const float> x, const RouterOutput& out, Arena& arena,
              const ForwardOptions& opts = {}) const {
     MOE_ASSERT(x.cols == dim() && out.logits.rows == x.rows && out.experts.cols == top_k());
-    const std::size_t t_count = x.rows, e = num_experts();
+    const std::size_t t_count = x.rows, e = n_experts();
     if (t_count == 0) return;
     Arena::Scope scope(arena);
     float* sel = arena.alloc<float>(t_count * e);
@@ -175,7 +176,7 @@ class Router {
   // One token: fills out.probs/experts/weights/scores row t. `v` is an [E] scratch row.
   void route_token(std::size_t t, const RouterOutput& out, float* v,
                    const ForwardOptions& opts) const {
-    const std::size_t e = num_experts(), k = top_k();
+    const std::size_t e = n_experts(), k = top_k();
     const float* z = out.logits.row(t);
     float* p = out.probs.row(t);
     std::uint32_t* idx = out.experts.row(t);
@@ -190,8 +191,8 @@ class Router {
     } else {
       float sum = 0.0f;
       for (std::size_t i = 0; i < e; ++i) {
-        p[i] = fn == ScoreFn::kSigmoid ? moe_impl::sigmoid_f(z[i])
-                                       : std::sqrt(moe_impl::softplus_f(z[i]));
+        p[i] = fn == ScoreFn::kSigmoid ? detail::sigmoid_f(z[i])
+                                       : std::sqrt(detail::softplus_f(z[i]));
         sum += p[i];
       }
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
@@ -218,10 +219,10 @@ class Router {
       case ScoreFn::kSoftmaxOfSelected:
         break;  // select on logits
       case ScoreFn::kSigmoid:
-        for (std::size_t i = 0; i < e; ++i) v[i] = moe_impl::sigmoid_f(v[i]);
+        for (std::size_t i = 0; i < e; ++i) v[i] = detail::sigmoid_f(v[i]);
         break;
       case ScoreFn::kSqrtSoftplus:
-        for (std::size_t i = 0; i < e; ++i) v[i] = std::sqrt(moe_impl::softplus_f(v[i]));
+        for (std::size_t i = 0; i < e; ++i) v[i] = std::sqrt(detail::softplus_f(v[i]));
         break;
     }
     // Top-k of the selection values (v + bias, group-limited); v itself stays unbiased.
@@ -270,7 +271,7 @@ class Router {
   // Top-k of the selection values v + bias (group-limited if configured) into idx; `tmp` is a
   // [k] float scratch. v is left unchanged.
   void select(const float* v, std::uint32_t* idx, float* tmp) const {
-    const std::size_t e = num_experts(), k = top_k();
+    const std::size_t e = n_experts(), k = top_k();
     const bool biased = routing_.selection_bias;
     const std::size_t ng = routing_.n_group;
     if (!biased && ng == 1) {

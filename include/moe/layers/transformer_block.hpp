@@ -83,9 +83,8 @@ concept FeedForwardLayer = requires(const F& f, ThreadPool& pool, MatrixView<con
 
 }  // namespace moe
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace layer_detail {
+MOE_SIMD_DETAIL_BEGIN
 /// Seconds since `t0`, and resets t0 to now (for the opt-in profile).
 inline double lap(std::chrono::steady_clock::time_point& t0) noexcept {
   const auto t1 = std::chrono::steady_clock::now();
@@ -116,7 +115,9 @@ inline void residual_add(MatrixView<float> h, MatrixView<float> u, const float* 
     add(h.row(r), u.row(r), h.row(r), h.cols);
   }
 }
-}  // namespace layer_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 template <class Attention, class Ffn>
 requires FeedForwardLayer<Ffn>
@@ -170,25 +171,25 @@ class TransformerBlock {
     const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
     auto t0 = std::chrono::steady_clock::now();
     auto charge = [&](double DecoderProfile::*field) {
-      if (profile) profile->*field += layer_detail::lap(t0);
+      if (profile) profile->*field += detail::lap(t0);
     };
 
-    layer_detail::rms_norm_rows_parallel(pool, h, norms_.pre_attn.data(), a, eps_);
+    detail::rms_norm_rows_parallel(pool, h, norms_.pre_attn.data(), a, eps_);
     charge(&DecoderProfile::norms);
     attn_.forward(pool, a, u, cache, layer, arena);
     charge(&DecoderProfile::attention);
-    layer_detail::residual_add(h, u, sandwich ? norms_.post_attn.data() : nullptr, eps_);
-    layer_detail::rms_norm_rows_parallel(pool, h, norms_.pre_ffn.data(), a, eps_);
+    detail::residual_add(h, u, sandwich ? norms_.post_attn.data() : nullptr, eps_);
+    detail::rms_norm_rows_parallel(pool, h, norms_.pre_ffn.data(), a, eps_);
     charge(&DecoderProfile::norms);
     if constexpr (std::is_void_v<ffn_result_type>) {
       ffn_.forward(pool, a, u, arena, ffn_options);
       charge(&DecoderProfile::ffn);
-      layer_detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
+      detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
       charge(&DecoderProfile::norms);
     } else {
       ffn_result_type result = ffn_.forward(pool, a, u, arena, ffn_options);
       charge(&DecoderProfile::ffn);
-      layer_detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
+      detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
       charge(&DecoderProfile::norms);
       return result;
     }

@@ -102,7 +102,7 @@ inline std::string layer_tensor_name(std::size_t layer, const char* leaf) {
   return "transformer/decoder_layer_" + std::to_string(layer) + "/" + leaf;
 }
 
-namespace weights_detail {
+namespace detail {
 
 inline void check_vector(std::span<const float> v, const std::string& name, std::size_t n) {
   if (v.data() == nullptr) throw ShapeError("[grok1] tensor '" + name + "' is missing");
@@ -121,7 +121,7 @@ void check_stack(const WeightStack<W>& s, const std::string& name, std::size_t e
   check_shape("grok1", name, {s.count, s.in(), s.out()}, {e, in, out});
 }
 
-}  // namespace weights_detail
+}  // namespace detail
 
 template <class W>
 void WeightsT<W>::validate(const Config& c) const {
@@ -135,7 +135,7 @@ void WeightsT<W>::validate(const Config& c) const {
   }
   check_shape("grok1", "language_model/in_out_embed/embeddings", {embedding.rows, embedding.cols},
               {c.vocab_size, d});
-  weights_detail::check_vector(final_norm, "language_model/rms_norm/scale", d);
+  detail::check_vector(final_norm, "language_model/rms_norm/scale", d);
   if (layers.size() != c.n_layers) {
     throw ShapeError("[grok1] weights have " + std::to_string(layers.size()) +
                      " decoder layers, config expects " + std::to_string(c.n_layers));
@@ -143,18 +143,18 @@ void WeightsT<W>::validate(const Config& c) const {
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const LayerWeightsT<W>& l = layers[i];
     auto name = [i](const char* leaf) { return layer_tensor_name(i, leaf); };
-    weights_detail::check_matrix(l.wq, name("multi_head_attention/query/w"), d, c.q_dim());
-    weights_detail::check_matrix(l.wk, name("multi_head_attention/key/w"), d, c.kv_dim());
-    weights_detail::check_matrix(l.wv, name("multi_head_attention/value/w"), d, c.kv_dim());
-    weights_detail::check_matrix(l.wo, name("multi_head_attention/linear/w"), c.q_dim(), d);
-    weights_detail::check_vector(l.norm_pre_attn, name("rms_norm/scale"), d);
-    weights_detail::check_vector(l.norm_post_attn, name("rms_norm_1/scale"), d);
-    weights_detail::check_vector(l.norm_pre_moe, name("rms_norm_2/scale"), d);
-    weights_detail::check_vector(l.norm_post_moe, name("rms_norm_3/scale"), d);
-    weights_detail::check_matrix(l.router, name("router/w"), d, c.n_experts);
-    weights_detail::check_stack(l.expert_gate, name("moe/linear/w"), c.n_experts, d, c.d_ff);
-    weights_detail::check_stack(l.expert_up, name("moe/linear_v/w"), c.n_experts, d, c.d_ff);
-    weights_detail::check_stack(l.expert_down, name("moe/linear_1/w"), c.n_experts, c.d_ff, d);
+    detail::check_matrix(l.wq, name("multi_head_attention/query/w"), d, c.q_dim());
+    detail::check_matrix(l.wk, name("multi_head_attention/key/w"), d, c.kv_dim());
+    detail::check_matrix(l.wv, name("multi_head_attention/value/w"), d, c.kv_dim());
+    detail::check_matrix(l.wo, name("multi_head_attention/linear/w"), c.q_dim(), d);
+    detail::check_vector(l.norm_pre_attn, name("rms_norm/scale"), d);
+    detail::check_vector(l.norm_post_attn, name("rms_norm_1/scale"), d);
+    detail::check_vector(l.norm_pre_moe, name("rms_norm_2/scale"), d);
+    detail::check_vector(l.norm_post_moe, name("rms_norm_3/scale"), d);
+    detail::check_matrix(l.router, name("router/w"), d, c.n_experts);
+    detail::check_stack(l.expert_gate, name("moe/linear/w"), c.n_experts, d, c.d_ff);
+    detail::check_stack(l.expert_up, name("moe/linear_v/w"), c.n_experts, d, c.d_ff);
+    detail::check_stack(l.expert_down, name("moe/linear_1/w"), c.n_experts, c.d_ff, d);
   }
 }
 

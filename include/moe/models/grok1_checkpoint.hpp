@@ -112,7 +112,7 @@ inline constexpr bool slot_is_norm(Slot s) noexcept {
 }
 
 /// Number of checkpoint files for n_layers layers: 2 + 12 * n_layers.
-inline constexpr std::size_t num_files(std::size_t n_layers) noexcept {
+inline constexpr std::size_t n_files(std::size_t n_layers) noexcept {
   return kGlobalTensors + kSlotsPerLayer * n_layers;
 }
 
@@ -153,11 +153,11 @@ struct TensorRef {
   Slot slot = Slot::kExpertGate;
 };
 
-/// Inverse of file_index. Throws ConfigError if index >= num_files(n_layers).
+/// Inverse of file_index. Throws ConfigError if index >= n_files(n_layers).
 inline TensorRef tensor_at(std::size_t index, std::size_t n_layers) {
-  if (index >= num_files(n_layers)) {
+  if (index >= n_files(n_layers)) {
     throw ConfigError("[grok1] file index " + std::to_string(index) + " is out of range for " +
-                      std::to_string(n_layers) + " layers (" + std::to_string(num_files(n_layers)) +
+                      std::to_string(n_layers) + " layers (" + std::to_string(n_files(n_layers)) +
                       " files)");
   }
   TensorRef r;
@@ -399,7 +399,7 @@ class Checkpoint {
   [[nodiscard]] const std::filesystem::path& tensor_dir() const { return state().tensor_dir; }
   /// The config.json that was read, or an empty path.
   [[nodiscard]] const std::filesystem::path& config_json() const { return state().config_json; }
-  [[nodiscard]] std::size_t num_tensors() const { return state().files.size(); }
+  [[nodiscard]] std::size_t n_tensors() const { return state().files.size(); }
   [[nodiscard]] const TensorFile& file(std::size_t index) const {
     check_index(index);
     return state().files[index];
@@ -517,11 +517,11 @@ class Checkpoint {
   /// Checks every tensor's kind, dtype and shape against `c`; throws ShapeError naming the file.
   void validate(const Config& c) const {
     const detail::CheckpointState& s = state();
-    if (s.files.size() != num_files(c.n_layers)) {
+    if (s.files.size() != n_files(c.n_layers)) {
       throw ShapeError("[grok1] '" + s.tensor_dir.string() + "' has " +
                        std::to_string(s.files.size()) + " tensor files, a config with " +
                        std::to_string(c.n_layers) + " layers needs " +
-                       std::to_string(num_files(c.n_layers)));
+                       std::to_string(n_files(c.n_layers)));
     }
     const std::size_t D = c.d_model, V = c.vocab_size, E = c.n_experts, F = c.d_ff;
     const std::size_t Q = c.q_dim(), K = c.kv_dim();
@@ -569,7 +569,7 @@ class Checkpoint {
     const Config& c = config();
     char gb[32];
     std::snprintf(gb, sizeof gb, "%.2f GB", static_cast<double>(file_bytes()) / 1e9);
-    return "'" + tensor_dir().string() + "': " + std::to_string(num_tensors()) + " files, " + gb +
+    return "'" + tensor_dir().string() + "': " + std::to_string(n_tensors()) + " files, " + gb +
            "; vocab " + std::to_string(c.vocab_size) + ", d_model " + std::to_string(c.d_model) +
            ", " + std::to_string(c.n_layers) + " layers, " + std::to_string(c.n_q_heads) + "/" +
            std::to_string(c.n_kv_heads) + " heads x " + std::to_string(c.head_dim) + ", " +
@@ -696,28 +696,28 @@ class Checkpoint {
     std::size_t n_layers = 0;
     if (layers) {
       n_layers = *layers;
-    } else if (span < num_files(1)) {
+    } else if (span < n_files(1)) {
       n_layers = 1;
     } else if ((span - kGlobalTensors) % kSlotsPerLayer != 0) {
       const std::size_t lo = (span - kGlobalTensors) / kSlotsPerLayer;
       const std::size_t hi = lo + 1;
       std::vector<std::size_t> extra, missing;
       for (std::size_t i : found) {
-        if (i >= num_files(lo)) extra.push_back(i);
+        if (i >= n_files(lo)) extra.push_back(i);
       }
-      for (std::size_t i = span; i < num_files(hi); ++i) missing.push_back(i);
+      for (std::size_t i = span; i < n_files(hi); ++i) missing.push_back(i);
       std::string msg = dir + " has tensor files up to " + file_name(span - 1) +
                         ", but a Grok-1 checkpoint has 2 + 12 * n_layers files: either " +
                         list(extra) + (extra.size() == 1 ? " is" : " are") + " extra (" +
-                        std::to_string(lo) + " layers, " + std::to_string(num_files(lo)) +
+                        std::to_string(lo) + " layers, " + std::to_string(n_files(lo)) +
                         " files) or " + list(missing) + (missing.size() == 1 ? " is" : " are") +
                         " missing (" + std::to_string(hi) + " layers, " +
-                        std::to_string(num_files(hi)) + " files)";
+                        std::to_string(n_files(hi)) + " files)";
       throw FormatError(msg);
     } else {
       n_layers = (span - kGlobalTensors) / kSlotsPerLayer;
     }
-    const std::size_t want = num_files(n_layers);
+    const std::size_t want = n_files(n_layers);
     const std::vector<std::size_t> missing = missing_below(want);
     if (!missing.empty()) {
       throw FormatError(dir + " is missing " + list(missing) + " (a checkpoint with " +

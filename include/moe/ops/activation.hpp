@@ -48,9 +48,8 @@ inline constexpr std::string_view activation_name(Activation a) noexcept {
 }
 }  // namespace moe
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace ops_detail {
+MOE_SIMD_DETAIL_BEGIN
 
 /// -inf -> -FLT_MAX (so that x / inf and x * 0 give -0 instead of NaN); NaN and finite x unchanged.
 inline simd::fbatch clamp_neg_inf(const simd::fbatch& x) noexcept {
@@ -99,28 +98,30 @@ inline void with_activation(Activation a, F&& f) noexcept {
   }
 }
 
-}  // namespace ops_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 /// y[i] = gelu_tanh(x[i]) (jax.nn.gelu(approximate=True); Grok-1's expert activation).
 inline void gelu_tanh(const float* x, float* y, std::size_t n) noexcept {
-  simd::map(x, y, n, ops_detail::GeluTanhOp{});
+  simd::map(x, y, n, detail::GeluTanhOp{});
 }
 /// y[i] = gelu_erf(x[i]) (exact GELU, torch nn.GELU()).
 inline void gelu_erf(const float* x, float* y, std::size_t n) noexcept {
-  simd::map(x, y, n, ops_detail::GeluErfOp{});
+  simd::map(x, y, n, detail::GeluErfOp{});
 }
 /// y[i] = silu(x[i]) = x[i] * sigmoid(x[i]).
 inline void silu(const float* x, float* y, std::size_t n) noexcept {
-  simd::map(x, y, n, ops_detail::SiluOp{});
+  simd::map(x, y, n, detail::SiluOp{});
 }
 /// y[i] = act(x[i]). y may alias x.
 inline void activate(Activation a, const float* x, float* y, std::size_t n) noexcept {
-  ops_detail::with_activation(a, [&](auto op) { simd::map(x, y, n, op); });
+  detail::with_activation(a, [&](auto op) { simd::map(x, y, n, op); });
 }
 /// out[i] = act(gate[i]) * up[i], one pass. out may alias gate or up.
 inline void gated_activation(Activation a, const float* gate, const float* up, float* out,
                              std::size_t n) noexcept {
-  ops_detail::with_activation(a, [&](auto op) {
+  detail::with_activation(a, [&](auto op) {
     simd::map2(gate, up, out, n,
                [&](const simd::fbatch& g, const simd::fbatch& u) { return op(g) * u; });
   });

@@ -40,8 +40,8 @@
 #include <moe/ops/detail/matmul_simd.hpp>
 #include <moe/ops/weights.hpp>
 
-MOE_SIMD_NAMESPACE_BEGIN
-namespace matmul_detail {
+
+MOE_SIMD_DETAIL_BEGIN
 
 /// Element access of a weight type: element type, data, scales.
 template <class W>
@@ -305,7 +305,9 @@ void run(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<flo
   });
 }
 
-}  // namespace matmul_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 /// Y[T, out] = X[T, in] . W. Accumulates in f32. x.cols == w.in, y.cols == w.out,
 /// x.rows == y.rows (checked with MOE_ASSERT only: callers validate shapes at construction).
@@ -319,7 +321,7 @@ void matmul(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<
     for (std::size_t t = 0; t < y.rows; ++t) std::fill_n(y.row(t), y.cols, 0.0f);
     return;
   }
-  matmul_detail::run(pool, x, w, y);
+  detail::run(pool, x, w, y);
 }
 
 /// y[out] = x[in] . W (one token).

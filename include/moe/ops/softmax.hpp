@@ -19,9 +19,8 @@
 #include <moe/config.hpp>
 #include <moe/simd/simd.hpp>
 
-MOE_SIMD_NAMESPACE_BEGIN
 
-namespace ops_detail {
+MOE_SIMD_DETAIL_BEGIN
 
 /// max over x[0..n) by SIMD lanes (NaN lanes may be dropped; callers see NaNs through the sum or
 /// through softmax_nonfinite). -inf when n == 0.
@@ -62,16 +61,18 @@ inline void softmax_nonfinite(const float* x, float* y, std::size_t n) noexcept 
   }
 }
 
-}  // namespace ops_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 /// y[i] = exp(x[i] - max) / sum_j exp(x[j] - max). y may alias x. See the header comment for
 /// -inf / +inf / NaN entries. Accuracy: each y[i] within ~(|x[i] - max| + n / (4 * kLanes) + 8)
 /// f32 ulps of the exact value (exp error, argument rounding, f32 sum).
 inline void softmax(const float* x, float* y, std::size_t n) noexcept {
   if (n == 0) return;
-  const float m = ops_detail::lane_max(x, n);
+  const float m = detail::lane_max(x, n);
   if (!std::isfinite(m)) {
-    ops_detail::softmax_nonfinite(x, y, n);
+    detail::softmax_nonfinite(x, y, n);
     return;
   }
   using simd::fbatch;
@@ -96,7 +97,7 @@ inline void softmax(float* x, std::size_t n) noexcept {
 /// log(sum_i exp(x[i])), computed stably as max + log(sum exp(x - max)). n = 0 gives -inf. All
 /// -inf gives -inf, any +inf gives +inf, any NaN gives NaN. E.g. [1000, 1000] -> 1000 + ln 2.
 inline float logsumexp(const float* x, std::size_t n) noexcept {
-  const float m = ops_detail::lane_max(x, n);
+  const float m = detail::lane_max(x, n);
   if (!std::isfinite(m)) {
     for (std::size_t i = 0; i < n; ++i) {
       if (x[i] != x[i]) return x[i];

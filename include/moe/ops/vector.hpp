@@ -97,7 +97,9 @@ inline void bf16_to_f32(const bf16* src, float* dst, std::size_t n) noexcept {
   }
 }
 
-namespace ops_detail {
+MOE_SIMD_NAMESPACE_END
+
+MOE_SIMD_DETAIL_BEGIN
 /// Round-to-nearest-even float -> bf16 bits, NaN kept quiet (same rule as moe::bf16). Written
 /// branch-free so that GCC vectorises the loops below.
 inline std::uint16_t f32_to_bf16_bits(float f) noexcept {
@@ -106,18 +108,20 @@ inline std::uint16_t f32_to_bf16_bits(float f) noexcept {
   const std::uint32_t quiet = (u >> 16) | 0x0040u;
   return static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
 }
-}  // namespace ops_detail
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
 
 /// dst[i] = bf16(src[i]), round to nearest even (identical to moe::bf16's constructor).
 inline void f32_to_bf16(const float* src, bf16* dst, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) dst[i].bits = ops_detail::f32_to_bf16_bits(src[i]);
+  for (std::size_t i = 0; i < n; ++i) dst[i].bits = detail::f32_to_bf16_bits(src[i]);
 }
 
 /// x[i] = float(bf16(x[i])): emulates a cast to bf16 and back (e.g. Grok-1's bf16 activations).
 inline void round_bf16_inplace(float* x, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     x[i] =
-        std::bit_cast<float>(static_cast<std::uint32_t>(ops_detail::f32_to_bf16_bits(x[i])) << 16);
+        std::bit_cast<float>(static_cast<std::uint32_t>(detail::f32_to_bf16_bits(x[i])) << 16);
   }
 }
 

@@ -29,8 +29,8 @@
 #include <moe/core/bf16.hpp>
 #include <moe/ops/detail/matmul_simd.hpp>
 
-MOE_SIMD_NAMESPACE_BEGIN
-namespace matmul_detail {
+
+MOE_SIMD_DETAIL_BEGIN
 
 /// Vectors per strip and the strip width in columns.
 inline constexpr std::size_t kNV = 4;
@@ -463,5 +463,5 @@ inline void pack_outin(const E* w, std::size_t ldw, std::size_t kc, std::size_t 
   }
 }
 
-}  // namespace matmul_detail
-MOE_SIMD_NAMESPACE_END
+MOE_SIMD_DETAIL_END
+

@@ -25,8 +25,8 @@
 #include <moe/config.hpp>
 #include <moe/ops/detail/matmul_kernels.hpp>
 
-MOE_SIMD_NAMESPACE_BEGIN
-namespace matmul_detail {
+
+MOE_SIMD_DETAIL_BEGIN
 
 enum class Path { kDirect, kPacked, kDot };
 
@@ -196,5 +196,5 @@ inline Plan make_plan(std::size_t T, std::size_t in, std::size_t out, std::size_
   return p;
 }
 
-}  // namespace matmul_detail
-MOE_SIMD_NAMESPACE_END
+MOE_SIMD_DETAIL_END
+

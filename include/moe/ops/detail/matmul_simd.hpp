@@ -46,8 +46,8 @@
 #endif
 #endif
 
-MOE_SIMD_NAMESPACE_BEGIN
-namespace matmul_detail {
+
+MOE_SIMD_DETAIL_BEGIN
 
 #if MOE_MATMUL_AVX512
 
@@ -156,5 +156,5 @@ struct Vec {
 /// Bytes of one cache line (prefetch granularity).
 inline constexpr std::size_t kCacheLine = 64;
 
-}  // namespace matmul_detail
-MOE_SIMD_NAMESPACE_END
+MOE_SIMD_DETAIL_END
+
