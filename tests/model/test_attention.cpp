@@ -36,7 +36,7 @@ std::vector<float> run_chunks(moe::ThreadPool& pool,
                               const std::vector<std::size_t>& chunks,
                               moe::KvDtype dtype = moe::KvDtype::kF32) {
   const auto& c = attn.config();
-  moe::KvCache cache(1, c.n_kv_heads, c.head_dim, 64, dtype);
+  moe::KvCache cache(1, c.n_kv_heads, c.head_dim, 80, dtype);
   moe::Arena arena(attn.workspace_bytes(T));
   std::vector<float> y(T * c.d_model, 0.0f);
   std::size_t t0 = 0;
@@ -120,6 +120,26 @@ TEST_CASE("attention: incremental decoding equals one prefill", "[model][attenti
   const auto d = moe_test::diff(step.data(), full.data(), full.size());
   INFO(d.str());
   CHECK(d.max_abs <= 1e-6 * moe_test::max_abs(full.data(), full.size()));
+}
+
+TEST_CASE("attention: a chunk starting off a token-block boundary crosses a key tile cleanly",
+          "[model][attention]") {
+  // A 60-token chunk at position 5: its last block of query rows (positions 61 .. 64) spans the
+  // key-tile boundary at 64, so the earlier rows of that block have no keys in the last tile.
+  moe::ThreadPool pool(2);
+  auto c = tiny_config();
+  const std::size_t dh = GENERATE(8, 32);
+  c.head_dim = dh;
+  moe_test::AttentionOwner w(c, 12);
+  moe::RotaryAttention<moe::F32Weight> attn(c, w.views);
+  const std::size_t T = 65;
+  auto x = moe_test::randn(T * c.d_model, 14);
+  auto ref = moe_test::attention_ref(c, w.views, x.data(), T);
+  for (auto dtype : {moe::KvDtype::kF32, moe::KvDtype::kBF16}) {
+    auto y = run_chunks(pool, attn, x, T, {5, 60}, dtype);
+    INFO("head_dim " << dh << " " << moe::kv_dtype_name(dtype) << ": " << rel_err(y, ref));
+    CHECK(rel_err(y, ref) < (dtype == moe::KvDtype::kF32 ? 2e-6 : 1e-2));
+  }
 }
 
 TEST_CASE("attention: a bf16 cache stays close to f32 and differs from it", "[model][attention]") {
