@@ -1,10 +1,12 @@
 // moe/layers/decoder.hpp: Decoder<Block, Head>, a decoder-only language model over token ids.
 //
-//   h      = embedding[token] * embedding_multiplier                 [T, D]   (f32 table [V, D])
+//   h      = embedding[token] * embedding_multiplier                 [T, D]   (table [V, D])
 //   h      = block_l(h)  for l = 0 .. L-1                              (TransformerBlock)
 //   logits = (RMSNorm(h, final_norm) . head) * output_multiplier      [T or 1, V]
 //
-// The head is tied to the embedding by default (logits = h . E^T, i.e. the F32Weight
+// The embedding is an EmbeddingTable (ops/embedding.hpp): f32 at any byte alignment, bf16, or
+// int8 with bf16 scales, read in place and widened exactly row by row. The head is tied to the
+// embedding by default (logits = h . E^T: the table's own weight view, e.g. the F32Weight
 // {E, in = D, out = V, Layout::kOutIn}) or a separate weight of type Head ([D, V]).
 //
 // A Decoder holds views only and is const during forward(): several DecoderStates (sequences) can
@@ -38,6 +40,7 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/kv_cache.hpp>
 #include <moe/layers/transformer_block.hpp>
+#include <moe/ops/embedding.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/norm.hpp>
 #include <moe/ops/softmax.hpp>
@@ -112,9 +115,10 @@ class Decoder {
   using result_slot =
       std::conditional_t<std::is_void_v<ffn_result_type>, unsigned char, ffn_result_type>;
 
-  /// `embedding` [V, D] (row = token, contiguous), `final_norm` [D]; `head` [D, V] when the LM
-  /// head is not tied to the embedding (std::nullopt = tied).
-  Decoder(const DecoderConfig& config, MatrixView<const float> embedding, std::vector<Block> blocks,
+  /// `embedding` [V, D] (row = token, contiguous; a MatrixView<const float> converts to an f32
+  /// table), `final_norm` [D]; `head` [D, V] when the LM head is not tied to the embedding
+  /// (std::nullopt = tied).
+  Decoder(const DecoderConfig& config, EmbeddingTable embedding, std::vector<Block> blocks,
           std::span<const float> final_norm, std::optional<Head> head = std::nullopt)
       : cfg_(config),
         emb_(embedding),
@@ -123,9 +127,7 @@ class Decoder {
         head_(std::move(head)) {
     cfg_.validate();
     const std::size_t v = cfg_.vocab_size, d = cfg_.d_model;
-    if (emb_.data == nullptr) throw ShapeError("[decoder] tensor 'embedding' is missing");
-    check_shape("decoder", "embedding", {emb_.rows, emb_.cols}, {v, d});
-    if (!emb_.contiguous()) throw ShapeError("[decoder] tensor 'embedding' must be contiguous");
+    emb_.validate("decoder", "embedding", v, d);
     if (final_norm_.data() == nullptr) throw ShapeError("[decoder] tensor 'final_norm' is missing");
     check_shape("decoder", "final_norm", {final_norm_.size()}, {d});
     check_config(!blocks_.empty(), "decoder", "needs at least one block");
@@ -138,11 +140,7 @@ class Decoder {
       check_config(a.n_kv_heads == a0.n_kv_heads && a.head_dim == a0.head_dim, "decoder",
                    "block " + std::to_string(l) + " has a different KV shape than block 0");
     }
-    if (head_) {
-      check_weight_shape(*head_, "decoder", "head", d, v);
-    } else {
-      tied_ = F32Weight{emb_.data, d, v, Layout::kOutIn};
-    }
+    if (head_) check_weight_shape(*head_, "decoder", "head", d, v);
   }
 
   [[nodiscard]] const DecoderConfig& config() const noexcept { return cfg_; }
@@ -151,6 +149,7 @@ class Decoder {
   [[nodiscard]] std::size_t n_layers() const noexcept { return blocks_.size(); }
   [[nodiscard]] const std::vector<Block>& blocks() const noexcept { return blocks_; }
   [[nodiscard]] bool tied_head() const noexcept { return !head_.has_value(); }
+  [[nodiscard]] const EmbeddingTable& embedding() const noexcept { return emb_; }
 
   /// The shape of the KV cache this model needs for `capacity` positions.
   [[nodiscard]] KvCacheConfig kv_config(std::size_t capacity, KvDtype dtype = KvDtype::kF32) const {
@@ -249,13 +248,7 @@ class Decoder {
     Arena::Scope scope(arena);
     MatrixView<float> h(arena.alloc<float>(T * d), T, d);
 
-    // Embedding lookup (f32 table) times the multiplier.
-    const auto emul = static_cast<float>(cfg_.embedding_multiplier);
-    for (std::size_t t = 0; t < T; ++t) {
-      const float* e = emb_.row(static_cast<std::size_t>(tokens[t]));
-      float* r = h.row(t);
-      for (std::size_t i = 0; i < d; ++i) r[i] = e[i] * emul;
-    }
+    embed_rows(pool, emb_, tokens, static_cast<float>(cfg_.embedding_multiplier), h);
     if (prof) prof->embedding += detail::lap(t0);
 
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
@@ -274,12 +267,12 @@ class Decoder {
     MatrixView<const float> hs = h.rows_slice(T - rows, rows);
     MatrixView<float> hn(arena.alloc<float>(rows * d), rows, d);
     detail::rms_norm_rows_parallel(pool, hs, final_norm_.data(), hn,
-                                         static_cast<float>(cfg_.rms_eps));
+                                   static_cast<float>(cfg_.rms_eps));
     if (prof) prof->norms += detail::lap(t0);
     if (head_) {
       matmul(pool, MatrixView<const float>(hn), *head_, logits);
     } else {
-      matmul(pool, MatrixView<const float>(hn), tied_, logits);
+      tied_logits(pool, MatrixView<const float>(hn), emb_, logits);
     }
     const auto omul = static_cast<float>(cfg_.output_multiplier);
     if (omul != 1.0f) {
@@ -293,11 +286,10 @@ class Decoder {
   }
 
   DecoderConfig cfg_;
-  MatrixView<const float> emb_;
+  EmbeddingTable emb_;
   std::vector<Block> blocks_;
   std::span<const float> final_norm_;
   std::optional<Head> head_;
-  F32Weight tied_{};
 };
 
 MOE_SIMD_NAMESPACE_END
