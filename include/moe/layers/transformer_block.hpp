@@ -11,6 +11,11 @@
 // Attention is any type with RotaryAttention's forward(pool, x, y, cache, layer, arena); Ffn any
 // type with the FFN interface of moe/layers/moe_types.hpp (MoELayer, a dense gated FFN, ...).
 // The block's forward returns what the Ffn's forward returns (MoEResult for an MoE layer).
+//
+// Decoders that mix dense and MoE layers (GLaM: an MoE layer in every other block; DeepSeek and
+// Qwen-MoE: the first blocks dense) use DenseOrMoE<MoE, Dense> as their Ffn: each block holds
+// either its MoE layer or its dense FFN, chosen at construction, and returns
+// std::optional<MoEResult> (empty for a dense block).
 #pragma once
 
 #include <algorithm>
@@ -18,10 +23,12 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 
 #include <moe/config.hpp>
 #include <moe/core/arena.hpp>
@@ -83,7 +90,6 @@ concept FeedForwardLayer = requires(const F& f, ThreadPool& pool, MatrixView<con
 
 }  // namespace moe
 
-
 MOE_SIMD_DETAIL_BEGIN
 /// Seconds since `t0`, and resets t0 to now (for the opt-in profile).
 inline double lap(std::chrono::steady_clock::time_point& t0) noexcept {
@@ -118,6 +124,80 @@ inline void residual_add(MatrixView<float> h, MatrixView<float> u, const float* 
 MOE_SIMD_DETAIL_END
 
 MOE_SIMD_NAMESPACE_BEGIN
+
+/// An FFN that is, per instance, either an MoE layer or a dense FFN (see the file comment): a
+/// decoder whose blocks all have type TransformerBlock<A, DenseOrMoE<M, D>> can choose MoE or
+/// dense layer by layer. Offers the FFN interface and the training contract of moe_types.hpp by
+/// forwarding to the layer it holds.
+template <class MoeT, class DenseT>
+requires FeedForwardLayer<MoeT> && FeedForwardLayer<DenseT>
+class DenseOrMoE {
+ public:
+  using moe_type = MoeT;
+  using dense_type = DenseT;
+  /// The MoE layer's result (losses, routing statistics), or std::nullopt for a dense layer.
+  using Result = std::optional<typename MoeT::Result>;
+
+  DenseOrMoE(MoeT moe) : layer_(std::in_place_index<1>, std::move(moe)) {}        // NOLINT
+  DenseOrMoE(DenseT dense) : layer_(std::in_place_index<0>, std::move(dense)) {}  // NOLINT
+
+  [[nodiscard]] bool is_moe() const noexcept { return layer_.index() == 1; }
+  /// The MoE layer (nullptr for a dense one) and the dense FFN (nullptr for an MoE one).
+  [[nodiscard]] const MoeT* moe() const noexcept { return std::get_if<1>(&layer_); }
+  [[nodiscard]] const DenseT* dense() const noexcept { return std::get_if<0>(&layer_); }
+
+  [[nodiscard]] std::size_t dim() const noexcept {
+    return std::visit([](const auto& l) -> std::size_t { return l.dim(); }, layer_);
+  }
+  [[nodiscard]] std::size_t workspace_bytes(std::size_t max_tokens) const {
+    return std::visit([&](const auto& l) -> std::size_t { return l.workspace_bytes(max_tokens); },
+                      layer_);
+  }
+  Result forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, Arena& arena,
+                 const ForwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) return m->forward(pool, x, y, arena, opts);
+    dense()->forward(pool, x, y, arena, opts);
+    return std::nullopt;
+  }
+
+  // ---- training: the layer's own Grads / Saved (only the one of the held layer is used) ----
+  struct Grads {
+    typename DenseT::Grads dense{};
+    typename MoeT::Grads moe{};
+  };
+  struct Saved {
+    typename DenseT::Saved dense{};
+    typename MoeT::Saved moe{};
+  };
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const {
+    return std::visit([&](const auto& l) -> std::size_t { return l.tape_bytes(max_tokens); },
+                      layer_);
+  }
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const {
+    return std::visit(
+        [&](const auto& l) -> std::size_t { return l.training_workspace_bytes(max_tokens); },
+        layer_);
+  }
+  Result forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                       Arena& scratch, Arena& tape, Saved& saved,
+                       const ForwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) return m->forward_train(pool, x, y, scratch, tape, saved.moe, opts);
+    dense()->forward_train(pool, x, y, scratch, tape, saved.dense, opts);
+    return std::nullopt;
+  }
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, Grads& grads, Arena& scratch,
+                const BackwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) {
+      m->backward(pool, x, saved.moe, dy, dx, grads.moe, scratch, opts);
+    } else {
+      dense()->backward(pool, x, saved.dense, dy, dx, grads.dense, scratch, opts);
+    }
+  }
+
+ private:
+  std::variant<DenseT, MoeT> layer_;
+};
 
 template <class Attention, class Ffn>
 requires FeedForwardLayer<Ffn>
