@@ -162,17 +162,13 @@ inline void dot_rows_tiled(const float* q, const KV* k, std::size_t stride, std:
     simd::store(out + j,
                 dot_lanes(q, k + j * stride, stride, dh, std::make_index_sequence<simd::kLanes>{}));
   }
-  for (; j < n; ++j) {  // the last < kLanes keys, one at a time
+  for (; j < n; ++j) {  // the last < kLanes keys, one at a time (same order for f32 and bf16)
     const KV* kj = k + j * stride;
-    if constexpr (std::is_same_v<KV, float>) {
-      out[j] = dot(q, kj, dh);
-    } else {
-      simd::fbatch acc(0.0f);
-      for (std::size_t c = 0; c < dh; c += simd::kLanes) {
-        acc = simd::fma(simd::load(q + c), load_row(kj + c), acc);
-      }
-      out[j] = simd::reduce_add(acc);
+    simd::fbatch acc(0.0f);
+    for (std::size_t c = 0; c < dh; c += simd::kLanes) {
+      acc = simd::fma(simd::load(q + c), load_row(kj + c), acc);
     }
+    out[j] = simd::reduce_add(acc);
   }
 }
 
