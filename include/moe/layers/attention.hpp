@@ -109,8 +109,8 @@ namespace detail {
 /// Throws unless `g` can receive the gradient of `w`: frozen (data null), or -- for an f32 weight
 /// only -- the same [in, out] shape and layout. `component` and `name` go into the message.
 template <class W>
-void check_weight_grad(const W& w, const WeightGrad& g, std::string_view component,
-                       std::string_view name) {
+void check_trainable(const W& w, const WeightGrad& g, std::string_view component,
+                     std::string_view name) {
   if (g.frozen()) return;
   const std::string where = "[" + std::string(component) + "] ";
   if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
@@ -312,10 +312,10 @@ class RotaryAttention {
       throw ShapeError("[attention] backward() got " + std::to_string(x.rows) +
                        " rows, forward_train() saved " + std::to_string(saved.q.rows));
     }
-    detail::check_weight_grad(w_.wq, grads.wq, "attention", "wq");
-    detail::check_weight_grad(w_.wk, grads.wk, "attention", "wk");
-    detail::check_weight_grad(w_.wv, grads.wv, "attention", "wv");
-    detail::check_weight_grad(w_.wo, grads.wo, "attention", "wo");
+    detail::check_trainable(w_.wq, grads.wq, "attention", "wq");
+    detail::check_trainable(w_.wk, grads.wk, "attention", "wk");
+    detail::check_trainable(w_.wv, grads.wv, "attention", "wv");
+    detail::check_trainable(w_.wo, grads.wo, "attention", "wo");
     const std::size_t n = x.rows, T = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
     if (n == 0) return;
     check_scratch(pool, T, true);
