@@ -290,6 +290,27 @@ TEST_CASE("safetensors: malformed files are FormatErrors naming the file and ten
     CHECK_THAT(open_error("st_rank", rank_file, st::Limits{.max_ndim = 3}),
                EndsWith("tensor 'w': rank 4 exceeds the limit of 3"));
   }
+  SECTION("headers that would make the JSON parser work too hard") {
+    std::string h = "{";
+    for (int i = 0; i < 4; ++i)
+      h += (i ? "," : "") + tensor("t" + std::to_string(i), "F32", "[]", 4 * i, 4 * i + 4);
+    CHECK_THAT(open_error("st_members", st_file(h + "}", 16), st::Limits{.max_tensors = 2}),
+               EndsWith("the header has an object of more than 3 members (Limits::max_tensors)"));
+    const fs::path ok = scratch("st_members_ok") / "model.safetensors";
+    write_file(ok, st_file(h + "}", 16));
+    CHECK(st::File(ok).entries().size() == 4);  // the default limit
+    std::string wide = "[0";
+    for (int i = 1; i < 100; ++i) wide += ",0";
+    CHECK_THAT(
+        open_error("st_wide",
+                   "{\"w\":{\"dtype\":\"F32\",\"shape\":" + wide + "],\"data_offsets\":[0,0]}}", 0),
+        EndsWith("the header has an array of more than 64 elements"));
+    CHECK_THAT(
+        open_error("st_deep", "{\"w\":" + std::string(70, '[') + std::string(70, ']') + "}", 0),
+        EndsWith("the header nests deeper than 64"));
+    CHECK_THAT(open_error("st_strings", "{\"a,,,,\\\",,,\":{}}", 0),
+               EndsWith("tensor 'a,,,,\",,,': missing key 'dtype'"));
+  }
   SECTION("entries with missing, extra or ill-typed keys") {
     CHECK_THAT(open_error("st_missing", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4),
                EndsWith("tensor 'w': missing key 'data_offsets'"));

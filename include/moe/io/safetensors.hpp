@@ -16,8 +16,9 @@
 // "weight_map": {"tensor name": "model-00001-of-00019.safetensors", ...}}.
 //
 // Guarantees, all checked when a file is opened (nothing of the data section is read):
-//   * 8 + N <= file size, 2 <= N <= Limits::max_header_bytes, the header is one strict JSON
-//     object (io/json.hpp) starting with '{' (trailing spaces, the writers' padding, are fine);
+//   * 8 + N <= file size, N <= Limits::max_header_bytes, the header is one strict JSON object
+//     (io/json.hpp) starting with '{' (trailing spaces, the writers' padding, are fine), with at
+//     most Limits::max_tensors members (a linear pre-scan bounds the JSON parser's work);
 //   * every member but __metadata__ has exactly the keys dtype, shape and data_offsets; dtype is
 //     a safetensors dtype name; shape is at most Limits::max_ndim non-negative integers;
 //     data_offsets is [begin, end] with begin <= end;
@@ -152,6 +153,7 @@ inline constexpr DType dtype_of() noexcept {
 struct Limits {
   std::size_t max_header_bytes = 100'000'000;  ///< the reference implementation's limit
   std::size_t max_ndim = 32;                   ///< tensor rank
+  std::size_t max_tensors = 1 << 14;           ///< members of any JSON object in the header
 };
 
 /// One header entry, as validated. Offsets are absolute (from the start of the file).
@@ -249,6 +251,48 @@ inline std::size_t json_size(const JsonValue& v, std::string_view file, const st
   const auto u = static_cast<std::uint64_t>(v.as_int64());
   if (u > static_cast<std::uint64_t>(SIZE_MAX)) bad(file, what + " is too large");
   return static_cast<std::size_t>(u);
+}
+
+/// Bounds the JSON parser's work before it runs, in one pass over the text: io/json.hpp builds
+/// a node per value and checks an object's keys for duplicates pair by pair, so a 100 MB header
+/// of tiny members would take hours and gigabytes. Allowed: at most max_tensors + 1 members in
+/// any object, max(max_ndim, 64) elements in any array, 16 values per allowed tensor in all.
+inline void check_header_shape(std::string_view text, std::string_view file, const Limits& limits) {
+  struct Open {
+    bool object;
+    std::size_t items;
+  };
+  std::vector<Open> stack;
+  const std::size_t max_members = limits.max_tensors + 1;
+  const std::size_t max_elements = std::max<std::size_t>(limits.max_ndim, 64);
+  const std::size_t max_values = 16 * max_members;
+  std::size_t values = 1;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (ch == '"') {  // skip the string, escapes included
+      for (++i; i < text.size() && text[i] != '"'; ++i) i += text[i] == '\\' ? 1 : 0;
+      continue;
+    }
+    if (ch == '{' || ch == '[') {
+      if (stack.size() >= static_cast<std::size_t>(JsonParser::kMaxDepth)) {
+        bad(file, "the header nests deeper than " + std::to_string(JsonParser::kMaxDepth));
+      }
+      stack.push_back({ch == '{', 1});
+    } else if ((ch == '}' || ch == ']') && !stack.empty()) {
+      stack.pop_back();
+    } else if (ch == ',' && !stack.empty()) {
+      Open& top = stack.back();
+      if (++top.items > (top.object ? max_members : max_elements)) {
+        bad(file, top.object ? "the header has an object of more than " +
+                                   std::to_string(max_members) + " members (Limits::max_tensors)"
+                             : "the header has an array of more than " +
+                                   std::to_string(max_elements) + " elements");
+      }
+      if (++values > max_values) {
+        bad(file, "the header has more than " + std::to_string(max_values) + " JSON values");
+      }
+    }
+  }
 }
 
 inline Entry parse_entry(const std::string& name, const JsonValue& v, std::size_t data_begin,
@@ -372,6 +416,7 @@ inline Header parse_header(std::span<const std::byte> bytes, std::string_view fi
   if (text.empty() || text.front() != '{') {
     detail::bad(file, "the header does not start with '{'");
   }
+  detail::check_header_shape(text, file, limits);
   JsonValue json;
   try {
     json = parse_json(text, "header");
