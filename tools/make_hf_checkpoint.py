@@ -3,6 +3,7 @@
 
     /usr/bin/python3 tools/make_hf_checkpoint.py OUT_DIR [--family mixtral|qwen2_moe|olmoe]
         [--dtype bf16|f32] [--shards N] [--seed S] [--set key=value ...]
+        [--preset tiny|full] [--sparse]
     /usr/bin/python3 tools/make_hf_checkpoint.py --fixtures DIR    (the test fixtures of ctest)
 
 OUT_DIR receives what transformers' save_pretrained writes for MixtralForCausalLM,
@@ -18,12 +19,17 @@ little-endian header length N, a JSON header padded with spaces so that 8 + N is
 8, then the tensors back to back, ordered by element size (largest first) and name, so that every
 tensor is aligned for its element type. bf16 values are float32 rounded to nearest even.
 
+--preset full --sparse writes the published model's layout at full size without using disk
+space: the headers are real, the data sections are holes (e.g. Mixtral 8x7B in 19 shards:
+93.4 GB apparent, a few hundred kB on disk).
+
 Weights are random (seeded): linear weights N(0, 1/in), norms 1 + N(0, 0.1^2), biases N(0, 0.1^2),
 the embedding N(0, 1). Every checkpoint also gets manifest.json (moe's addition, ignored by other
 readers): per tensor its shard, dtype, shape and the CRC-32 of its bytes, for the reader tests.
 
 --fixtures DIR writes the checkpoints tests/io/test_safetensors.cpp reads (see FIXTURES below),
-and DIR/dtypes/model.safetensors: one tensor of each dtype with values given by a formula.
+DIR/mixtral_8x7b_sparse (the real Mixtral 8x7B layout, sparse), and
+DIR/dtypes/model.safetensors: one tensor of each dtype with values given by a formula.
 """
 import argparse
 import json
@@ -127,6 +133,30 @@ def tensor_list(c):
     return out
 
 
+def published_config(family):
+    """The shapes of Mixtral-8x7B-v0.1, Qwen1.5-MoE-A2.7B and OLMoE-1B-7B-0924 (their
+    config.json values), in bf16, for --preset full."""
+    c = tiny_config(family, "bf16")
+    if family == "mixtral":
+        c.update({"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                  "num_local_experts": 8, "num_experts_per_tok": 2, "rope_theta": 1e6,
+                  "max_position_embeddings": 32768})
+    elif family == "qwen2_moe":
+        c.update({"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+                  "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+                  "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+                  "num_experts": 60, "num_experts_per_tok": 4, "rope_theta": 1e6,
+                  "max_position_embeddings": 8192, "max_window_layers": 21,
+                  "sliding_window": 32768, "bos_token_id": 151643, "eos_token_id": 151643})
+    else:
+        c.update({"vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 1024,
+                  "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
+                  "num_experts": 64, "num_experts_per_tok": 8, "max_position_embeddings": 4096,
+                  "eos_token_id": 50279})
+    return c
+
+
 def random_values(name, shape, rng):
     """float32 values for one tensor (see the module docstring)."""
     z = rng.standard_normal(shape)
@@ -158,46 +188,65 @@ def encode(values, dtype):
     return np.ascontiguousarray(values).astype(np_type).tobytes()
 
 
-def safetensors_bytes(tensors, metadata=None):
-    """tensors: [(name, dtype, shape, raw bytes)] -> the file's bytes (reference layout)."""
+def nbytes(dtype, shape):
+    return ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+
+
+def safetensors_header(tensors, metadata=None):
+    """tensors: [(name, dtype, shape, ...)] -> (the 8 + N header bytes, tensors in file order,
+    data bytes). Order: element size (largest first), then name."""
     order = sorted(tensors, key=lambda t: (-ITEMSIZE[t[1]], t[0]))
     header, offset = {}, 0
     if metadata is not None:
         header["__metadata__"] = metadata
-    for name, dtype, shape, raw in order:
-        assert len(raw) == ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64)), name
-        header[name] = {"dtype": dtype, "shape": list(shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
+    for t in order:
+        size = nbytes(t[1], t[2])
+        header[t[0]] = {"dtype": t[1], "shape": list(t[2]), "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * ((8 - (8 + len(text)) % 8) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in order)
+    return struct.pack("<Q", len(text)) + text, order, offset
 
 
-def write_checkpoint(out, config, dtype="bf16", shards=1, seed=0):
-    """Writes config.json, the shard(s), the index (shards > 1) and manifest.json into `out`."""
+def safetensors_bytes(tensors, metadata=None):
+    """tensors: [(name, dtype, shape, raw bytes)] -> the file's bytes (reference layout)."""
+    head, order, _ = safetensors_header(tensors, metadata)
+    for name, dtype, shape, raw in order:
+        assert len(raw) == nbytes(dtype, shape), name
+    return head + b"".join(t[3] for t in order)
+
+
+def write_checkpoint(out, config, dtype="bf16", shards=1, seed=0, sparse=False):
+    """Writes config.json, the shard(s), the index (shards > 1) and manifest.json into `out`.
+    sparse: headers only, the data sections left as holes (zeros) of their full size, for
+    real-size layouts; their manifest has no CRCs."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     st = {"bf16": "BF16", "f32": "F32"}[dtype]
-    tensors = [(name, st, shape, encode(random_values(name, shape, rng), st))
+    tensors = [(name, st, shape, None if sparse else encode(random_values(name, shape, rng), st))
                for name, shape in tensor_list(config)]
-    total = sum(len(t[3]) for t in tensors)
+    total = sum(nbytes(st, t[2]) for t in tensors)
     groups, acc = [[]], 0  # consecutive tensors, cut when a shard reaches total / shards
     for t in tensors:
         if groups[-1] and acc >= total * len(groups) / shards and len(groups) < shards:
             groups.append([])
         groups[-1].append(t)
-        acc += len(t[3])
+        acc += nbytes(st, t[2])
     names = (["model.safetensors"] if len(groups) == 1 else
              ["model-%05d-of-%05d.safetensors" % (i + 1, len(groups)) for i in range(len(groups))])
     weight_map, manifest = {}, {}
     for shard, group in zip(names, groups):
         with open(os.path.join(out, shard), "wb") as f:
-            f.write(safetensors_bytes(group, {"format": "pt"}))
+            if sparse:
+                head, _, data = safetensors_header(group, {"format": "pt"})
+                f.write(head)
+                f.truncate(len(head) + data)
+            else:
+                f.write(safetensors_bytes(group, {"format": "pt"}))
         for name, dt, shape, raw in group:
             weight_map[name] = shard
             manifest[name] = {"file": shard, "dtype": dt, "shape": list(shape),
-                              "crc32": zlib.crc32(raw)}
+                              "crc32": None if sparse else zlib.crc32(raw)}
     if len(groups) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
@@ -246,6 +295,8 @@ def write_fixtures(root):
         config.update(overrides)
         write_checkpoint(os.path.join(root, name), config, dtype, shards,
                          seed=zlib.crc32(name.encode()))
+    write_checkpoint(os.path.join(root, "mixtral_8x7b_sparse"), published_config("mixtral"),
+                     "bf16", 19, sparse=True)
     os.makedirs(os.path.join(root, "dtypes"), exist_ok=True)
     tensors = dtypes_tensors()
     with open(os.path.join(root, "dtypes", "model.safetensors"), "wb") as f:
@@ -254,7 +305,7 @@ def write_fixtures(root):
                     "crc32": zlib.crc32(raw)} for n, d, s, raw in tensors}
     with open(os.path.join(root, "dtypes", "manifest.json"), "w") as f:
         json.dump({"tensors": manifest}, f, indent=1, sort_keys=True)
-    print("make_hf_checkpoint: %d fixtures in %s" % (len(FIXTURES) + 1, root))
+    print("make_hf_checkpoint: %d fixtures in %s" % (len(FIXTURES) + 2, root))
 
 
 def main():
@@ -266,17 +317,23 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    ap.add_argument("--preset", choices=["tiny", "full"], default="tiny",
+                    help="full: the published model's shapes (use with --sparse)")
+    ap.add_argument("--sparse", action="store_true",
+                    help="headers only; the data are holes of full size (no disk space used)")
     args = ap.parse_args()
     if args.fixtures:
         write_fixtures(args.fixtures)
         return
     if not args.out:
         ap.error("OUT_DIR or --fixtures DIR is required")
-    config = tiny_config(args.family, args.dtype)
+    config = (published_config(args.family) if args.preset == "full" else
+              tiny_config(args.family, args.dtype))
+    config["torch_dtype"] = TORCH_DTYPE[args.dtype]
     for kv in args.set:
         key, _, value = kv.partition("=")
         config[key] = json.loads(value)
-    n = write_checkpoint(args.out, config, args.dtype, args.shards, args.seed)
+    n = write_checkpoint(args.out, config, args.dtype, args.shards, args.seed, args.sparse)
     print("make_hf_checkpoint: %s %s, %d shard(s) in %s" % (ARCH[args.family], args.dtype, n,
                                                             args.out))
 

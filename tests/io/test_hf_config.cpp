@@ -315,3 +315,22 @@ TEST_CASE("hf config: check_tensors names the tensor, the file and both shapes o
              StartsWith("[safetensors] tensor 'model.layers.2.input_layernorm.weight' is not in "
                         "the index"));
 }
+
+TEST_CASE("hf config: the real Mixtral 8x7B layout (19 sparse shards) opens and validates",
+          "[hf]") {
+  // tools/make_hf_checkpoint.py --preset full --sparse: real headers, data left as holes.
+  const fs::path dir = fixture("hf/mixtral_8x7b_sparse");
+  const Config c = moe::hf::read_config(dir);
+  CHECK(c.parameters() == 46'702'792'704);
+  const st::Checkpoint ckpt(dir);
+  CHECK(ckpt.files().size() == 19);
+  CHECK(ckpt.size() == 995);
+  CHECK(ckpt.data_bytes() == 2 * c.parameters());  // bf16: 93.4 GB
+  CHECK(ckpt.index_total_size() == ckpt.data_bytes());
+  moe::hf::check_tensors(c, ckpt);
+  const st::Tensor w2 = ckpt.tensor("model.layers.31.block_sparse_moe.experts.7.w2.weight");
+  CHECK(w2.describe() == "BF16 [4096, 14336]");
+  CHECK(w2.aligned());
+  // Opening read the headers only (at most the kernel's read-ahead beyond them).
+  CHECK(ckpt.file_of(w2.name()).mapped().resident_bytes(w2.entry->begin, w2.nbytes) < (4u << 20));
+}

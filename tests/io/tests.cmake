@@ -61,6 +61,10 @@ add_test(NAME "io.fixtures: generate Hugging Face checkpoints"
                  --fixtures "${MOE_HF_FIXTURES_DIR}")
 set_tests_properties("io.fixtures: generate Hugging Face checkpoints"
                      PROPERTIES FIXTURES_SETUP moe_hf_fixtures LABELS io TIMEOUT 300)
+add_test(NAME "io.fixtures: remove the sparse Mixtral 8x7B checkpoint"
+         COMMAND "${CMAKE_COMMAND}" -E rm -rf "${MOE_HF_FIXTURES_DIR}/mixtral_8x7b_sparse")
+set_tests_properties("io.fixtures: remove the sparse Mixtral 8x7B checkpoint"
+                     PROPERTIES FIXTURES_CLEANUP moe_hf_fixtures LABELS io)
 if(TARGET test_io)
   set(_hf_props "${CMAKE_CURRENT_BINARY_DIR}/test_io_hf_fixture_properties.cmake")
   file(WRITE "${_hf_props}"
