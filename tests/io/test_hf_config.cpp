@@ -140,6 +140,7 @@ TEST_CASE("hf config: Mixtral 8x7B as published", "[hf]") {
   CHECK(table[8].shape == std::vector<std::size_t>{14336, 4096});
   CHECK(table[8].slot == moe::hf::Slot::kExpertGate);
   CHECK(table[8].expert == 0);
+  CHECK(table[8].dtype == st::DType::kBF16);
   CHECK(table.back().name == "lm_head.weight");
   std::size_t n = 0;
   for (const auto& t : table) {

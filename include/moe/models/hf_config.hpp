@@ -23,8 +23,8 @@
 // its value and the file; an unknown architecture is a ConfigError listing the supported ones.
 //
 // tensor_table() is the one description of a family's checkpoint: every tensor's name, shape,
-// dtype and role (Slot, layer, expert), driving check_tensors() here and the binding to moe's
-// decoder.
+// dtype and role (Slot, layer, expert), driving check_tensors() here and, next, the binding to
+// moe's decoder.
 #pragma once
 
 #include <algorithm>
@@ -444,18 +444,20 @@ enum class Slot : std::uint8_t {
 struct TensorSpec {
   std::string name;
   std::vector<std::size_t> shape;
+  std::optional<io::safetensors::DType> dtype;  ///< config.json's torch_dtype, when it names one
   Slot slot = Slot::kEmbedding;
   int layer = -1;   ///< -1 for the embedding, the final norm and the head
   int expert = -1;  ///< -1 unless a routed expert's projection
 };
 
-/// Every tensor of the family's checkpoint for `c`, in the order of the model's state dict.
+/// Every tensor of the family's checkpoint for `c` (name, shape, dtype, role), in the order of
+/// the model's state dict.
 inline std::vector<TensorSpec> tensor_table(const Config& c) {
   std::vector<TensorSpec> t;
   const std::size_t D = c.d_model;
-  auto add = [&t](std::string name, std::vector<std::size_t> shape, Slot s, int layer = -1,
-                  int expert = -1) {
-    t.push_back({std::move(name), std::move(shape), s, layer, expert});
+  auto add = [&t, &c](std::string name, std::vector<std::size_t> shape, Slot s, int layer = -1,
+                      int expert = -1) {
+    t.push_back({std::move(name), std::move(shape), c.dtype, s, layer, expert});
   };
   add("model.embed_tokens.weight", {c.vocab_size, D}, Slot::kEmbedding);
   for (std::size_t li = 0; li < c.n_layers; ++li) {
@@ -521,9 +523,9 @@ inline void check_tensors(const Config& c, const io::safetensors::Checkpoint& ck
       throw ShapeError(where + " has dtype " + std::string(dtype_name(t.dtype)) +
                        ", expected a floating dtype (F32, BF16, F16)");
     }
-    if (c.dtype && t.dtype != *c.dtype) {
+    if (spec.dtype && t.dtype != *spec.dtype) {
       throw ShapeError(where + " has dtype " + std::string(dtype_name(t.dtype)) + ", expected " +
-                       std::string(dtype_name(*c.dtype)) + " (config.json torch_dtype)");
+                       std::string(dtype_name(*spec.dtype)) + " (config.json torch_dtype)");
     }
     if (!std::equal(t.shape.begin(), t.shape.end(), spec.shape.begin(), spec.shape.end())) {
       throw ShapeError(where + " has shape " +
