@@ -130,7 +130,7 @@ struct f16 {
     if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));  // inf, NaN
     if (exp != 0) return std::bit_cast<float>(sign | ((exp + 112) << 23) | (man << 13));
     const float sub = static_cast<float>(man) * 0x1p-24f;  // zero or subnormal: exact
-    return sign ? -sub : sub;
+    return sign != 0 ? -sub : sub;
   }
 };
 static_assert(sizeof(f16) == 2);
@@ -585,7 +585,7 @@ class Checkpoint {
  private:
   using Location = std::pair<std::size_t, const Entry*>;  // file index, entry
 
-  const Location& locate(std::string_view name) const {
+  [[nodiscard]] const Location& locate(std::string_view name) const {
     const auto it = where_.find(name);
     if (it == where_.end()) {
       if (!index_.empty()) {

@@ -194,7 +194,7 @@ class Fields {
     fail(key, "= " + v.describe() + " is not supported: " + why);
   }
 
-  std::size_t size(std::string_view key, std::size_t fallback) const {
+  [[nodiscard]] std::size_t size(std::string_view key, std::size_t fallback) const {
     const io::JsonValue* v = get(key);
     if (v == nullptr) return fallback;
     if (!v->is_integer() || v->as_int64() < 0) {
@@ -203,31 +203,32 @@ class Fields {
     return static_cast<std::size_t>(v->as_int64());
   }
   /// The first present key of `keys` (a field and its alias), else fallback.
-  std::size_t size(std::initializer_list<std::string_view> keys, std::size_t fallback) const {
+  [[nodiscard]] std::size_t size(std::initializer_list<std::string_view> keys,
+                                 std::size_t fallback) const {
     for (std::string_view k : keys) {
       if (get(k) != nullptr) return size(k, fallback);
     }
     return fallback;
   }
-  double number(std::string_view key, double fallback) const {
+  [[nodiscard]] double number(std::string_view key, double fallback) const {
     const io::JsonValue* v = get(key);
     if (v == nullptr) return fallback;
     if (!v->is_number()) fail(key, "must be a number, got " + v->describe());
     return v->as_number();
   }
-  bool flag(std::string_view key, bool fallback) const {
+  [[nodiscard]] bool flag(std::string_view key, bool fallback) const {
     const io::JsonValue* v = get(key);
     if (v == nullptr) return fallback;
     if (!v->is_bool()) fail(key, "must be true or false, got " + v->describe());
     return v->as_bool();
   }
-  std::string text(std::string_view key, std::string fallback) const {
+  [[nodiscard]] std::string text(std::string_view key, std::string fallback) const {
     const io::JsonValue* v = get(key);
     if (v == nullptr) return fallback;
     if (!v->is_string()) fail(key, "must be a string, got " + v->describe());
     return v->as_string();
   }
-  std::vector<std::int64_t> integers(std::string_view key) const {
+  [[nodiscard]] std::vector<std::int64_t> integers(std::string_view key) const {
     std::vector<std::int64_t> out;
     const io::JsonValue* v = get(key);
     if (v == nullptr) return out;
@@ -454,20 +455,20 @@ struct TensorSpec {
 /// the model's state dict.
 inline std::vector<TensorSpec> tensor_table(const Config& c) {
   std::vector<TensorSpec> t;
-  const std::size_t D = c.d_model;
+  const std::size_t d = c.d_model;
   auto add = [&t, &c](std::string name, std::vector<std::size_t> shape, Slot s, int layer = -1,
                       int expert = -1) {
     t.push_back({std::move(name), std::move(shape), c.dtype, s, layer, expert});
   };
-  add("model.embed_tokens.weight", {c.vocab_size, D}, Slot::kEmbedding);
+  add("model.embed_tokens.weight", {c.vocab_size, d}, Slot::kEmbedding);
   for (std::size_t li = 0; li < c.n_layers; ++li) {
     const int l = static_cast<int>(li);
     const std::string p = "model.layers." + std::to_string(li) + ".";
-    add(p + "input_layernorm.weight", {D}, Slot::kAttnNorm, l);
-    add(p + "self_attn.q_proj.weight", {c.q_dim(), D}, Slot::kWq, l);
-    add(p + "self_attn.k_proj.weight", {c.kv_dim(), D}, Slot::kWk, l);
-    add(p + "self_attn.v_proj.weight", {c.kv_dim(), D}, Slot::kWv, l);
-    add(p + "self_attn.o_proj.weight", {D, c.q_dim()}, Slot::kWo, l);
+    add(p + "input_layernorm.weight", {d}, Slot::kAttnNorm, l);
+    add(p + "self_attn.q_proj.weight", {c.q_dim(), d}, Slot::kWq, l);
+    add(p + "self_attn.k_proj.weight", {c.kv_dim(), d}, Slot::kWk, l);
+    add(p + "self_attn.v_proj.weight", {c.kv_dim(), d}, Slot::kWv, l);
+    add(p + "self_attn.o_proj.weight", {d, c.q_dim()}, Slot::kWo, l);
     if (c.qkv_bias) {
       add(p + "self_attn.q_proj.bias", {c.q_dim()}, Slot::kBq, l);
       add(p + "self_attn.k_proj.bias", {c.kv_dim()}, Slot::kBk, l);
@@ -477,36 +478,36 @@ inline std::vector<TensorSpec> tensor_table(const Config& c) {
       add(p + "self_attn.q_norm.weight", {c.q_dim()}, Slot::kQNorm, l);
       add(p + "self_attn.k_norm.weight", {c.kv_dim()}, Slot::kKNorm, l);
     }
-    add(p + "post_attention_layernorm.weight", {D}, Slot::kMlpNorm, l);
+    add(p + "post_attention_layernorm.weight", {d}, Slot::kMlpNorm, l);
     if (!c.sparse(li)) {
-      const std::size_t F = c.d_ff_dense;
-      add(p + "mlp.gate_proj.weight", {F, D}, Slot::kDenseGate, l);
-      add(p + "mlp.up_proj.weight", {F, D}, Slot::kDenseUp, l);
-      add(p + "mlp.down_proj.weight", {D, F}, Slot::kDenseDown, l);
+      const std::size_t ff = c.d_ff_dense;
+      add(p + "mlp.gate_proj.weight", {ff, d}, Slot::kDenseGate, l);
+      add(p + "mlp.up_proj.weight", {ff, d}, Slot::kDenseUp, l);
+      add(p + "mlp.down_proj.weight", {d, ff}, Slot::kDenseDown, l);
       continue;
     }
-    const std::size_t E = c.n_experts, F = c.d_ff_expert;
+    const std::size_t ff = c.d_ff_expert;
     const bool mixtral = c.family == Family::kMixtral;
     const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
-    add(moe + "gate.weight", {E, D}, Slot::kRouter, l);
-    for (std::size_t e = 0; e < E; ++e) {
+    add(moe + "gate.weight", {c.n_experts, d}, Slot::kRouter, l);
+    for (std::size_t e = 0; e < c.n_experts; ++e) {
       const std::string x = moe + "experts." + std::to_string(e) + ".";
       const int ei = static_cast<int>(e);
-      add(x + (mixtral ? "w1" : "gate_proj") + ".weight", {F, D}, Slot::kExpertGate, l, ei);
-      add(x + (mixtral ? "w2" : "down_proj") + ".weight", {D, F}, Slot::kExpertDown, l, ei);
-      add(x + (mixtral ? "w3" : "up_proj") + ".weight", {F, D}, Slot::kExpertUp, l, ei);
+      add(x + (mixtral ? "w1" : "gate_proj") + ".weight", {ff, d}, Slot::kExpertGate, l, ei);
+      add(x + (mixtral ? "w2" : "down_proj") + ".weight", {d, ff}, Slot::kExpertDown, l, ei);
+      add(x + (mixtral ? "w3" : "up_proj") + ".weight", {ff, d}, Slot::kExpertUp, l, ei);
     }
     if (c.d_ff_shared > 0) {
-      const std::size_t S = c.d_ff_shared;
-      add(moe + "shared_expert.gate_proj.weight", {S, D}, Slot::kSharedGate, l);
-      add(moe + "shared_expert.up_proj.weight", {S, D}, Slot::kSharedUp, l);
-      add(moe + "shared_expert.down_proj.weight", {D, S}, Slot::kSharedDown, l);
+      const std::size_t fs = c.d_ff_shared;
+      add(moe + "shared_expert.gate_proj.weight", {fs, d}, Slot::kSharedGate, l);
+      add(moe + "shared_expert.up_proj.weight", {fs, d}, Slot::kSharedUp, l);
+      add(moe + "shared_expert.down_proj.weight", {d, fs}, Slot::kSharedDown, l);
     }
     if (c.shared_expert_gate)
-      add(moe + "shared_expert_gate.weight", {1, D}, Slot::kSharedExpertGate, l);
+      add(moe + "shared_expert_gate.weight", {1, d}, Slot::kSharedExpertGate, l);
   }
-  add("model.norm.weight", {D}, Slot::kFinalNorm);
-  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, D}, Slot::kLmHead);
+  add("model.norm.weight", {d}, Slot::kFinalNorm);
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, d}, Slot::kLmHead);
   return t;
 }
 
