@@ -145,8 +145,9 @@ template <class KV>
 }
 
 template <class KV, std::size_t... J>
-[[gnu::always_inline]] inline simd::fbatch dot_lanes(const float* q, const KV* k, std::size_t stride, std::size_t dh,
-                              std::index_sequence<J...>) noexcept {
+[[gnu::always_inline]] inline simd::fbatch dot_lanes(const float* q, const KV* k,
+                                                     std::size_t stride, std::size_t dh,
+                                                     std::index_sequence<J...>) noexcept {
   simd::fbatch acc[simd::kLanes] = {(static_cast<void>(J), simd::fbatch(0.0f))...};
   for (std::size_t c = 0; c < dh; c += simd::kLanes) {
     const simd::fbatch qv = simd::load(q + c);
@@ -176,8 +177,8 @@ inline void dot_rows_tiled(const float* q, const KV* k, std::size_t stride, std:
 }
 
 template <std::size_t NB, class KV>
-[[gnu::always_inline]] inline void axpy_rows_block(const float* w, const KV* v, std::size_t stride, std::size_t n,
-                            float* o) noexcept {
+[[gnu::always_inline]] inline void axpy_rows_block(const float* w, const KV* v, std::size_t stride,
+                                                   std::size_t n, float* o) noexcept {
   simd::fbatch acc[NB];
   for (std::size_t b = 0; b < NB; ++b) acc[b] = simd::load(o + b * simd::kLanes);
   for (std::size_t j = 0; j < n; ++j) {
