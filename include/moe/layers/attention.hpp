@@ -190,19 +190,19 @@ class RotaryAttention {
   void forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, KvCache& cache,
                std::size_t layer, Arena& arena) const {
     MOE_ASSERT(x.cols == cfg_.d_model && y.cols == cfg_.d_model && x.rows == y.rows);
-    const std::size_t T = x.rows;
-    if (T == 0) return;
-    check(pool, cache, layer, T);
+    const std::size_t t_count = x.rows;
+    if (t_count == 0) return;
+    check(pool, cache, layer, t_count);
     const std::size_t pos = cache.length(layer);
     const std::size_t qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
 
     Arena::Scope scope(arena);
-    MatrixView<float> q(arena.alloc<float>(T * qd), T, qd);
-    MatrixView<float> k(arena.alloc<float>(T * kvd), T, kvd);
-    MatrixView<float> v(arena.alloc<float>(T * kvd), T, kvd);
-    MatrixView<float> o(arena.alloc<float>(T * qd), T, qd);
+    MatrixView<float> q(arena.alloc<float>(t_count * qd), t_count, qd);
+    MatrixView<float> k(arena.alloc<float>(t_count * kvd), t_count, kvd);
+    MatrixView<float> v(arena.alloc<float>(t_count * kvd), t_count, kvd);
+    MatrixView<float> o(arena.alloc<float>(t_count * qd), t_count, qd);
 
-    project_rotate(pool, x, q, k, v, pos, T);
+    project_rotate(pool, x, q, k, v, pos, t_count);
     cache.append(layer, k, v);
     attend(pool, q, o, cache, layer, pos);
     matmul(pool, MatrixView<const float>(o), w_.wo, y);
@@ -213,16 +213,16 @@ class RotaryAttention {
   /// them). Exposed for tests and benchmarks.
   void attend(ThreadPool& pool, MatrixView<const float> q, MatrixView<float> o,
               const KvCache& cache, std::size_t layer, std::size_t pos) const {
-    const std::size_t T = q.rows;
-    MOE_ASSERT(cache.length(layer) >= pos + T);
-    const std::size_t block = token_block(pool, pos + T);
-    const std::size_t n_blocks = (T + block - 1) / block;
+    const std::size_t t_count = q.rows;
+    MOE_ASSERT(cache.length(layer) >= pos + t_count);
+    const std::size_t block = token_block(pool, pos + t_count);
+    const std::size_t n_blocks = (t_count + block - 1) / block;
     const std::size_t n_tasks = cfg_.n_kv_heads * n_blocks;
     const std::size_t dh = cfg_.head_dim;
     const auto run = [&](std::size_t task, std::size_t thread) {
       const std::size_t g = task % cfg_.n_kv_heads;
       const std::size_t t0 = (task / cfg_.n_kv_heads) * block;
-      const std::size_t t1 = std::min(T, t0 + block);
+      const std::size_t t1 = std::min(t_count, t0 + block);
       auto* scratch = reinterpret_cast<float*>(pool.scratch(thread));
       if (cache.dtype() == KvDtype::kF32) {
         const KvRows<float> kv{cache.keys_f32(layer, g), cache.values_f32(layer, g), dh};
@@ -232,7 +232,7 @@ class RotaryAttention {
         attend_causal(core_, q, o, kv, g, t0, t1, pos, scratch);
       }
     };
-    run_tasks(pool, n_tasks, T * (pos + T) * cfg_.q_dim(), run);
+    run_tasks(pool, n_tasks, t_count * (pos + t_count) * cfg_.q_dim(), run);
   }
 
   // ---- training (the contract of moe/layers/moe_types.hpp, per sequence-batched call) ----
@@ -316,9 +316,9 @@ class RotaryAttention {
     detail::check_trainable(w_.wk, grads.wk, "attention", "wk");
     detail::check_trainable(w_.wv, grads.wv, "attention", "wv");
     detail::check_trainable(w_.wo, grads.wo, "attention", "wo");
-    const std::size_t n = x.rows, T = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
+    const std::size_t n = x.rows, seq_len = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
     if (n == 0) return;
-    check_scratch(pool, T, true);
+    check_scratch(pool, seq_len, true);
     Arena::Scope scope(scratch);
     MatrixView<float> d_o(scratch.alloc<float>(n * qd), n, qd);
     MatrixView<float> dq(scratch.alloc<float>(n * qd), n, qd);
@@ -334,22 +334,24 @@ class RotaryAttention {
     matmul_backward_input(pool, dy, w_.wo, d_o);
     // 2. the attention core, one task per (sequence, KV head).
     const std::size_t dh = cfg_.head_dim, hq = cfg_.n_q_heads;
-    run_tasks(pool, (n / T) * cfg_.n_kv_heads, n * T * qd, [&](std::size_t task, std::size_t th) {
-      const std::size_t g = task % cfg_.n_kv_heads, r0 = (task / cfg_.n_kv_heads) * T;
-      const KvRows<float> kv{saved.k.row(r0) + g * dh, saved.v.row(r0) + g * dh, kvd};
-      const KvGradRows dkv{dk.row(r0) + g * dh, dv.row(r0) + g * dh, kvd};
-      attend_causal_backward(core_, saved.q.rows_slice(r0, T), saved.o.rows_slice(r0, T),
-                             MatrixView<const float>(d_o).rows_slice(r0, T), saved.lse + r0 * hq,
-                             hq, kv, dq.rows_slice(r0, T), dkv, g,
-                             reinterpret_cast<float*>(pool.scratch(th)));
-    });
+    run_tasks(
+        pool, (n / seq_len) * cfg_.n_kv_heads, n * seq_len * qd,
+        [&](std::size_t task, std::size_t th) {
+          const std::size_t g = task % cfg_.n_kv_heads, r0 = (task / cfg_.n_kv_heads) * seq_len;
+          const KvRows<float> kv{saved.k.row(r0) + g * dh, saved.v.row(r0) + g * dh, kvd};
+          const KvGradRows dkv{dk.row(r0) + g * dh, dv.row(r0) + g * dh, kvd};
+          attend_causal_backward(
+              core_, saved.q.rows_slice(r0, seq_len), saved.o.rows_slice(r0, seq_len),
+              MatrixView<const float>(d_o).rows_slice(r0, seq_len), saved.lse + r0 * hq, hq, kv,
+              dq.rows_slice(r0, seq_len), dkv, g, reinterpret_cast<float*>(pool.scratch(th)));
+        });
     // 3. RoPE's transpose on dq and dk.
     constexpr std::size_t kRopeRows = 16;
     pool.parallel_for((n + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
       const std::size_t t1 = std::min(n, (task + 1) * kRopeRows);
       for (std::size_t t = task * kRopeRows; t < t1; ++t) {
-        rope_.apply_inverse(dk.row(t), cfg_.n_kv_heads, t % T);
-        rope_.apply_inverse(dq.row(t), cfg_.n_q_heads, t % T);
+        rope_.apply_inverse(dk.row(t), cfg_.n_kv_heads, t % seq_len);
+        rope_.apply_inverse(dq.row(t), cfg_.n_q_heads, t % seq_len);
       }
     });
     // 4. the input projections.

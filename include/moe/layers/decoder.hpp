@@ -285,17 +285,17 @@ class Decoder {
   /// run. Called by forward() before any work.
   void check(const ThreadPool& pool, std::span<const std::int32_t> tokens,
              const DecoderState& state, MatrixView<float> logits) const {
-    const std::size_t T = tokens.size();
-    if (T == 0) throw ShapeError("[decoder] forward() needs at least one token");
-    for (std::size_t t = 0; t < T; ++t) {
+    const std::size_t t_count = tokens.size();
+    if (t_count == 0) throw ShapeError("[decoder] forward() needs at least one token");
+    for (std::size_t t = 0; t < t_count; ++t) {
       if (tokens[t] < 0 || static_cast<std::size_t>(tokens[t]) >= cfg_.vocab_size) {
         throw TokenError("[decoder] token id " + std::to_string(tokens[t]) + " at index " +
                          std::to_string(t) + " is outside the vocabulary [0, " +
                          std::to_string(cfg_.vocab_size) + ")");
       }
     }
-    if (T > state.max_tokens()) {
-      throw CapacityError("[decoder] " + std::to_string(T) +
+    if (t_count > state.max_tokens()) {
+      throw CapacityError("[decoder] " + std::to_string(t_count) +
                           " tokens in one call, but the state was made for at most " +
                           std::to_string(state.max_tokens()) +
                           " (make_state(capacity, max_tokens)); feed them in chunks");
@@ -311,13 +311,14 @@ class Decoder {
                          std::to_string(l) + ": " + std::to_string(cache.length(l)) +
                          ", layer 0: " + std::to_string(cache.size()) + ")");
       }
-      blocks_[l].attention().check(pool, cache, l, T);
+      blocks_[l].attention().check(pool, cache, l, t_count);
     }
     if (logits.data == nullptr || logits.cols != cfg_.vocab_size ||
-        (logits.rows != T && logits.rows != 1)) {
+        (logits.rows != t_count && logits.rows != 1)) {
       throw ShapeError("[decoder] logits have shape " + shape_str({logits.rows, logits.cols}) +
-                       ", expected " + shape_str({T, cfg_.vocab_size}) + " (every token) or " +
-                       shape_str({1, cfg_.vocab_size}) + " (the last token)");
+                       ", expected " + shape_str({t_count, cfg_.vocab_size}) +
+                       " (every token) or " + shape_str({1, cfg_.vocab_size}) +
+                       " (the last token)");
     }
   }
 
@@ -380,7 +381,7 @@ class Decoder {
                              std::span<const std::int32_t> targets, TrainingState& state,
                              const TrainingOptions& opts = {}) const {
     check_training(pool, tokens, targets, state, opts);
-    const std::size_t n = tokens.size(), d = cfg_.d_model, T = state.seq_len_;
+    const std::size_t n = tokens.size(), d = cfg_.d_model, seq_len = state.seq_len_;
     TrainingState& st = state;
     st.ready_ = false;
     st.tape_.reset();
@@ -403,11 +404,11 @@ class Decoder {
       Arena& tape = st.recompute_ ? st.block_tape_ : st.tape_;
       if (st.recompute_) st.block_tape_.reset();
       if constexpr (std::is_void_v<ffn_result_type>) {
-        blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], T, st.scratch_, tape, st.saved_[l],
-                                 fo);
+        blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], seq_len, st.scratch_, tape,
+                                 st.saved_[l], fo);
       } else {
-        st.results_[l] = blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], T, st.scratch_,
-                                                  tape, st.saved_[l], fo);
+        st.results_[l] = blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], seq_len,
+                                                  st.scratch_, tape, st.saved_[l], fo);
         aux += detail::aux_loss(st.results_[l]);
       }
     }
@@ -442,7 +443,7 @@ class Decoder {
     check_grads(grads);
     st.ready_ = false;
     const std::size_t n = st.tokens_.size(), d = cfg_.d_model, v = cfg_.vocab_size;
-    const std::size_t T = st.seq_len_;
+    const std::size_t seq_len = st.seq_len_;
     const TrainingOptions& opts = st.options_;
     const auto eps = static_cast<float>(cfg_.rms_eps);
     Arena& scratch = st.scratch_;
@@ -485,7 +486,8 @@ class Decoder {
         Arena::Scope scope(scratch);
         MatrixView<float> y(scratch.template alloc<float>(n * d), n, d);
         st.block_tape_.reset();
-        blocks_[l].forward_train(pool, st.h_[l], y, T, scratch, st.block_tape_, st.saved_[l], fo);
+        blocks_[l].forward_train(pool, st.h_[l], y, seq_len, scratch, st.block_tape_, st.saved_[l],
+                                 fo);
         blocks_[l].backward(pool, st.h_[l], st.saved_[l], da, db, grads.blocks[l], scratch, bo);
       } else {
         blocks_[l].backward(pool, st.h_[l], st.saved_[l], da, db, grads.blocks[l], scratch, bo);
@@ -515,12 +517,12 @@ class Decoder {
   void run(ThreadPool& pool, std::span<const std::int32_t> tokens, DecoderState& state,
            MatrixView<float> logits, const DecoderOptions& options,
            std::span<result_slot> ffn_results) const {
-    const std::size_t T = tokens.size(), d = cfg_.d_model;
+    const std::size_t t_count = tokens.size(), d = cfg_.d_model;
     DecoderProfile* prof = options.profile;
     auto t0 = std::chrono::steady_clock::now();
     Arena& arena = state.arena();
     Arena::Scope scope(arena);
-    MatrixView<float> h(arena.alloc<float>(T * d), T, d);
+    MatrixView<float> h(arena.alloc<float>(t_count * d), t_count, d);
 
     embed_rows(pool, emb_, tokens, static_cast<float>(cfg_.embedding_multiplier), h);
     if (prof) prof->embedding += detail::lap(t0);
@@ -538,7 +540,7 @@ class Decoder {
 
     // Final norm of the rows whose logits are wanted, then the head.
     const std::size_t rows = logits.rows;
-    MatrixView<const float> hs = h.rows_slice(T - rows, rows);
+    MatrixView<const float> hs = h.rows_slice(t_count - rows, rows);
     MatrixView<float> hn(arena.alloc<float>(rows * d), rows, d);
     detail::rms_norm_rows_parallel(pool, hs, final_norm_.data(), hn,
                                    static_cast<float>(cfg_.rms_eps));
@@ -547,7 +549,7 @@ class Decoder {
     if (prof) {
       prof->head += detail::lap(t0);
       prof->calls += 1;
-      prof->tokens += T;
+      prof->tokens += t_count;
     }
   }
 
@@ -567,11 +569,12 @@ class Decoder {
   void check_training(const ThreadPool& pool, std::span<const std::int32_t> tokens,
                       std::span<const std::int32_t> targets, const TrainingState& st,
                       const TrainingOptions& opts) const {
-    const std::size_t n = tokens.size(), T = st.seq_len_;
-    if (T == 0) throw ConfigError("[decoder] the training state is empty (make_training_state)");
-    if (n == 0 || n % T != 0 || n > st.batch_ * T) {
+    const std::size_t n = tokens.size(), seq_len = st.seq_len_;
+    if (seq_len == 0)
+      throw ConfigError("[decoder] the training state is empty (make_training_state)");
+    if (n == 0 || n % seq_len != 0 || n > st.batch_ * seq_len) {
       throw ShapeError("[decoder] forward_train() got " + std::to_string(n) +
-                       " tokens; the state takes whole sequences of " + std::to_string(T) +
+                       " tokens; the state takes whole sequences of " + std::to_string(seq_len) +
                        ", at most " + std::to_string(st.batch_));
     }
     if (targets.size() != n) {
@@ -593,12 +596,12 @@ class Decoder {
       }
     }
     for (const auto& b : blocks_) {
-      const std::size_t need = b.attention().training_scratch_bytes(T);
+      const std::size_t need = b.attention().training_scratch_bytes(seq_len);
       if (need > pool.scratch_bytes()) {
         throw CapacityError("[decoder] the thread pool's scratch (" +
                             std::to_string(pool.scratch_bytes()) +
                             " bytes per thread) cannot hold the attention rows of a sequence of " +
-                            std::to_string(T) + " tokens (" + std::to_string(need) +
+                            std::to_string(seq_len) + " tokens (" + std::to_string(need) +
                             " bytes); construct the ThreadPool with more scratch");
       }
     }

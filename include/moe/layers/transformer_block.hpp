@@ -396,11 +396,12 @@ class TransformerBlock {
   ffn_result_type forward(ThreadPool& pool, MatrixView<float> h, KvCache& cache, std::size_t layer,
                           Arena& arena, DecoderProfile* profile = nullptr,
                           const ForwardOptions& ffn_options = {}) const {
-    const std::size_t T = h.rows, d = dim();
+    const std::size_t t_count = h.rows, d = dim();
     MOE_ASSERT(h.cols == d);
     Arena::Scope scope(arena);
-    MatrixView<float> a(arena.alloc<float>(T * d), T, d);  // normed input of a sub-block
-    MatrixView<float> u(arena.alloc<float>(T * d), T, d);  // output of a sub-block
+    MatrixView<float> a(arena.alloc<float>(t_count * d), t_count,
+                        d);  // normed input of a sub-block
+    MatrixView<float> u(arena.alloc<float>(t_count * d), t_count, d);  // output of a sub-block
     const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
     auto t0 = std::chrono::steady_clock::now();
     auto charge = [&](double DecoderProfile::*field) {
