@@ -512,59 +512,6 @@ inline std::string json_number(double v) {
   return std::string(buf, r.ptr);
 }
 
-/// DIR/config.json: every constant of `c`, in the keys Checkpoint::open() reads.
-inline std::string config_json(const Config& c) {
-  const std::pair<const char*, std::string> keys[] = {
-      {"vocab_size", std::to_string(c.vocab_size)},
-      {"d_model", std::to_string(c.d_model)},
-      {"n_layers", std::to_string(c.n_layers)},
-      {"n_q_heads", std::to_string(c.n_q_heads)},
-      {"n_kv_heads", std::to_string(c.n_kv_heads)},
-      {"head_dim", std::to_string(c.head_dim)},
-      {"n_experts", std::to_string(c.n_experts)},
-      {"top_k", std::to_string(c.top_k)},
-      {"d_ff", std::to_string(c.d_ff)},
-      {"max_seq_len", std::to_string(c.max_seq_len)},
-      {"rope_base", json_number(c.rope_base)},
-      {"rms_eps", json_number(c.rms_eps)},
-      {"embedding_multiplier", json_number(c.embedding_multiplier)},
-      {"output_multiplier", json_number(c.output_multiplier)},
-      {"attn_logit_multiplier", json_number(c.attn_logit_multiplier)},
-      {"attn_softcap", json_number(c.attn_softcap)},
-      {"pad_id", std::to_string(c.pad_id)},
-      {"bos_id", std::to_string(c.bos_id)},
-      {"eos_id", std::to_string(c.eos_id)},
-  };
-  std::string s = "{\n";
-  for (std::size_t i = 0; i < std::size(keys); ++i) {
-    s += std::string("  \"") + keys[i].first + "\": " + keys[i].second +
-         (i + 1 < std::size(keys) ? ",\n" : "\n");
-  }
-  return s + "}\n";
-}
-
-/// Throws ConfigError unless `dir` is absent, empty or holds nothing but an export's entries.
-inline void check_replaceable(const std::filesystem::path& dir, const ExportOptions& options) {
-  std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::symlink_status(dir, ec))) return;
-  if (!std::filesystem::is_directory(dir, ec)) {
-    throw ConfigError("[grok1_export] '" + dir.string() +
-                      "' exists and is not a directory; refusing to replace it");
-  }
-  for (auto it = std::filesystem::directory_iterator(dir, ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    const std::string n = it->path().filename().string();
-    bool known = n == "ckpt-0" || n == "config.json";
-    for (const auto& [name, src] : options.extra_files) known = known || n == name;
-    if (!known) {
-      throw ConfigError("[grok1_export] '" + dir.string() + "' exists and holds '" + n +
-                        "', which is not part of an export; refusing to replace it (choose "
-                        "another directory or remove it)");
-    }
-  }
-  if (ec) throw IoError("[grok1_export] cannot list '" + dir.string() + "': " + ec.message());
-}
-
 /// Makes `tmp` the new `dir` in one step when the file system allows (the old export, if any,
 /// ends up at `tmp` and is removed).
 inline void publish(const std::filesystem::path& tmp, const std::filesystem::path& dir) {
@@ -600,6 +547,60 @@ inline void publish(const std::filesystem::path& tmp, const std::filesystem::pat
 
 }  // namespace detail
 
+/// DIR/config.json: every constant of `c`, in the keys Checkpoint::open() reads.
+inline std::string config_to_json(const Config& c) {
+  const std::pair<const char*, std::string> keys[] = {
+      {"vocab_size", std::to_string(c.vocab_size)},
+      {"d_model", std::to_string(c.d_model)},
+      {"n_layers", std::to_string(c.n_layers)},
+      {"n_q_heads", std::to_string(c.n_q_heads)},
+      {"n_kv_heads", std::to_string(c.n_kv_heads)},
+      {"head_dim", std::to_string(c.head_dim)},
+      {"n_experts", std::to_string(c.n_experts)},
+      {"top_k", std::to_string(c.top_k)},
+      {"d_ff", std::to_string(c.d_ff)},
+      {"max_seq_len", std::to_string(c.max_seq_len)},
+      {"rope_base", detail::json_number(c.rope_base)},
+      {"rms_eps", detail::json_number(c.rms_eps)},
+      {"embedding_multiplier", detail::json_number(c.embedding_multiplier)},
+      {"output_multiplier", detail::json_number(c.output_multiplier)},
+      {"attn_logit_multiplier", detail::json_number(c.attn_logit_multiplier)},
+      {"attn_softcap", detail::json_number(c.attn_softcap)},
+      {"pad_id", std::to_string(c.pad_id)},
+      {"bos_id", std::to_string(c.bos_id)},
+      {"eos_id", std::to_string(c.eos_id)},
+  };
+  std::string s = "{\n";
+  for (std::size_t i = 0; i < std::size(keys); ++i) {
+    s += std::string("  \"") + keys[i].first + "\": " + keys[i].second +
+         (i + 1 < std::size(keys) ? ",\n" : "\n");
+  }
+  return s + "}\n";
+}
+
+/// Throws ConfigError unless `dir` is absent, empty or holds nothing but an export's entries
+/// (what export_checkpoint checks first; call it before a long run to fail early).
+inline void check_export_dir(const std::filesystem::path& dir, const ExportOptions& options) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(dir, ec))) return;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw ConfigError("[grok1_export] '" + dir.string() +
+                      "' exists and is not a directory; refusing to replace it");
+  }
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    bool known = n == "ckpt-0" || n == "config.json";
+    for (const auto& [name, src] : options.extra_files) known = known || n == name;
+    if (!known) {
+      throw ConfigError("[grok1_export] '" + dir.string() + "' exists and holds '" + n +
+                        "', which is not part of an export; refusing to replace it (choose "
+                        "another directory or remove it)");
+    }
+  }
+  if (ec) throw IoError("[grok1_export] cannot list '" + dir.string() + "': " + ec.message());
+}
+
 /// Writes `weights` (f32, any layouts) as a Grok-1 release-format checkpoint in `dir`; see the
 /// header comment. Validates the weights against `config` first.
 inline void export_checkpoint(const std::filesystem::path& dir, const Config& config,
@@ -609,7 +610,7 @@ inline void export_checkpoint(const std::filesystem::path& dir, const Config& co
   if (dir.empty()) throw ConfigError("[grok1_export] empty output directory name");
   std::filesystem::path target = dir;
   if (!target.has_filename()) target = target.parent_path();  // "out/" -> "out"
-  detail::check_replaceable(target, options);
+  check_export_dir(target, options);
   for (const auto& [name, src] : options.extra_files) {
     if (name.empty() || name == "ckpt-0" || name == "config.json" ||
         name.find('/') != std::string::npos) {
@@ -636,7 +637,7 @@ inline void export_checkpoint(const std::filesystem::path& dir, const Config& co
     }
     {
       detail::ExportFile f(tmp / "config.json");
-      const std::string json = detail::config_json(config);
+      const std::string json = config_to_json(config);
       if (std::fwrite(json.data(), 1, json.size(), f.get()) != json.size()) {
         throw IoError("[grok1_export] writing '" + f.path().string() + "' failed");
       }
