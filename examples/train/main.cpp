@@ -24,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #if defined(MOE_HAVE_SENTENCEPIECE)
@@ -71,6 +72,7 @@ constexpr const char* kUsage =
     "  --save-every N        training checkpoint every N steps (default: --eval-every)\n"
     "  --out DIR             DIR/train.ckpt (the training checkpoint) and DIR/grok1 (the export)\n"
     "  --resume DIR          continue the run whose checkpoint is DIR/train.ckpt\n"
+    "  --stop-after N        stop after step N, saving the checkpoint (resume later; no export)\n"
     "  --export DIR          where to export (default OUT/grok1)\n"
     "  --no-export           do not export at the end\n"
     "  --json                print one JSON object per evaluation on stdout\n";
@@ -95,6 +97,7 @@ struct Args {
   std::string model = "bigram-standin";
   Hyper hyper;
   std::size_t threads = 0, eval_every = 100, val_windows = 64, save_every = 0;
+  std::uint64_t stop_after = 0;  ///< 0: run to --steps
   bool no_export = false, json = false;
 };
 
@@ -181,6 +184,8 @@ Args parse_args(int argc, char** argv) {
       a.val_windows = parse_integer<std::size_t>(flag, value(), 1, kMax);
     } else if (flag == "--save-every") {
       a.save_every = parse_integer<std::size_t>(flag, value(), 1, kMax);
+    } else if (flag == "--stop-after") {
+      a.stop_after = parse_integer<std::uint64_t>(flag, value(), 1, kMax);
     } else if (flag == "--resume") {
       a.resume = std::string(value());
     } else if (flag == "--export") {
@@ -261,14 +266,21 @@ std::string canonical(const moe::io::JsonValue& v) {
     }
     case T::kString:
       return "\"" + v.as_string() + "\"";
+    case T::kNumber: {
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof buf, v.as_number());
+      return std::string(buf, r.ptr);
+    }
     default:
       return v.describe();
   }
 }
 
-/// Names the first field where a checkpoint's identity differs from this run's ("" if none).
-std::string identity_difference(const moe::io::JsonValue& saved, const moe::io::JsonValue& now) {
-  if (!saved.is_object()) return "the metadata (malformed)";
+/// The first field where a checkpoint's identity differs from this run's: {what, "(then X, now
+/// Y)"}, or {"", ""} when they agree.
+std::pair<std::string, std::string> identity_difference(const moe::io::JsonValue& saved,
+                                                        const moe::io::JsonValue& now) {
+  if (!saved.is_object()) return {"the metadata", "(malformed)"};
   static constexpr const char* kFields[][2] = {
       {"model", "--model"},
       {"config", "the model config"},
@@ -287,7 +299,12 @@ std::string identity_difference(const moe::io::JsonValue& saved, const moe::io::
   for (const auto& [key, what] : kFields) {
     const moe::io::JsonValue* a = saved.find(key);
     const moe::io::JsonValue* b = now.find(key);
-    if (!a || !b || canonical(*a) != canonical(*b)) return what;
+    if (!a || !b) return {what, ""};
+    if (canonical(*a) != canonical(*b)) {
+      const std::string was = canonical(*a), is = canonical(*b);
+      if (was.size() + is.size() > 60) return {what, ""};  // e.g. the whole model config
+      return {what, " (then " + was + ", now " + is + ")"};
+    }
   }
   return {};
 }
@@ -377,12 +394,12 @@ Setup prepare(const Args& a, moe::ThreadPool& pool, Progress& log) {
     if (!step || !step->is_integer() || !saved) {
       throw moe::FormatError("[train] '" + from.string() + "' has no train-example metadata");
     }
-    const std::string diff =
+    const auto [what, values] =
         identity_difference(*saved, moe::io::parse_json(s.identity, "this run"));
-    if (!diff.empty()) {
-      throw moe::ConfigError("[train] cannot resume '" + from.string() + "': " + diff +
-                             " differs from the run that wrote it (resuming must see the same "
-                             "model, data and hyperparameters)");
+    if (!what.empty()) {
+      throw moe::ConfigError("[train] cannot resume '" + from.string() + "': " + what +
+                             " differs from the run that wrote it" + values +
+                             "; resuming must see the same model, data and hyperparameters");
     }
     s.start_step = static_cast<std::uint64_t>(step->as_int64());
     if (s.start_step > a.hyper.steps) {
@@ -516,10 +533,11 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
       log.update(line, now);
     }
     if (step % a.save_every == 0 || last) save(step);
-    if (g_interrupted.load() && !last) {
+    if (!last && (g_interrupted.load() || step == a.stop_after)) {
       save(step);
-      log.message("interrupted: saved " + s.checkpoint.string() + " at step " +
-                  std::to_string(step) + "; continue with --resume " + a.out.string());
+      log.message(std::string(g_interrupted.load() ? "interrupted" : "stopped (--stop-after)") +
+                  ": saved " + s.checkpoint.string() + " at step " + std::to_string(step) +
+                  "; continue with --resume " + a.out.string());
       return false;
     }
   }
@@ -585,7 +603,7 @@ int run(const Args& a) {
   moe::ThreadPool pool(a.threads);
   Setup s = prepare(a, pool, log);
   std::signal(SIGINT, [](int) { g_interrupted.store(true); });
-  if (!train(a, s, pool, log)) return 130;
+  if (!train(a, s, pool, log)) return g_interrupted.load() ? 130 : 0;
   if (!a.no_export) export_and_report(a, s, pool, log);
   return 0;
 }

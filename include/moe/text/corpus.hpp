@@ -18,7 +18,7 @@
 //    tokenizer's fingerprint (the hash of its serialized model). The next run reads them instead
 //    of re-encoding when all three still match; a stale, truncated or corrupt cache is simply
 //    rebuilt, and a cache that cannot be written (read-only directory) is skipped. Writes go to
-//    FILE.tokens.tmp, renamed into place.
+//    FILE.tokens.tmp-<pid>, renamed into place.
 // 3. Training batches (BatchSampler). The stream is cut into W windows of T+1 tokens that
 //    overlap by one token (input t, target t+1). Each epoch visits every window once, in an order
 //    shuffled by (seed, epoch), at a start offset shifted by (seed, epoch) so that window
@@ -47,6 +47,7 @@
 #include <string_view>
 #include <sys/stat.h>
 #include <system_error>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -223,7 +224,8 @@ inline std::vector<std::int32_t> read_tokens_cache(const std::filesystem::path& 
 /// Writes the cache (tmp + rename). Returns false when it cannot (the cache is optional).
 inline bool write_tokens_cache(const std::filesystem::path& cache, const TokensKey& key,
                                std::span<const std::int32_t> ids) {
-  const std::filesystem::path tmp = cache.string() + ".tmp";
+  // A per-process name: two runs reading the same corpus may both rebuild its cache.
+  const std::filesystem::path tmp = cache.string() + ".tmp-" + std::to_string(::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return false;
