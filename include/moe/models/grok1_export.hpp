@@ -3,6 +3,8 @@
 //   moe::grok1::export_checkpoint("out/grok1", config, weights);          // WeightsT<F32Weight>
 //   moe::grok1::export_checkpoint("out/grok1", config, weights,
 //                                 {.extra_files = {{"tokenizer.model", "data/austen.model"}}});
+//   moe::grok1::check_export_dir("out/grok1", options);   // the same checks, before a long run
+//   std::string json = moe::grok1::config_to_json(config); // what DIR/config.json holds
 //
 // The result is what moe::grok1::Checkpoint::open() and the `grok1` example read
 // (docs/checkpoint-format.md): DIR/ckpt-0/tensor00000_000 .. tensor{2+12L-1}_000 in the release's
