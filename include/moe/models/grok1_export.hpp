@@ -161,7 +161,7 @@ class ReleasePickler {
   }
 
  private:
-  static constexpr std::size_t kFrameTarget = 64 * 1024;
+  static constexpr std::size_t kFrameTarget = std::size_t{64} * 1024;
   static constexpr std::size_t kFrameMin = 4;
   enum DType { kF4, kI1, kBF16 };
   using Saver = std::function<void()>;
@@ -381,7 +381,7 @@ class ExportFile {
  public:
   explicit ExportFile(std::filesystem::path path) : path_(std::move(path)) {
     f_ = std::fopen(path_.c_str(), "wb");
-    if (!f_) {
+    if (f_ == nullptr) {
       throw IoError("[grok1_export] cannot create '" + path_.string() +
                     "': " + std::strerror(errno));
     }
@@ -389,7 +389,7 @@ class ExportFile {
   ExportFile(const ExportFile&) = delete;
   ExportFile& operator=(const ExportFile&) = delete;
   ~ExportFile() {
-    if (f_) std::fclose(f_);
+    if (f_ != nullptr) std::fclose(f_);
   }
   [[nodiscard]] std::FILE* get() const noexcept { return f_; }
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }

@@ -188,7 +188,8 @@ inline std::vector<std::int32_t> read_tokens_cache(const std::filesystem::path& 
   std::ifstream in(cache, std::ios::binary);
   if (!in) return {};
   std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  constexpr std::size_t kHeader = sizeof kTokensMagic + 4 + 4 * 8 + 8;
+  constexpr std::size_t kHeader =
+      sizeof kTokensMagic + sizeof(std::uint32_t) + 5 * sizeof(std::uint64_t);
   if (data.size() < kHeader + 8) return {};
   std::uint64_t stored = 0;
   std::memcpy(&stored, data.data() + data.size() - 8, 8);
