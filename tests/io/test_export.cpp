@@ -97,10 +97,11 @@ void write_source(const fs::path& dir, std::size_t index, const F32Grok& g) {
   };
   std::vector<float> v;
   std::vector<std::size_t> shape;
-  if (index == 0) {
+  const std::string name = moe::grok1::tensor_name(index, c.n_layers);
+  if (name == "language_model/in_out_embed/embeddings") {
     v.assign(g.w.embedding.data, g.w.embedding.data + c.vocab_size * c.d_model);
     shape = {c.vocab_size, c.d_model};
-  } else if (index == 1) {
+  } else if (name == "language_model/rms_norm/scale") {
     v.assign(g.w.final_norm.begin(), g.w.final_norm.end());
     shape = {c.d_model};
   } else {

@@ -454,12 +454,16 @@ inline void write_tensor_file(const std::filesystem::path& path, std::size_t ind
     }
     p.dump_quantized(shape, q.data(), scales, s.data());
   };
-  if (index == kEmbeddingIndex) {
-    f32({wts.embedding.data, c.vocab_size * c.d_model}, {c.vocab_size, c.d_model});
-  } else if (index == kFinalNormIndex) {
-    f32(wts.final_norm, {c.d_model});
+  const TensorRef ref = tensor_at(index, c.n_layers);
+  if (!ref.in_layer) {  // the two tensors outside the layers
+    if (name == "language_model/in_out_embed/embeddings") {
+      f32({wts.embedding.data, c.vocab_size * c.d_model}, {c.vocab_size, c.d_model});
+    } else if (name == "language_model/rms_norm/scale") {
+      f32(wts.final_norm, {c.d_model});
+    } else {
+      throw ConfigError("[grok1_export] no writer for tensor '" + name + "'");
+    }
   } else {
-    const TensorRef ref = tensor_at(index, c.n_layers);
     const LayerWeightsT<F32Weight>& l = wts.layers[ref.layer];
     switch (ref.slot) {
       case Slot::kExpertGate:
