@@ -112,11 +112,12 @@ struct ProgressLine {
   std::vector<std::vector<double>> expert_load;  ///< [layer][expert] shares, may be empty
 
   [[nodiscard]] std::string str() const {
+    const double done = steps ? static_cast<double>(step) / static_cast<double>(steps) : 0.0;
+    const int filled = static_cast<int>(done * 20.0);
     char buf[256];
-    std::snprintf(buf, sizeof buf, "step %llu/%llu %3.0f%% | loss %.4f", (unsigned long long)step,
-                  (unsigned long long)steps,
-                  steps ? 100.0 * static_cast<double>(step) / static_cast<double>(steps) : 0.0,
-                  loss);
+    std::snprintf(buf, sizeof buf, "step %llu/%llu [%.*s%*s] %3.0f%% | loss %.4f",
+                  static_cast<unsigned long long>(step), static_cast<unsigned long long>(steps),
+                  filled, "####################", 20 - filled, "", 100.0 * done, loss);
     std::string s = buf;
     if (std::isfinite(val_loss)) {
       std::snprintf(buf, sizeof buf, " val %.4f", val_loss);
