@@ -3,7 +3,8 @@
 //
 //   grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)
 //         [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
-//         [--dump-logits FILE.npy] [--json] [--stop-at-eos]
+//         [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]
+//         [--cache-policy none|lru|most-used] [--no-speculation] [--prefill-chunk N]
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
 #include <algorithm>
@@ -26,6 +27,8 @@
 
 #include <moe/io/npy.hpp>
 #include <moe/models/grok1_loader.hpp>
+#include <moe/models/grok1_residency.hpp>
+#include <moe/models/weight_residency.hpp>
 #include <moe/text/generate.hpp>
 #if defined(MOE_HAVE_SENTENCEPIECE)
 #include <moe/text/tokenizer.hpp>
@@ -40,7 +43,8 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "usage: grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)\n"
     "             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
-    "             [--dump-logits FILE.npy] [--json] [--stop-at-eos]\n"
+    "             [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]\n"
+    "             [--cache-policy none|lru|most-used] [--no-speculation] [--prefill-chunk N]\n"
     "\n"
     "  --checkpoint DIR      directory holding ckpt-0/ (or ckpt/) and optionally config.json\n"
     "  --tokenizer FILE      SentencePiece model (the release's tokenizer.model); needed for\n"
@@ -54,7 +58,13 @@ constexpr const char* kUsage =
     "  --threads N           worker threads (default: all cores)\n"
     "  --dump-logits FILE    write the prompt's logits, float32 .npy [prompt_len, vocab]\n"
     "  --json                print one JSON object on stdout, nothing on stderr but errors\n"
-    "  --stop-at-eos         stop after generating EOS (id 2); run.py never stops early\n";
+    "  --stop-at-eos         stop after generating EOS (id 2); run.py never stops early\n"
+    "  --ram-budget BYTES    memory the process may hold (suffix K, M or G: binary units);\n"
+    "                        default 80% of the available memory\n"
+    "  --cache-policy P      experts kept mapped between uses when streaming (default lru)\n"
+    "  --no-speculation      do not prefetch the next layer's predicted experts\n"
+    "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
+    "                        experts do not fit in the budget)\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -73,6 +83,10 @@ struct Args {
   std::optional<std::filesystem::path> dump_logits;
   bool json = false;
   bool stop_at_eos = false;
+  std::uint64_t ram_budget = 0;  // 0: default
+  moe::CachePolicy cache_policy = moe::CachePolicy::kLru;
+  bool speculate = true;
+  std::size_t prefill_chunk = 0;  // 0: automatic
 };
 
 template <class T>
@@ -97,6 +111,26 @@ double parse_double(std::string_view flag, std::string_view s, double lo, double
                      std::to_string(hi) + "], got '" + str + "'");
   }
   return v;
+}
+
+/// "4G", "512M", "1048576" -> bytes (binary suffixes).
+std::uint64_t parse_bytes(std::string_view flag, std::string_view s) {
+  std::uint64_t unit = 1;
+  const std::size_t suffix =
+      s.empty() ? std::string_view::npos : std::string_view("KMG").find(s.back());
+  if (suffix != std::string_view::npos) {
+    unit = std::uint64_t{1} << (10 * (suffix + 1));
+    s.remove_suffix(1);
+  }
+  return unit * parse_integer<std::uint64_t>(flag, s, 1, (std::uint64_t{1} << 50) / unit);
+}
+
+moe::CachePolicy parse_policy(std::string_view s) {
+  for (moe::CachePolicy p :
+       {moe::CachePolicy::kNone, moe::CachePolicy::kLru, moe::CachePolicy::kMostUsed}) {
+    if (s == moe::cache_policy_name(p)) return p;
+  }
+  throw UsageError("--cache-policy expects none, lru or most-used, got '" + std::string(s) + "'");
 }
 
 std::vector<std::int32_t> parse_tokens(std::string_view s) {
@@ -150,6 +184,14 @@ Args parse_args(int argc, char** argv) {
       a.json = true;
     } else if (flag == "--stop-at-eos") {
       a.stop_at_eos = true;
+    } else if (flag == "--ram-budget") {
+      a.ram_budget = parse_bytes(flag, value());
+    } else if (flag == "--cache-policy") {
+      a.cache_policy = parse_policy(value());
+    } else if (flag == "--no-speculation") {
+      a.speculate = false;
+    } else if (flag == "--prefill-chunk") {
+      a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
     } else {
       throw UsageError("unknown option '" + std::string(flag) + "'");
     }
@@ -259,52 +301,59 @@ moe::GenerateOptions generate_options(const Args& args, const moe::grok1::Config
   return gen;
 }
 
-/// Memory: the weights stay in the page cache (mmap); a token reads 2 of 8 experts per layer.
-/// When the checkpoint is larger than half the RAM (the real 318 GB release), a layer's expert
-/// pages are unmapped from this process once the layer is done (they stay cached until the
-/// kernel needs the memory), so RSS holds about one layer's experts rather than growing to the
-/// RAM size, and the next layer's attention weights are prefetched. A checkpoint that fits in
-/// RAM keeps its pages mapped (re-faulting them every token would only cost time). Returns
-/// whether experts are streamed.
-bool stream_experts(const moe::grok1::Checkpoint& ckpt, const Log& log) {
-  const double ram_bytes =
-      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  const bool stream = static_cast<double>(ckpt.file_bytes()) > 0.5 * ram_bytes;
-  if (stream) {
-    log("grok1: checkpoint (%.1f GB) exceeds half the RAM (%.1f GB): streaming experts\n",
-        static_cast<double>(ckpt.file_bytes()) / 1e9, ram_bytes / 1e9);
+/// Where the weights live (library: moe::WeightResidency): all mapped when the checkpoint fits
+/// the budget, otherwise experts (and attention if needed) released after use, prefetched ahead.
+moe::WeightResidency make_residency(const Args& args, const moe::grok1::Checkpoint& ckpt,
+                                    const Log& log) {
+  moe::ResidencyOptions o;
+  o.ram_budget = args.ram_budget;
+  o.cache = args.cache_policy;
+  o.speculate = args.speculate;
+  moe::WeightResidency res(moe::grok1::residency_plan(ckpt), o);
+  res.report_faults("grok1: error: ");
+  const moe::ResidencyStats& s = res.stats();
+  if (s.streaming) {
+    log("grok1: the model (%.1f GB, %.1f GB of it copied) exceeds the RAM budget (%.1f GB): "
+        "streaming experts%s, %s cache of %.1f GB, speculation %s\n",
+        static_cast<double>(s.model_bytes) / 1e9, static_cast<double>(s.copied_bytes) / 1e9,
+        static_cast<double>(s.budget) / 1e9, s.attention_streamed ? " and attention" : "",
+        std::string(moe::cache_policy_name(args.cache_policy)).c_str(),
+        static_cast<double>(s.cache_capacity) / 1e9, args.speculate ? "on" : "off");
   }
-  return stream;
+  return res;
 }
 
-/// The per-layer hook: releases a streamed layer's experts, prefetches the next attention, and
-/// shows prefill progress (in place on a terminal; as lines for a streamed model).
-std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(
-    const moe::grok1::Checkpoint& ckpt, bool stream, const Log& log) {
-  const bool progress = !log.quiet && (log.tty || stream);
-  if (!stream && !progress) return {};
+/// The per-layer hook: the residency's steps, then prefill progress (in place on a terminal;
+/// as lines for a streamed model, whose prefill reads the whole checkpoint).
+std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(moe::WeightResidency& res,
+                                                                          std::size_t n_layers,
+                                                                          const Log& log) {
+  const bool progress = !log.quiet && (log.tty || res.stats().streaming);
   return
-      [&ckpt, stream, progress, tty = log.tty](std::size_t layer, moe::MatrixView<const float> h) {
-        using moe::grok1::Slot;
-        const std::size_t n_layers = ckpt.config().n_layers;
-        if (stream) {
-          for (Slot s : {Slot::kExpertGate, Slot::kExpertUp, Slot::kExpertDown}) {
-            ckpt.advise(ckpt.index_of(layer, s), moe::io::Advice::kDontNeed);
-          }
-          for (Slot s : {Slot::kQuery, Slot::kKey, Slot::kValue, Slot::kAttnOut}) {
-            if (layer + 1 < n_layers)
-              ckpt.advise(ckpt.index_of(layer + 1, s), moe::io::Advice::kWillNeed);
-          }
-        }
-        if (progress && h.rows > 1) {
-          if (tty) {
-            std::fprintf(stderr, "\rgrok1: prefill layer %zu/%zu", layer + 1, n_layers);
-            if (layer + 1 == n_layers) std::fputc('\n', stderr);
-          } else if ((layer + 1) % 8 == 0 || layer + 1 == n_layers) {
-            std::fprintf(stderr, "grok1: prefill layer %zu/%zu\n", layer + 1, n_layers);
-          }
+      [&res, n_layers, progress, tty = log.tty](std::size_t layer, moe::MatrixView<const float> h) {
+        res.on_layer(layer, h);
+        if (!progress || h.rows <= 1) return;
+        if (tty) {
+          std::fprintf(stderr, "\rgrok1: prefill layer %zu/%zu", layer + 1, n_layers);
+          if (layer + 1 == n_layers) std::fputc('\n', stderr);
+        } else if ((layer + 1) % 8 == 0 || layer + 1 == n_layers) {
+          std::fprintf(stderr, "grok1: prefill layer %zu/%zu\n", layer + 1, n_layers);
         }
       };
+}
+
+/// Bytes this process caused to be read from storage (/proc/self/io read_bytes; 0 if unknown).
+std::uint64_t storage_read_bytes() {
+  std::FILE* f = std::fopen("/proc/self/io", "r");
+  if (f == nullptr) return 0;
+  char key[64];
+  unsigned long long v = 0;
+  std::uint64_t bytes = 0;
+  while (std::fscanf(f, "%63s %llu", key, &v) == 2) {
+    if (std::string_view(key) == "read_bytes:") bytes = v;
+  }
+  std::fclose(f);
+  return bytes;
 }
 
 /// Streams the prompt and the generated text (or ids, without a tokenizer) to stdout and keeps
@@ -369,8 +418,13 @@ struct Report {
   moe::GenerateResult result;
   double load_seconds = 0;
   std::size_t threads = 0;
-  bool streamed_experts = false;
   std::uint64_t peak_rss = 0;
+  std::uint64_t read_bytes = 0;         ///< from storage during generation
+  std::uint64_t read_bytes_decode = 0;  ///< ... during the decode steps
+  moe::ResidencyStats residency;
+  moe::CachePolicy cache_policy{};
+  bool speculate = false;
+  std::size_t prefill_chunk = 0;
 };
 
 void print_summary(const Report& r, const Log& log) {
@@ -401,7 +455,29 @@ nlohmann::ordered_json json_report(const Report& r, const moe::grok1::Config& cf
                   {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
   j["peak_rss_bytes"] = r.peak_rss;
   j["threads"] = r.threads;
-  j["streamed_experts"] = r.streamed_experts;
+  j["streamed_experts"] = r.residency.streaming;
+  const moe::ResidencyStats& s = r.residency;
+  const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
+  const std::size_t decoded = r.result.tokens.size() > 1 ? r.result.tokens.size() - 1 : 0;
+  j["io"] = {
+      {"read_bytes", r.read_bytes},
+      {"read_bytes_per_decode_token",
+       decoded ? static_cast<double>(r.read_bytes_decode) / static_cast<double>(decoded) : 0.0},
+      {"disk_gb_per_second",
+       seconds > 0 ? static_cast<double>(r.read_bytes) / seconds / 1e9 : 0.0}};
+  j["residency"] = {{"ram_budget_bytes", s.budget},
+                    {"model_bytes", s.model_bytes},
+                    {"copied_bytes", s.copied_bytes},
+                    {"streaming", s.streaming},
+                    {"attention_streamed", s.attention_streamed},
+                    {"cache_policy", moe::cache_policy_name(r.cache_policy)},
+                    {"cache_capacity_bytes", s.cache_capacity},
+                    {"expert_uses", s.expert_uses},
+                    {"cache_hit_rate", s.cache_hit_rate()},
+                    {"speculation", r.speculate},
+                    {"speculated", s.speculated},
+                    {"speculation_hit_rate", s.speculation_hit_rate()},
+                    {"prefill_chunk", r.prefill_chunk}};
   return j;
 }
 
@@ -410,6 +486,21 @@ void print_json(const nlohmann::ordered_json& j) {
   const std::string s = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fputc('\n', stdout);
+}
+
+/// Generates, streaming the text to `out`; records the storage reads of prefill and decode.
+void generate(const Loaded& m, moe::ThreadPool& pool, moe::DecoderState& state,
+              const moe::GenerateOptions& gen, TextOutput& out, Report& r) {
+  const std::uint64_t read0 = storage_read_bytes();
+  std::uint64_t read_first = 0;  // after prefill and the first sample
+  r.result = moe::generate(pool, m.model, state, r.prompt, gen, [&](std::int32_t id) {
+    if (read_first == 0) read_first = storage_read_bytes();
+    out.token(id);
+  });
+  out.finish();
+  const std::uint64_t read1 = storage_read_bytes();
+  r.read_bytes = read1 - read0;
+  r.read_bytes_decode = read_first ? read1 - read_first : 0;
 }
 
 int run(const Args& args) {
@@ -421,21 +512,24 @@ int run(const Args& args) {
   const Loaded m(args.checkpoint, open_options);
   const moe::grok1::Config& cfg = m.ckpt.config();
   log("grok1: %s\n", m.ckpt.summary().c_str());
+  moe::WeightResidency residency = make_residency(args, m.ckpt, log);
 
   Report r;
   r.prompt = prompt_ids(args, tokenizer, cfg);
   moe::ThreadPool pool(args.threads);
-  // Prefill runs the prompt as one batch (in chunks of up to 256 tokens).
+  // The prompt runs as one batch, in chunks; one token at a time when a batch (which reads all
+  // of a layer's experts at once) does not fit in the RAM budget.
+  r.prefill_chunk =
+      args.prefill_chunk ? args.prefill_chunk : (residency.batch_prefill_fits() ? 256 : 1);
   moe::DecoderState state = m.model.make_state(r.prompt.size() + args.max_new_tokens,
-                                               std::min<std::size_t>(r.prompt.size(), 256));
+                                               std::min(r.prompt.size(), r.prefill_chunk));
   r.load_seconds = seconds_since(t_load);
   r.threads = pool.size();
   log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads\n", r.load_seconds, r.prompt.size(),
       pool.size());
 
   moe::GenerateOptions gen = generate_options(args, cfg);
-  r.streamed_experts = stream_experts(m.ckpt, log);
-  gen.on_layer = layer_hook(m.ckpt, r.streamed_experts, log);
+  gen.on_layer = layer_hook(residency, cfg.n_layers, log);
   moe::Buffer<float> prompt_logits;
   if (args.dump_logits) {
     prompt_logits = moe::Buffer<float>(r.prompt.size() * cfg.vocab_size);
@@ -444,15 +538,16 @@ int run(const Args& args) {
   TextOutput out(tokenizer, log.quiet);
   log("grok1: prefill of %zu tokens, then %zu new tokens\n", r.prompt.size(), args.max_new_tokens);
   out.prompt(args);
-  r.result =
-      moe::generate(pool, m.model, state, r.prompt, gen, [&](std::int32_t id) { out.token(id); });
-  out.finish();
+  generate(m, pool, state, gen, out, r);
   if (args.dump_logits) {
     moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {r.prompt.size(), cfg.vocab_size});
     log("grok1: wrote prompt logits [%zu, %zu] to %s\n", r.prompt.size(), cfg.vocab_size,
         args.dump_logits->c_str());
   }
   r.peak_rss = peak_rss_bytes();
+  r.residency = residency.stats();
+  r.cache_policy = args.cache_policy;
+  r.speculate = args.speculate;
   print_summary(r, log);
   if (args.json) print_json(json_report(r, cfg, out));
   return 0;
