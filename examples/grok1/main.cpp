@@ -61,7 +61,8 @@ constexpr const char* kUsage =
     "  --stop-at-eos         stop after generating EOS (id 2); run.py never stops early\n"
     "  --ram-budget BYTES    memory the process may hold (suffix K, M or G: binary units);\n"
     "                        default 80% of the available memory\n"
-    "  --cache-policy P      experts kept mapped between uses when streaming (default lru)\n"
+    "  --cache-policy P      experts kept mapped between uses when streaming\n"
+    "                        (default most-used)\n"
     "  --no-speculation      do not prefetch the next layer's predicted experts\n"
     "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
     "                        experts do not fit in the budget)\n";
@@ -84,7 +85,7 @@ struct Args {
   bool json = false;
   bool stop_at_eos = false;
   std::uint64_t ram_budget = 0;  // 0: default
-  moe::CachePolicy cache_policy = moe::CachePolicy::kLru;
+  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
   bool speculate = true;
   std::size_t prefill_chunk = 0;  // 0: automatic
 };

@@ -400,9 +400,9 @@ class Checkpoint {
     return aligned_view<bf16>(f, f.scales, state().scale_copies[f.index]);
   }
   // The array's data as T*: in place when the file offset is aligned for T, else a one-time copy
-  // into `copy` (made on first use). The copied file pages are then unmapped from this process
-  // (they stay in the page cache until the kernel needs the memory), so a 3.2 GB embedding is
-  // not resident twice.
+  // into `copy` (made on first use). The copy goes in 64 MiB chunks, each chunk's file pages
+  // unmapped from this process right after (they stay in the page cache until the kernel needs
+  // the memory), so a 3.2 GB embedding is never resident twice, not even while it is copied.
   template <class T>
   const T* aligned_view(const TensorFile& f, const io::Array& a, Buffer<T>& copy) const {
     if (a.aligned()) return reinterpret_cast<const T*>(a.data);
@@ -410,10 +410,14 @@ class Checkpoint {
     std::lock_guard<std::mutex> lock(s.mutex);
     if (copy.empty() && a.numel() > 0) {
       copy = Buffer<T>(a.numel());
-      std::memcpy(copy.data(), a.data, a.nbytes);
+      constexpr std::size_t kChunk = std::size_t{64} << 20;
+      auto* dst = reinterpret_cast<std::byte*>(copy.data());
+      for (std::size_t done = 0; done < a.nbytes; done += kChunk) {
+        const std::size_t n = std::min(kChunk, a.nbytes - done);
+        std::memcpy(dst + done, a.data + done, n);
+        f.map.advise(io::Advice::kDontNeed, a.offset + done, n);
+      }
       s.copied += a.nbytes;
-      f.map.advise(io::Advice::kDontNeed, static_cast<std::size_t>(a.data - f.map.data()),
-                   a.nbytes);
     }
     return copy.data();
   }
