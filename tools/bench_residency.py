@@ -93,15 +93,18 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--direct-bytes", default="8G", help="bytes of the O_DIRECT reference read")
+    ap.add_argument("--configs", default="lru:on,lru:off,none:on,none:off,most-used:on",
+                    help="cache policy:speculation pairs to run")
+    ap.add_argument("--extra", default="", help="more grok1 options for every run")
     args = ap.parse_args()
 
     cg = cgroup_dir(parse_bytes(args.cgroup))
-    configs = [("lru", True), ("lru", False), ("none", True), ("none", False),
-               ("most-used", True)]
+    configs = [(c.split(":")[0], c.split(":")[1] == "on") for c in args.configs.split(",")]
     rows = []
     try:
         for policy, spec in configs:
             extra = ["--cache-policy", policy] + ([] if spec else ["--no-speculation"])
+            extra += args.extra.split()
             runs, direct = [], []
             for _ in range(args.repeat):
                 drop_cached_pages(args.checkpoint)

@@ -45,6 +45,7 @@ constexpr const char* kUsage =
     "             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
     "             [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]\n"
     "             [--cache-policy none|lru|most-used] [--no-speculation] [--prefill-chunk N]\n"
+    "             [--no-huge-readahead]\n"
     "\n"
     "  --checkpoint DIR      directory holding ckpt-0/ (or ckpt/) and optionally config.json\n"
     "  --tokenizer FILE      SentencePiece model (the release's tokenizer.model); needed for\n"
@@ -64,6 +65,7 @@ constexpr const char* kUsage =
     "  --cache-policy P      experts kept mapped between uses when streaming\n"
     "                        (default most-used)\n"
     "  --no-speculation      do not prefetch the next layer's predicted experts\n"
+    "  --no-huge-readahead   keep the device's read-ahead for faults on streamed weights\n"
     "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
     "                        experts do not fit in the budget)\n";
 
@@ -87,6 +89,7 @@ struct Args {
   std::uint64_t ram_budget = 0;  // 0: default
   moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
   bool speculate = true;
+  bool huge_readahead = true;
   std::size_t prefill_chunk = 0;  // 0: automatic
 };
 
@@ -191,6 +194,8 @@ Args parse_args(int argc, char** argv) {
       a.cache_policy = parse_policy(value());
     } else if (flag == "--no-speculation") {
       a.speculate = false;
+    } else if (flag == "--no-huge-readahead") {
+      a.huge_readahead = false;
     } else if (flag == "--prefill-chunk") {
       a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
     } else {
@@ -310,6 +315,7 @@ moe::WeightResidency make_residency(const Args& args, const moe::grok1::Checkpoi
   o.ram_budget = args.ram_budget;
   o.cache = args.cache_policy;
   o.speculate = args.speculate;
+  o.huge_readahead = args.huge_readahead;
   moe::WeightResidency res(moe::grok1::residency_plan(ckpt), o);
   res.report_faults("grok1: error: ");
   const moe::ResidencyStats& s = res.stats();

@@ -242,16 +242,17 @@ class MemoryCgroup:
 
 def case_budget(args):
     """See the module docstring. Run time ~10-20 min here (writing 13 GB dominates)."""
-    ck = os.path.join(args.big_dir, "moe_budget_full2")
+    ck = args.budget_checkpoint or os.path.join(args.big_dir, "moe_budget_full2")
     budget, slack = 4 << 30, 1 << 30
     tokens = ["--tokens", "1,2,3", "--max-new-tokens", "3", "--temperature", "0",
               "--prefill-chunk", "1", "--json"]
     try:
         t0 = time.time()
-        run([sys.executable, os.path.join(args.source, "tools/make_grok1_checkpoint.py"),
-             "--config", "full", "--layers", "2", "--seed", "11", "--out", ck, "--force",
-             "--quiet"], timeout=7200)
-        print(f"budget: wrote the 13 GB checkpoint in {time.time() - t0:.0f} s")
+        if not args.budget_checkpoint:
+            run([sys.executable, os.path.join(args.source, "tools/make_grok1_checkpoint.py"),
+                 "--config", "full", "--layers", "2", "--seed", "11", "--out", ck, "--force",
+                 "--quiet"], timeout=7200)
+            print(f"budget: wrote the 13 GB checkpoint in {time.time() - t0:.0f} s")
         free = run([args.grok1, "--checkpoint", ck, *tokens, "--ram-budget", "64G",
                     "--dump-logits", os.path.join(args.work, "free.npy")], timeout=3600)
         free_info = json.loads(free.stdout)
@@ -278,7 +279,8 @@ def case_budget(args):
         assert a.shape == b.shape and np.array_equal(a, b), "logits differ under the budget"
         assert rss <= budget + slack, f"peak RSS {rss} > budget + 1 GiB"
     finally:
-        shutil.rmtree(ck, ignore_errors=True)
+        if not args.budget_checkpoint:
+            shutil.rmtree(ck, ignore_errors=True)
 
 
 CASES = {"logits": case_logits, "greedy": case_greedy, "errors": case_errors, "demo": case_demo}
@@ -292,6 +294,8 @@ if __name__ == "__main__":
     ap.add_argument("--demo-checkpoint")
     ap.add_argument("--big-dir", default="/work/tmp",
                     help="where the slow cases write their multi-GB checkpoints")
+    ap.add_argument("--budget-checkpoint",
+                    help="budget case: use this full-width checkpoint (kept) instead of writing one")
     ap.add_argument("--case", choices=sorted(CASES) + sorted(SLOW_CASES), action="append")
     ARGS = ap.parse_args()
     os.makedirs(ARGS.work, exist_ok=True)
