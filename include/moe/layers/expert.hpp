@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include <moe/config.hpp>
 #include <moe/core/arena.hpp>
@@ -26,6 +27,8 @@
 #include <moe/layers/moe_types.hpp>
 #include <moe/ops/activation.hpp>
 #include <moe/ops/matmul.hpp>
+#include <moe/ops/matmul_grad.hpp>
+#include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
 
 namespace moe {
@@ -36,7 +39,6 @@ namespace moe {
 inline constexpr std::size_t kFfnBlockRows = 256;
 
 }  // namespace moe
-
 
 MOE_SIMD_DETAIL_BEGIN
 
@@ -61,6 +63,75 @@ void gated_ffn_rows(ThreadPool& pool, const W& gate, const W& up, const W& down,
   matmul(pool, x, up, MatrixView<float>(u, n, f));
   gated_activation_parallel<A>(pool, g, u, n * f);
   matmul(pool, MatrixView<const float>(g, n, f), down, y);
+}
+
+/// forward_train of n <= kFfnBlockRows rows: g, u [n, F] (tape) receive the gate and up
+/// projections before the activation; h [n, F] is scratch for act(g) * u.
+template <Activation A, class W>
+void gated_ffn_rows_train(ThreadPool& pool, const W& gate, const W& up, const W& down,
+                          MatrixView<const float> x, MatrixView<float> y, float* g, float* u,
+                          float* h) {
+  const std::size_t n = x.rows, f = gate.out;
+  MOE_ASSERT(n <= kFfnBlockRows && y.rows == n);
+  matmul(pool, x, gate, MatrixView<float>(g, n, f));
+  matmul(pool, x, up, MatrixView<float>(u, n, f));
+  gated_activation(A, g, u, h, n * f);
+  matmul(pool, MatrixView<const float>(h, n, f), down, y);
+}
+
+/// The three weight gradients of a gated FFN (WeightGrad: frozen when data is null).
+struct GatedFfnGrads {
+  WeightGrad gate, up, down;
+};
+
+/// Throws ConfigError unless every gradient of a non-f32 weight is frozen and every non-frozen
+/// gradient has its weight's shape and layout.
+template <class W>
+void check_ffn_grads(const W& gate, const W& up, const W& down, const GatedFfnGrads& gr,
+                     std::string_view component) {
+  const W* w[3] = {&gate, &up, &down};
+  const WeightGrad* g[3] = {&gr.gate, &gr.up, &gr.down};
+  const char* names[3] = {"gate", "up", "down"};
+  for (int i = 0; i < 3; ++i) {
+    if (g[i]->frozen()) continue;
+    if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
+      throw ConfigError("[" + std::string(component) + "] weight '" + names[i] + "' is " +
+                        weight_type_name(*w[i]) +
+                        ": only f32 weights are trainable (pass a frozen WeightGrad)");
+    } else {
+      if (g[i]->in != w[i]->in || g[i]->out != w[i]->out || g[i]->layout != w[i]->layout) {
+        throw ShapeError("[" + std::string(component) + "] gradient of '" + names[i] +
+                         "' has shape " + shape_str({g[i]->in, g[i]->out}) + " " +
+                         std::string(layout_name(g[i]->layout)) + ", expected " +
+                         shape_str({w[i]->in, w[i]->out}) + " " +
+                         std::string(layout_name(w[i]->layout)));
+      }
+    }
+  }
+}
+
+/// Backward of n <= kFfnBlockRows rows, given x, the saved g, u [n, F] and dy [n, D]: dx += dL/dx,
+/// grads += dL/dW. s0, s1 are [n, F] scratch each.
+template <Activation A, class W>
+void gated_ffn_rows_backward(ThreadPool& pool, const W& gate, const W& up, const W& down,
+                             MatrixView<const float> x, const float* g, const float* u,
+                             MatrixView<const float> dy, MatrixView<float> dx,
+                             const GatedFfnGrads& grads, float* s0, float* s1) {
+  const std::size_t n = x.rows, f = gate.out;
+  MOE_ASSERT(n <= kFfnBlockRows && dy.rows == n && dx.rows == n);
+  MatrixView<float> h(s0, n, f), dh(s1, n, f);
+  // 1. down projection: dh = dy . Wdown^T; dWdown += h^T dy with h = act(g) * u recomputed.
+  gated_activation(A, g, u, h.data, n * f);
+  matmul_backward_weight(pool, h, dy, grads.down);
+  fill(dh.data, n * f, 0.0f);
+  matmul_backward_input(pool, dy, down, dh);
+  // 2. through the gated activation: dg into dh, du into h (no longer needed).
+  gated_activation_backward(A, g, u, dh.data, dh.data, h.data, n * f);
+  // 3. gate and up projections.
+  matmul_backward_weight(pool, x, dh, grads.gate);
+  matmul_backward_weight(pool, x, h, grads.up);
+  matmul_backward_input(pool, dh, gate, dx);
+  matmul_backward_input(pool, h, up, dx);
 }
 
 MOE_SIMD_DETAIL_END
@@ -97,6 +168,63 @@ class GatedFfn {
     return 2 * Arena::bytes_for<float>(rows * hidden());
   }
 
+  // ---- training (the contract of moe_types.hpp) ----
+  using Grads = detail::GatedFfnGrads;
+  /// The gate and up projections [T, F] before the activation (views into the tape).
+  struct Saved {
+    MatrixView<const float> gate, up;
+  };
+
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const noexcept {
+    return 2 * Arena::bytes_for<float>(max_tokens * hidden());
+  }
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
+    return workspace_bytes(max_tokens);
+  }
+
+  /// y = FFN(x) as forward(), keeping the gate and up projections in `tape` for backward().
+  FfnResult forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                          Arena& scratch, Arena& tape, Saved& saved,
+                          const ForwardOptions& /*opts*/ = {}) const {
+    check_io(x, y);
+    const std::size_t t_count = x.rows, f = hidden();
+    float* g = tape.alloc<float>(t_count * f);
+    float* u = tape.alloc<float>(t_count * f);
+    saved = Saved{{g, t_count, f}, {u, t_count, f}};
+    Arena::Scope scope(scratch);
+    float* h = scratch.alloc<float>(std::min(t_count, kFfnBlockRows) * f);
+    for (std::size_t r0 = 0; r0 < t_count; r0 += kFfnBlockRows) {
+      const std::size_t n = std::min(kFfnBlockRows, t_count - r0);
+      detail::gated_ffn_rows_train<A>(pool, gate_, up_, down_, x.rows_slice(r0, n),
+                                      y.rows_slice(r0, n), g + r0 * f, u + r0 * f, h);
+    }
+    return {};
+  }
+
+  /// dx += dL/dx and grads += dL/dW, given the x of forward_train, its Saved record and dy.
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, const Grads& grads,
+                Arena& scratch, const BackwardOptions& /*opts*/ = {}) const {
+    check_io(x, dx);
+    check_io(dy, dx);
+    detail::check_ffn_grads(gate_, up_, down_, grads, "ffn");
+    const std::size_t t_count = x.rows, f = hidden();
+    if (saved.gate.rows != t_count || saved.up.rows != t_count) {
+      throw ShapeError("[ffn] backward() got " + std::to_string(t_count) +
+                       " rows, forward_train() saved " + std::to_string(saved.gate.rows));
+    }
+    Arena::Scope scope(scratch);
+    const std::size_t rows = std::min(t_count, kFfnBlockRows);
+    float* s0 = scratch.alloc<float>(rows * f);
+    float* s1 = scratch.alloc<float>(rows * f);
+    for (std::size_t r0 = 0; r0 < t_count; r0 += kFfnBlockRows) {
+      const std::size_t n = std::min(kFfnBlockRows, t_count - r0);
+      detail::gated_ffn_rows_backward<A>(pool, gate_, up_, down_, x.rows_slice(r0, n),
+                                         saved.gate.row(r0), saved.up.row(r0), dy.rows_slice(r0, n),
+                                         dx.rows_slice(r0, n), grads, s0, s1);
+    }
+  }
+
   /// y[T, D] = FFN(x[T, D]). x and y must not alias. token_mask is ignored (every row computed).
   FfnResult forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, Arena& arena,
                     const ForwardOptions& /*opts*/ = {}) const {
@@ -110,13 +238,13 @@ class GatedFfn {
     for (std::size_t r0 = 0; r0 < t_count; r0 += kFfnBlockRows) {
       const std::size_t n = std::min(kFfnBlockRows, t_count - r0);
       detail::gated_ffn_rows<A>(pool, gate_, up_, down_, x.rows_slice(r0, n), y.rows_slice(r0, n),
-                                  g, u);
+                                g, u);
     }
     return {};
   }
 
  private:
-  void check_io(MatrixView<const float> x, MatrixView<float> y) const {
+  void check_io(MatrixView<const float> x, MatrixView<const float> y) const {
     if (x.cols != dim() || y.cols != dim() || x.rows != y.rows) {
       throw ShapeError("[ffn] input " + shape_str({x.rows, x.cols}) + " / output " +
                        shape_str({y.rows, y.cols}) + " do not match [T, " + std::to_string(dim()) +

@@ -10,6 +10,27 @@
 //
 // For MoELayer, Result is MoEResult: the layer's own losses (never hidden in global state) and
 // its routing statistics, computed over the real (unmasked) tokens of this call only.
+//
+// Training (llm.c style: one backward next to each forward, no autograd engine). A trainable
+// layer L also offers
+//
+//   struct L::Grads;  // gradient views mirroring its weights (WeightGrad, ops/weights.hpp;
+//                     // frozen = data nullptr; bf16 / int8 weights are always frozen)
+//   struct L::Saved;  // what forward_train keeps for backward: views into the caller's tape
+//   std::size_t tape_bytes(std::size_t max_tokens) const;              // tape forward_train uses
+//   std::size_t training_workspace_bytes(std::size_t max_tokens) const; // scratch of both calls
+//   Result forward_train(ThreadPool&, MatrixView<const float> x, MatrixView<float> y,
+//                        Arena& scratch, Arena& tape, Saved& saved,
+//                        const ForwardOptions& opts = {}) const;      // y as forward(); saves
+//   void backward(ThreadPool&, MatrixView<const float> x, const Saved& saved,
+//                 MatrixView<const float> dy, MatrixView<float> dx, Grads& grads,
+//                 Arena& scratch, const BackwardOptions& opts = {}) const;
+//
+// forward_train allocates what backward needs from `tape` and does not release it: the caller
+// owns the tape (one Arena per training step, reset after the backward pass) and keeps x alive
+// and unchanged until backward, which receives the same x again. backward ADDS dL/dx into dx
+// and dL/dW into grads (the caller zeroes them once per step), given dy = dL/dy. A layer with
+// auxiliary losses (MoELayer) adds their gradient too, scaled by BackwardOptions::loss_scale.
 #pragma once
 
 #include <array>
@@ -29,6 +50,13 @@ struct ForwardOptions {
   /// Counter for the noise RNG: noise is a pure function of (layer seed, step, token, expert),
   /// so a run is reproducible and independent of the thread count.
   std::uint64_t step = 0;
+};
+
+/// Per-call options of an FFN layer's backward().
+struct BackwardOptions {
+  /// Factor on the layer's own auxiliary losses (load balance, z-loss) in the total loss; e.g.
+  /// 1 / n when n micro-batches are accumulated into one step with their losses averaged.
+  float loss_scale = 1.0f;
 };
 
 /// Auxiliary losses of one MoE layer for one forward call. Divided by the number of real tokens.

@@ -18,8 +18,18 @@
 //               in f32 is far worse there: 1 + tanh(u) cancels);
 //   gelu_erf  <= 1.2e-6 relative [3.5 / 3.8 ulp], via simd::phi_neg_abs.
 // Special values: act(+inf) = +inf, act(-inf) = -0, act(NaN) = NaN.
+//
+// Backward (training): activation_backward and gated_activation_backward use the derivatives
+//
+//   gelu_tanh'(x) = s + x s (1 - s) 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2),  s = 1 / (1 + exp(-2u))
+//   gelu_erf'(x)  = Phi(x) + x phi(x)
+//   silu'(x)      = s (1 + x (1 - s)),                                   s = sigmoid(x)
+//
+// and return the limits 0 (x -> -inf) and 1 (x -> +inf) for |x| > 30, where the formulas would
+// form inf * 0.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -47,7 +57,6 @@ inline constexpr std::string_view activation_name(Activation a) noexcept {
   return "?";
 }
 }  // namespace moe
-
 
 MOE_SIMD_DETAIL_BEGIN
 
@@ -81,6 +90,66 @@ struct SiluOp {
     return x / (simd::fbatch(1.0f) + simd::exp(simd::fbatch(0.0f) - x));
   }
 };
+
+/// act(x) and act'(x) of one batch, for the backward pass. |x| > 30 takes the limits 0 / 1.
+struct GeluTanhGradOp {
+  void operator()(simd::fbatch x, simd::fbatch& act, simd::fbatch& dact) const noexcept {
+    const simd::fbatch one(1.0f), c(0.044715f), c3(0.134145f), k2(1.5957691216057308f);
+    const simd::fbatch xc =
+        xsimd::select(simd::abs(x) > simd::fbatch(30.0f), simd::fbatch(0.0f), x);
+    const simd::fbatch s =
+        one / (one + simd::exp(simd::fbatch(0.0f) - k2 * (xc * simd::fma(c, xc * xc, one))));
+    act = GeluTanhOp{}(x);
+    dact = simd::fma(xc * s * (one - s), k2 * simd::fma(c3, xc * xc, one), s);
+    dact = limits(x, dact);
+  }
+  static simd::fbatch limits(const simd::fbatch& x, const simd::fbatch& d) noexcept {
+    const simd::fbatch big(30.0f);
+    const simd::fbatch lim =
+        xsimd::select(x > simd::fbatch(0.0f), simd::fbatch(1.0f), simd::fbatch(0.0f));
+    return xsimd::select(simd::abs(x) > big, lim, d);
+  }
+};
+
+struct GeluErfGradOp {
+  void operator()(simd::fbatch x, simd::fbatch& act, simd::fbatch& dact) const noexcept {
+    const simd::fbatch xc =
+        xsimd::select(simd::abs(x) > simd::fbatch(30.0f), simd::fbatch(0.0f), x);
+    const simd::fbatch h = simd::phi_neg_abs(xc);
+    const simd::fbatch cdf = xsimd::select(xc >= simd::fbatch(0.0f), simd::fbatch(1.0f) - h, h);
+    const simd::fbatch pdf =
+        simd::fbatch(0.3989422804014327f) * simd::exp(simd::fbatch(-0.5f) * xc * xc);
+    act = GeluErfOp{}(x);
+    dact = GeluTanhGradOp::limits(x, simd::fma(xc, pdf, cdf));
+  }
+};
+
+struct SiluGradOp {
+  void operator()(simd::fbatch x, simd::fbatch& act, simd::fbatch& dact) const noexcept {
+    const simd::fbatch one(1.0f);
+    const simd::fbatch xc =
+        xsimd::select(simd::abs(x) > simd::fbatch(30.0f), simd::fbatch(0.0f), x);
+    const simd::fbatch s = one / (one + simd::exp(simd::fbatch(0.0f) - xc));
+    act = SiluOp{}(x);
+    dact = GeluTanhGradOp::limits(x, s * simd::fma(xc, one - s, one));
+  }
+};
+
+/// Calls f(op) with the act-and-derivative functor of activation a.
+template <class F>
+inline void with_activation_grad(Activation a, F&& f) noexcept {
+  switch (a) {
+    case Activation::kGeluTanh:
+      f(GeluTanhGradOp{});
+      break;
+    case Activation::kGeluErf:
+      f(GeluErfGradOp{});
+      break;
+    case Activation::kSilu:
+      f(SiluGradOp{});
+      break;
+  }
+}
 
 /// Calls f(op) with the functor of activation a (one switch per call, not per element).
 template <class F>
@@ -126,6 +195,37 @@ inline void gated_activation(Activation a, const float* gate, const float* up, f
                [&](const simd::fbatch& g, const simd::fbatch& u) { return op(g) * u; });
   });
 }
+/// Backward of y = act(x): dx[i] = dy[i] * act'(x[i]). dx may alias x or dy.
+inline void activation_backward(Activation a, const float* x, const float* dy, float* dx,
+                                std::size_t n) noexcept {
+  detail::with_activation_grad(a, [&](auto op) {
+    for (std::size_t i = 0; i < n; i += simd::kLanes) {
+      const std::size_t c = std::min(simd::kLanes, n - i);
+      simd::fbatch v, d;
+      op(simd::load_n(x + i, c), v, d);
+      simd::store_n(dx + i, simd::load_n(dy + i, c) * d, c);
+    }
+  });
+}
+
+/// Backward of out = act(gate) * up: dgate[i] = dout[i] * up[i] * act'(gate[i]) and
+/// dup[i] = dout[i] * act(gate[i]). dgate may alias gate or dout, dup may alias up (each element
+/// is read before it is written); dgate and dup must not alias each other.
+inline void gated_activation_backward(Activation a, const float* gate, const float* up,
+                                      const float* dout, float* dgate, float* dup,
+                                      std::size_t n) noexcept {
+  detail::with_activation_grad(a, [&](auto op) {
+    for (std::size_t i = 0; i < n; i += simd::kLanes) {
+      const std::size_t c = std::min(simd::kLanes, n - i);
+      simd::fbatch v, d;
+      op(simd::load_n(gate + i, c), v, d);
+      const simd::fbatch g = simd::load_n(dout + i, c), u = simd::load_n(up + i, c);
+      simd::store_n(dgate + i, g * u * d, c);
+      simd::store_n(dup + i, g * v, c);
+    }
+  });
+}
+
 /// y[i] = a[i] * b[i]. y may alias a or b.
 inline void multiply(const float* a, const float* b, float* y, std::size_t n) noexcept {
   simd::map2(a, b, y, n, [](const simd::fbatch& u, const simd::fbatch& v) { return u * v; });

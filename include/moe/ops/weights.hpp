@@ -83,6 +83,28 @@ struct Int8Weight {
   }
 };
 
+/// Gradient of a weight, for training: mutable f32 with the logical [in, out] map and the memory
+/// layout of the F32Weight it belongs to, so that an optimizer walks weight and gradient with one
+/// index. Backward passes ADD into it (llm.c style: zero the gradients once per step). data ==
+/// nullptr marks a frozen weight: backward still passes the gradient to the layer's input but
+/// computes nothing for the weight (bf16 and int8 weights are always frozen).
+struct WeightGrad {
+  float* data = nullptr;
+  std::size_t in = 0;
+  std::size_t out = 0;
+  Layout layout = Layout::kInOut;
+
+  [[nodiscard]] bool frozen() const noexcept { return data == nullptr; }
+  /// Element dL/dW[i, o] of the logical [in, out] matrix.
+  [[nodiscard]] float& at(std::size_t i, std::size_t o) const noexcept {
+    return layout == Layout::kInOut ? data[i * out + o] : data[o * in + i];
+  }
+  /// The gradient view of a weight stored at `d` with w's shape and layout.
+  [[nodiscard]] static WeightGrad like(float* d, const DenseWeight<float>& w) noexcept {
+    return WeightGrad{d, w.in, w.out, w.layout};
+  }
+};
+
 template <class W>
 struct is_weight : std::false_type {};
 template <class T>
