@@ -41,8 +41,8 @@ std::uint64_t mapped_expert_bytes(const moe::ResidencyPlan& plan) {
   moe::detail::PagemapReader pm;
   const std::size_t page = moe::io::detail::page_size();
   std::uint64_t n = 0;
-  for (const moe::LayerRanges& L : plan.layers) {
-    for (const auto& e : L.experts) {
+  for (const moe::LayerRanges& ranges : plan.layers) {
+    for (const auto& e : ranges.experts) {
       for (const moe::MappedRange& r : e) {
         const std::size_t first = r.offset / page * page;
         for (std::size_t off = first; off < r.offset + r.length; off += page) {
@@ -60,24 +60,24 @@ std::uint64_t mapped_expert_bytes(const moe::ResidencyPlan& plan) {
 template <class Check>
 std::vector<float> decode(const Model& m, std::size_t steps, moe::WeightResidency* res,
                           Check&& check) {
-  const std::size_t V = m.ckpt.config().vocab_size, L = m.ckpt.config().n_layers;
+  const std::size_t vocab = m.ckpt.config().vocab_size;
   moe::ThreadPool pool(2);
   auto state = m.model.make_state(64, 1);
-  std::vector<moe::MoEResult> results(L);
+  std::vector<moe::MoEResult> results(m.ckpt.config().n_layers);
   moe::DecoderOptions opt;
   opt.on_layer = [&](std::size_t l, moe::MatrixView<const float> h) {
     if (res) res->on_layer(l, h);
     check(l, results[l]);
   };
   std::vector<float> all;
-  std::vector<float> logits(V);
+  std::vector<float> logits(vocab);
   std::int32_t token = 3;
   for (std::size_t s = 0; s < steps; ++s) {
     const std::int32_t in[1] = {token};
-    m.model.forward(pool, in, state, {logits.data(), 1, V}, opt, results);
+    m.model.forward(pool, in, state, {logits.data(), 1, vocab}, opt, results);
     all.insert(all.end(), logits.begin(), logits.end());
     token = static_cast<std::int32_t>(moe::argmax(logits));
-    if (s % 3 == 2) token = static_cast<std::int32_t>((token * 7 + s) % V);  // vary the routing
+    if (s % 3 == 2) token = static_cast<std::int32_t>((token * 7 + s) % vocab);  // vary the routing
   }
   return all;
 }
@@ -89,16 +89,16 @@ TEST_CASE("residency: the plan splits every expert tensor per expert", "[io][res
   const moe::ResidencyPlan plan = moe::grok1::residency_plan(m.ckpt);
   const auto& c = m.ckpt.config();
   REQUIRE(plan.layers.size() == 2);
-  for (const moe::LayerRanges& L : plan.layers) {
-    REQUIRE(L.experts.size() == 4);
+  for (const moe::LayerRanges& ranges : plan.layers) {
+    REQUIRE(ranges.experts.size() == 4);
     std::uint64_t expert_bytes = 0;
-    for (const auto& e : L.experts) expert_bytes += moe::detail::range_bytes(e);
+    for (const auto& e : ranges.experts) expert_bytes += moe::detail::range_bytes(e);
     // gate, up, down: int8 [D, F] each, and their bf16 scales
     CHECK(expert_bytes ==
-          4 * (3 * c.d_model * c.d_ff + 2 * (2 * c.d_ff + 8 * c.d_model)));  // blocks 1, 1 and 8
-    for (const moe::MappedRange& p : L.probes) CHECK(p.file != nullptr);     // 4 MiB gate slices
-    CHECK(L.router.data != nullptr);
-    CHECK(L.router_norm.size() == c.d_model);
+          4 * (3 * c.d_model * c.d_ff + 2 * (2 * c.d_ff + 8 * c.d_model)));    // blocks 1, 1 and 8
+    for (const moe::MappedRange& p : ranges.probes) CHECK(p.file != nullptr);  // 4 MiB gate slices
+    CHECK(ranges.router.data != nullptr);
+    CHECK(ranges.router_norm.size() == c.d_model);
   }
 }
 

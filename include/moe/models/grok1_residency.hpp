@@ -57,28 +57,28 @@ inline ResidencyPlan residency_plan(const Checkpoint& ck) {
   }
   plan.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {
-    LayerRanges& L = plan.layers[l];
-    L.experts.resize(c.n_experts);
-    L.probes.resize(c.n_experts);
+    LayerRanges& ranges = plan.layers[l];
+    ranges.experts.resize(c.n_experts);
+    ranges.probes.resize(c.n_experts);
     for (std::size_t s = 0; s < kSlotsPerLayer; ++s) {
       const Slot slot = static_cast<Slot>(s);
       const TensorFile& f = ck.file(ck.index_of(l, slot));
       if (!slot_is_expert(slot)) {
-        L.dense.push_back(whole(f, f.weight));
-        if (f.quantized) L.dense.push_back(whole(f, f.scales));
+        ranges.dense.push_back(whole(f, f.weight));
+        if (f.quantized) ranges.dense.push_back(whole(f, f.scales));
         continue;
       }
       const std::size_t w_bytes = f.weight.nbytes / c.n_experts;
       const std::size_t s_bytes = f.scales.nbytes / c.n_experts;
       for (std::size_t e = 0; e < c.n_experts; ++e) {
         const MappedRange w{&f.map, f.weight.offset + e * w_bytes, w_bytes};
-        L.experts[e].push_back(w);
-        L.experts[e].push_back({&f.map, f.scales.offset + e * s_bytes, s_bytes});
-        if (slot == Slot::kExpertGate) L.probes[e] = detail::probe_page(w);
+        ranges.experts[e].push_back(w);
+        ranges.experts[e].push_back({&f.map, f.scales.offset + e * s_bytes, s_bytes});
+        if (slot == Slot::kExpertGate) ranges.probes[e] = detail::probe_page(w);
       }
     }
-    L.router = ck.router(l);
-    L.router_norm = ck.norm(l, Slot::kNormPreMoe);
+    ranges.router = ck.router(l);
+    ranges.router_norm = ck.norm(l, Slot::kNormPreMoe);
   }
   return plan;
 }

@@ -286,8 +286,8 @@ class WeightResidency {
         }
       }
       // Start from nothing mapped, so that the first use of every expert is observed too.
-      for (const LayerRanges& L : plan_.layers) {
-        for (const auto& e : L.experts) {
+      for (const LayerRanges& ranges : plan_.layers) {
+        for (const auto& e : ranges.experts) {
           for (const MappedRange& r : e) detail::advise_range(r, io::Advice::kDontNeed);
         }
       }
@@ -336,9 +336,9 @@ class WeightResidency {
                            : std::to_string(st.st_size) + " bytes (truncated?)"));
       }
     };
-    const LayerRanges& L = plan_.layers[layer];
-    for (const MappedRange& r : L.dense) check(r);
-    for (const auto& e : L.experts) {
+    const LayerRanges& ranges = plan_.layers[layer];
+    for (const MappedRange& r : ranges.dense) check(r);
+    for (const auto& e : ranges.experts) {
       if (!e.empty()) check(e.front());
     }
   }
@@ -402,8 +402,8 @@ class WeightResidency {
     }
     const std::uint64_t always = detail::range_bytes(plan_.always);
     std::uint64_t max_dense = 0;
-    for (const LayerRanges& L : plan_.layers) {
-      max_dense = std::max(max_dense, detail::range_bytes(L.dense));
+    for (const LayerRanges& ranges : plan_.layers) {
+      max_dense = std::max(max_dense, detail::range_bytes(ranges.dense));
     }
     const std::uint64_t fixed = plan_.copied_bytes + always + kOverhead + max_working;
     stats_.attention_streamed = fixed + dense > stats_.budget;
@@ -417,11 +417,11 @@ class WeightResidency {
 
   // 1. Which experts of `layer` ran: the probe page is mapped again.
   void observe(std::size_t layer, bool decode) {
-    const LayerRanges& L = plan_.layers[layer];
+    const LayerRanges& ranges = plan_.layers[layer];
     bool unknown = false;
     for (std::size_t e = 0; e < experts_[layer].size(); ++e) {
       Expert& x = experts_[layer][e];
-      const MappedRange& p = e < L.probes.size() ? L.probes[e] : MappedRange{};
+      const MappedRange& p = e < ranges.probes.size() ? ranges.probes[e] : MappedRange{};
       x.last_seen = p.file ? pagemap_.present(p.file->data() + p.offset) : -1;
       if (x.last_seen < 0) unknown = true;
       if (x.last_seen != 1) {
@@ -442,7 +442,7 @@ class WeightResidency {
 
   // 2. Keep what the policy wants within the capacity; unmap the rest; re-arm the probes.
   void cache(std::size_t layer) {
-    const LayerRanges& L = plan_.layers[layer];
+    const LayerRanges& ranges = plan_.layers[layer];
     for (std::size_t e = 0; e < experts_[layer].size(); ++e) {
       Expert& x = experts_[layer][e];
       if (x.last_seen != 0 && !x.cached && x.bytes <= stats_.cache_capacity) insert(layer, e);
@@ -450,9 +450,10 @@ class WeightResidency {
     for (std::size_t e = 0; e < experts_[layer].size(); ++e) {
       const Expert& x = experts_[layer][e];
       if (!x.cached) {
-        for (const MappedRange& r : L.experts[e]) detail::advise_range(r, io::Advice::kDontNeed);
-      } else if (e < L.probes.size()) {
-        detail::advise_range(L.probes[e], io::Advice::kDontNeed);  // to see the next use
+        for (const MappedRange& r : ranges.experts[e])
+          detail::advise_range(r, io::Advice::kDontNeed);
+      } else if (e < ranges.probes.size()) {
+        detail::advise_range(ranges.probes[e], io::Advice::kDontNeed);  // to see the next use
       }
     }
   }
@@ -492,34 +493,34 @@ class WeightResidency {
 
   // 5. Prefetch what layer `next` will read.
   void prefetch(std::size_t next, MatrixView<const float> h) {
-    const LayerRanges& L = plan_.layers[next];
+    const LayerRanges& ranges = plan_.layers[next];
     if (stats_.attention_streamed) {
-      for (const MappedRange& r : L.dense) detail::advise_range(r, io::Advice::kWillNeed);
+      for (const MappedRange& r : ranges.dense) detail::advise_range(r, io::Advice::kWillNeed);
     }
     // Layer 0 reads a new token's embedding, which the last layer's output cannot predict.
-    if (!opt_.speculate || h.rows != 1 || next == 0 || L.router.data == nullptr) return;
-    const std::vector<std::size_t> picks = predict(L, h.row(0), h.cols);
+    if (!opt_.speculate || h.rows != 1 || next == 0 || ranges.router.data == nullptr) return;
+    const std::vector<std::size_t> picks = predict(ranges, h.row(0), h.cols);
     for (std::size_t e : picks) {
       Expert& x = experts_[next][e];
       x.prefetched = true;
-      if (e < L.probes.size() && L.probes[e].file != nullptr) ++stats_.speculated;
+      if (e < ranges.probes.size() && ranges.probes[e].file != nullptr) ++stats_.speculated;
       if (x.cached) continue;
-      for (const MappedRange& r : L.experts[e]) detail::advise_range(r, io::Advice::kWillNeed);
+      for (const MappedRange& r : ranges.experts[e]) detail::advise_range(r, io::Advice::kWillNeed);
     }
   }
 
-  // The top_k experts of L's router for RMSNorm(x) * router_norm (scores ordered as the router
+  // The top_k experts of ranges's router for RMSNorm(x) * router_norm (scores ordered as the router
   // orders them: softmax is monotonic, so the largest logits).
-  [[nodiscard]] std::vector<std::size_t> predict(const LayerRanges& L, const float* x,
+  [[nodiscard]] std::vector<std::size_t> predict(const LayerRanges& ranges, const float* x,
                                                  std::size_t d) const {
-    const F32Weight& w = L.router;
-    if (w.in != d || (!L.router_norm.empty() && L.router_norm.size() != d)) return {};
+    const F32Weight& w = ranges.router;
+    if (w.in != d || (!ranges.router_norm.empty() && ranges.router_norm.size() != d)) return {};
     double ss = 0;
     for (std::size_t i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];
     const double inv = 1.0 / std::sqrt(ss / static_cast<double>(d) + plan_.rms_eps);
     std::vector<double> logits(w.out, 0.0);
     for (std::size_t i = 0; i < d; ++i) {
-      const double v = x[i] * inv * (L.router_norm.empty() ? 1.0 : L.router_norm[i]);
+      const double v = x[i] * inv * (ranges.router_norm.empty() ? 1.0 : ranges.router_norm[i]);
       for (std::size_t o = 0; o < w.out; ++o) logits[o] += v * w.at(i, o);
     }
     std::vector<std::size_t> order(w.out);
