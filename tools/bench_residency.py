@@ -103,7 +103,7 @@ def main():
     rows = []
     try:
         for policy, spec in configs:
-            extra = ["--cache-policy", policy] + ([] if spec else ["--no-speculation"])
+            extra = ["--cache-policy", policy] + (["--speculation"] if spec else [])
             extra += args.extra.split()
             runs, direct = [], []
             for _ in range(args.repeat):

@@ -4,7 +4,7 @@
 //   grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)
 //         [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
 //         [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]
-//         [--cache-policy none|lru|most-used] [--no-speculation] [--prefill-chunk N]
+//         [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
 #include <algorithm>
@@ -44,7 +44,7 @@ constexpr const char* kUsage =
     "usage: grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)\n"
     "             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
     "             [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]\n"
-    "             [--cache-policy none|lru|most-used] [--no-speculation] [--prefill-chunk N]\n"
+    "             [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]\n"
     "             [--no-huge-readahead]\n"
     "\n"
     "  --checkpoint DIR      directory holding ckpt-0/ (or ckpt/) and optionally config.json\n"
@@ -64,7 +64,8 @@ constexpr const char* kUsage =
     "                        default 80% of the available memory\n"
     "  --cache-policy P      experts kept mapped between uses when streaming\n"
     "                        (default most-used)\n"
-    "  --no-speculation      do not prefetch the next layer's predicted experts\n"
+    "  --speculation         prefetch the experts the next layer's router picks (off: it did\n"
+    "                        not pay off in docs/performance.md)\n"
     "  --no-huge-readahead   keep the device's read-ahead for faults on streamed weights\n"
     "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
     "                        experts do not fit in the budget)\n";
@@ -88,7 +89,7 @@ struct Args {
   bool stop_at_eos = false;
   std::uint64_t ram_budget = 0;  // 0: default
   moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
-  bool speculate = true;
+  bool speculate = false;
   bool huge_readahead = true;
   std::size_t prefill_chunk = 0;  // 0: automatic
 };
@@ -192,8 +193,8 @@ Args parse_args(int argc, char** argv) {
       a.ram_budget = parse_bytes(flag, value());
     } else if (flag == "--cache-policy") {
       a.cache_policy = parse_policy(value());
-    } else if (flag == "--no-speculation") {
-      a.speculate = false;
+    } else if (flag == "--speculation") {
+      a.speculate = true;
     } else if (flag == "--no-huge-readahead") {
       a.huge_readahead = false;
     } else if (flag == "--prefill-chunk") {

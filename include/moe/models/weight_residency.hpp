@@ -101,7 +101,9 @@ inline constexpr std::string_view cache_policy_name(CachePolicy p) noexcept {
 struct ResidencyOptions {
   std::uint64_t ram_budget = 0;  ///< bytes the process may hold; 0 = default_ram_budget()
   CachePolicy cache = CachePolicy::kMostUsed;
-  bool speculate = true;  ///< prefetch layer l+1's predicted experts after layer l
+  /// Prefetch the experts layer l+1's router picks after layer l. Off by default: measured, it
+  /// did not pay off (docs/performance.md, "Weights larger than RAM").
+  bool speculate = false;
   /// When streaming: MADV_HUGEPAGE on the files, so that a page fault reads ahead 4 MiB (in
   /// 2 MiB folios) instead of the device's read_ahead_kb (often 128 KiB), which leaves an
   /// expert read by faults far below the disk's speed.
