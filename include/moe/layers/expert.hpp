@@ -9,8 +9,9 @@
 //
 // GatedFfn<W, A> is one FFN with the FFN-layer interface of moe_types.hpp (dim, workspace_bytes,
 // forward), so a TransformerBlock can hold it in place of an MoE layer; it is also the type of a
-// shared expert. Expert<W, A> is E FFNs stored stacked ([E, D, F], [E, D, F], [E, F, D]), exactly
-// as in the checkpoint files; MoELayer runs expert e over a contiguous block of gathered rows.
+// shared expert. Expert<W, A> is E FFNs of one shape ([E, D, F], [E, D, F], [E, F, D]), stored
+// stacked as in Grok-1's files or one tensor per expert as in Hugging Face files (WeightStack);
+// MoELayer runs expert e over a contiguous block of gathered rows.
 #pragma once
 
 #include <algorithm>
@@ -255,7 +256,7 @@ class GatedFfn {
   W gate_, up_, down_;
 };
 
-/// E gated FFNs stored stacked: gate [E, D, F], up [E, D, F], down [E, F, D].
+/// E gated FFNs: gate [E, D, F], up [E, D, F], down [E, F, D], stacked or separately stored.
 template <class W, Activation A = Activation::kSilu>
 class Expert {
  public:
@@ -265,10 +266,10 @@ class Expert {
   Expert(const WeightStack<W>& gate, const WeightStack<W>& up, const WeightStack<W>& down)
       : gate_(gate), up_(up), down_(down) {
     static_assert(is_weight_v<W>, "Expert: W must be a weight view type (ops/weights.hpp)");
-    validate_weight(gate_.first, "expert", "gate");
     if (gate_.count == 0) throw ShapeError("[expert] tensor 'gate' has no experts (count 0)");
-    check_stack(up_, "up", gate_.count, gate_.in(), gate_.out());
-    check_stack(down_, "down", gate_.count, gate_.out(), gate_.in());
+    check_weight_stack(gate_, "expert", "gate", gate_.count, gate_.in(), gate_.out());
+    check_weight_stack(up_, "expert", "up", gate_.count, gate_.in(), gate_.out());
+    check_weight_stack(down_, "expert", "down", gate_.count, gate_.out(), gate_.in());
   }
 
   [[nodiscard]] std::size_t n_experts() const noexcept { return gate_.count; }
@@ -299,17 +300,6 @@ class Expert {
   }
 
  private:
-  /// Throws ShapeError unless a weight stack is [count, in, out] (logical) and well formed.
-  static void check_stack(const WeightStack<W>& s, std::string_view name, std::size_t count,
-                          std::size_t in, std::size_t out) {
-    validate_weight(s.first, "expert", name);
-    if (s.count != count || s.first.in != in || s.first.out != out) {
-      throw ShapeError("[expert] tensor '" + std::string(name) + "' has shape " +
-                       shape_str({s.count, s.first.in, s.first.out}) + ", expected " +
-                       shape_str({count, in, out}) + " ([experts, in, out])");
-    }
-  }
-
   WeightStack<W> gate_, up_, down_;
 };
 

@@ -21,7 +21,8 @@
 // V, which is how the presets (presets.hpp) pin every switch in a type alias:
 //
 //   using Capacity = Pinned<CapacityFactor{.train = 1.25, .eval = 2.0, .multiply_by_k = false}>;
-//   Capacity c;          // c.train == 1.25, ..., and c still converts to CapacityFactor
+//   Capacity c;          // c.train == 1.25, ..., and c is a CapacityFactor
+//   c.min_capacity = 8;  // the pinned values, with this one changed
 #pragma once
 
 #include <cmath>
@@ -40,11 +41,16 @@ namespace moe {
 
 /// A type whose default-constructed value is V (a policy aggregate). It derives from V's type,
 /// so it is accepted wherever that policy is, and its fields can still be changed at runtime.
+///
+/// Converting a whole policy value into a Pinned type is explicit: `LoadBalanceLoss{.coef = 1e-2f}`
+/// means "the library defaults with coef 1e-2", which would silently reset the preset's other
+/// fields, so it does not convert implicitly. Change one field of a preset through the layer's
+/// Policies instead (moe_layer.hpp): `L::Policies p; p.balance.coef = 1e-2f;`.
 template <auto V>
 struct Pinned : decltype(V) {
   using policy_type = decltype(V);
   constexpr Pinned() : policy_type(V) {}
-  constexpr Pinned(const policy_type& v) : policy_type(v) {}  // NOLINT(google-explicit-constructor)
+  constexpr explicit Pinned(const policy_type& v) : policy_type(v) {}
 };
 
 // ---- routing ------------------------------------------------------------------------------------
@@ -118,8 +124,7 @@ struct Routing {
   }
 };
 
-// ---- capacity
-// -------------------------------------------------------------------------------------
+// ---- capacity -----------------------------------------------------------------------------------
 
 /// Every selected (token, expert) pair is computed (MegaBlocks, Megatron default, Mixtral, vLLM).
 struct Dropless {};
@@ -172,8 +177,7 @@ struct CapacityFactor {
   }
 };
 
-// ---- auxiliary losses
-// -------------------------------------------------------------------------------
+// ---- auxiliary losses ---------------------------------------------------------------------------
 
 struct NoBalanceLoss {};
 
@@ -212,8 +216,7 @@ struct RouterZLoss {
   }
 };
 
-// ---- training-only router noise
-// -----------------------------------------------------------------------
+// ---- training-only router noise -----------------------------------------------------------------
 
 /// No noise.
 struct NoNoise {};
@@ -251,14 +254,12 @@ struct RandomSecondExpert {
   }
 };
 
-// ---- shared experts
-// -----------------------------------------------------------------------------------
+// ---- shared experts -----------------------------------------------------------------------------
 
 /// No always-on shared expert. (A shared expert is a GatedFfn<W, Act>, see expert.hpp.)
 struct NoSharedExperts {};
 
-// ---- DeepSeek-V3 auxiliary-loss-free balancing (an optimizer-side rule)
-// ------------------------------
+// ---- DeepSeek-V3 auxiliary-loss-free balancing (an optimizer-side rule) -------------------------
 
 /// b_i <- b_i + rate * sign(mean_load - load_i), with load_i = stats.tokens_per_expert[i]. Call it
 /// after each training step with the step's statistics (summed over layers' batches/ranks first if
@@ -280,8 +281,7 @@ struct AuxFreeBias {
   }
 };
 
-// ---- policy concepts
-// -----------------------------------------------------------------------------------
+// ---- policy concepts ----------------------------------------------------------------------------
 
 template <class P>
 concept CapacityPolicy = std::derived_from<P, Dropless> || std::derived_from<P, CapacityFactor>;
@@ -296,8 +296,7 @@ concept NoisePolicy = std::derived_from<P, NoNoise> || std::derived_from<P, Jitt
 template <class P>
 concept RoutingPolicy = std::derived_from<P, Routing>;
 
-// ---- counter-based RNG for the noise policies
-// ---------------------------------------------------------
+// ---- counter-based RNG for the noise policies ---------------------------------------------------
 
 /// Counter-based random numbers for the noise policies (plain integer math, no state).
 namespace rng {

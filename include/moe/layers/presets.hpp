@@ -1,14 +1,17 @@
 // moe/layers/presets.hpp: MoE layers of published models, as type aliases pinning every switch.
 //
 // Each preset is an alias template over the expert weight type W (and the router weight type,
-// f32 by default: routers are kept in f32 everywhere, spec §1.9). Every semantic switch and
-// coefficient is pinned in the type with Pinned<value>; docs/policies.md has the table of
-// preset x setting x source. The pinned values are defaults: they can still be changed by
-// passing policy values to the MoELayer constructor.
+// f32 by default: routers are kept in f32 everywhere, as Switch Transformer recommends). Every
+// semantic switch and coefficient is pinned in the type with Pinned<value>; docs/policies.md has
+// the table of preset x setting x source. The pinned values are defaults; change one through the
+// layer's Policies record and the others keep the preset's values:
 //
-//   moe::presets::Grok1 layer(router /*F32Weight [D, E]*/, gate, up, down
-//   /*WeightStack<Int8Weight>*/); moe::presets::Mixtral<moe::BF16Weight, moe::BF16Weight>
-//   mixtral(router, w1, w3, w2);
+//   moe::presets::Grok1 grok(router, gate, up, down);  // F32Weight [D, E], WeightStack<Int8Weight>
+//
+//   using M = moe::presets::Mixtral<moe::BF16Weight>;
+//   M::Policies p;
+//   p.balance.coef = 1e-2f;  // counting stays the preset's kAllChoices
+//   const M mixtral({.router = wr, .gate = w1, .up = w3, .down = w2}, p);
 #pragma once
 
 #include <moe/config.hpp>

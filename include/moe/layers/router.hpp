@@ -12,13 +12,15 @@
 //   scores [T, k]  the un-renormalised score of each selected expert (p_i or s_i), used by the
 //                  capacity policy (probability priority, renormalisation after dropping)
 //
-// Everything stays f32 from the logits through top-k and renormalisation (spec §1.9). Noise is
+// Everything stays f32 from the logits through top-k and renormalisation (Switch Transformer's
+// selective precision, Fedus et al. 2022 §2.4; HF Mixtral computes routing in f32). Noise is
 // applied only when opts.training is set and is a pure function of (seed, opts.step, token,
 // index), so results do not depend on the thread count.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -54,7 +56,6 @@ struct RouterOutput {
 
 }  // namespace moe
 
-
 MOE_SIMD_DETAIL_BEGIN
 
 inline float sigmoid_f(float z) noexcept {
@@ -80,6 +81,7 @@ class Router {
 
   /// `gate` is the [D, E] router weight (logical [in = D, out = E], any layout).
   /// `selection_bias` ([E] f32, a view kept by reference) is required iff routing.selection_bias.
+  /// `routing` and `noise` default to the policy types' values (a preset's pinned ones).
   explicit Router(const W& gate, const RoutingP& routing = RoutingP{},
                   const NoiseP& noise = NoiseP{}, std::span<const float> selection_bias = {})
       : gate_(gate), routing_(routing), noise_(noise), bias_(selection_bias) {
@@ -96,6 +98,14 @@ class Router {
       throw ConfigError("[router] a selection_bias was given but Routing::selection_bias is false");
     }
   }
+
+  /// A complete Routing value (e.g. built from a checkpoint's config) replacing a pinned routing
+  /// policy. A braced list `{.top_k = 4}` does not select this overload: it must name the type.
+  template <std::same_as<Routing> R>
+  requires(!std::same_as<RoutingP, Routing>)
+      Router(const W& gate, const R& routing, const NoiseP& noise = NoiseP{},
+             std::span<const float> selection_bias = {})
+      : Router(gate, RoutingP(routing), noise, selection_bias) {}
 
   [[nodiscard]] std::size_t dim() const noexcept { return gate_.in; }
   [[nodiscard]] std::size_t n_experts() const noexcept { return gate_.out; }
@@ -191,8 +201,8 @@ class Router {
     } else {
       float sum = 0.0f;
       for (std::size_t i = 0; i < e; ++i) {
-        p[i] = fn == ScoreFn::kSigmoid ? detail::sigmoid_f(z[i])
-                                       : std::sqrt(detail::softplus_f(z[i]));
+        p[i] =
+            fn == ScoreFn::kSigmoid ? detail::sigmoid_f(z[i]) : std::sqrt(detail::softplus_f(z[i]));
         sum += p[i];
       }
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
