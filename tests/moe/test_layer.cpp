@@ -128,10 +128,10 @@ TEST_CASE("DeepSeekV3 preset: sigmoid, bias, groups, route scale and a shared ex
   const auto bias = moe_test::randu(e_count, 27, -0.2f, 0.2f);
   using L = moe::presets::DeepSeekV3<moe::F32Weight>;
   const L layer({.router = router.at(0),
+                 .selection_bias = bias,
                  .gate = gate.view(),
                  .up = up.view(),
                  .down = down.view(),
-                 .selection_bias = bias,
                  .shared = {sg.at(0), su.at(0), sd.at(0)}});
   CHECK(layer.top_k() == 8);
   CHECK(layer.router().routing().route_scale == 2.5f);

@@ -9,11 +9,14 @@
 //   CapacityFactor      clamp to T, drop priority and renormalisation timing
 //   NoBalanceLoss /     Switch load-balancing loss with its normalisation (value 1 or k at
 //   LoadBalanceLoss     perfect balance), optionally per sequence (DeepSeek "seq aux")
+//   ImportanceLoadLoss  Shazeer et al. 2017's importance and load losses
 //   NoZLoss /           ST-MoE router z-loss (stable log-sum-exp)
 //   RouterZLoss
 //   NoNoise / Jitter /  training-only router noise, seeded by (seed, step, token, index)
 //   GaussianLogitNoise /
-//   RandomSecondExpert
+//   RandomSecondExpert /
+//   NoisyTopK
+//   ExpertDropout       dropout inside the experts (fine-tuning), a runtime rate
 //
 // A policy is a plain aggregate with the recommended defaults, so a custom layer reads
 // `CapacityFactor{.train = 1.25, .eval = 2.0}`. The template parameter chooses the code path;
@@ -206,6 +209,26 @@ struct LoadBalanceLoss {
   }
 };
 
+/// The importance and load losses of Shazeer et al. 2017 ("Outrageously Large Neural Networks",
+/// §4 and Appendix A), as in tensor2tensor's expert_utils (CVSquared, _ProbInTopK):
+///   Importance_i = sum over real tokens of the router's weight for expert i (before capacity);
+///   Load_i       = sum over real tokens of P(t, i), the probability that expert i stays in the
+///                  top k under a fresh draw of the noise: Phi((z_i - threshold) / sigma_i), with
+///                  the threshold the k-th largest noisy logit (or the (k+1)-th one for a selected
+///                  expert). Smooth only with the NoisyTopK router in training; otherwise Load_i
+///                  counts the tokens routed to i (no gradient).
+///   L = w_importance * CV^2(Importance) + w_load * CV^2(Load), CV^2 = var / (mean^2 + 1e-10) with
+///   the population variance over the E experts.
+struct ImportanceLoadLoss {
+  float w_importance = 0.1f;  ///< a row of the paper's Table 6 ablation (tensor2tensor: 1e-2)
+  float w_load = 0.1f;
+  void validate() const {
+    check_config(std::isfinite(w_importance) && w_importance >= 0.0f && std::isfinite(w_load) &&
+                     w_load >= 0.0f,
+                 "balance_loss", "importance / load weights must be finite and >= 0");
+  }
+};
+
 struct NoZLoss {};
 
 /// ST-MoE router z-loss: mean over real tokens of logsumexp(z_t)^2 (computed stably).
@@ -254,16 +277,50 @@ struct RandomSecondExpert {
   }
 };
 
+/// Noisy top-k gating of Shazeer et al. 2017 (§2.1): in training, the selection and the weights
+/// use H = z + N(0, 1) * sigma with a learned, input-dependent scale sigma = softplus(x W_noise) +
+/// noise_epsilon (tensor2tensor's noisy_top_k_gating); the router then needs the [D, E] noise
+/// weight W_noise. Use it with ScoreFn::kSoftmaxOfSelected (softmax over the kept top-k of H, the
+/// paper's gate) and ImportanceLoadLoss. Inference uses the clean logits.
+struct NoisyTopK {
+  float noise_epsilon = 1e-2f;  ///< tensor2tensor NoisyTopKGatingParams
+  std::uint64_t seed = 0;
+  void validate() const {
+    check_config(std::isfinite(noise_epsilon) && noise_epsilon >= 0.0f, "router",
+                 "noise_epsilon must be finite and >= 0");
+  }
+};
+
+// ---- expert dropout (fine-tuning) ---------------------------------------------------------------
+
+/// Dropout inside the experts, on the hidden activation act(x W_gate) * (x W_up) before the down
+/// projection, in training only, at its own rate: Switch Transformer (Fedus et al. 2022, Table 4,
+/// "expert dropout" 0.4 inside the experts with 0.1 elsewhere) and ST-MoE's fine-tuning advice.
+/// The mask is a pure function of (seed, step, token, slot, hidden index). 0 = off.
+struct ExpertDropout {
+  float rate = 0.0f;
+  std::uint64_t seed = 0;
+  void validate() const {
+    check_config(std::isfinite(rate) && rate >= 0.0f && rate < 1.0f, "expert_dropout",
+                 "rate must be in [0, 1)");
+  }
+};
+
 // ---- shared experts -----------------------------------------------------------------------------
 
-/// No always-on shared expert. (A shared expert is a GatedFfn<W, Act>, see expert.hpp.)
-struct NoSharedExperts {};
+/// No always-on shared expert. (A shared expert is a GatedFfn<W, Act>, see expert.hpp.) Its
+/// nested Grads and Saved are empty, so an MoE layer's training records name them uniformly.
+struct NoSharedExperts {
+  struct Grads {};
+  struct Saved {};
+};
 
 // ---- DeepSeek-V3 auxiliary-loss-free balancing (an optimizer-side rule) -------------------------
 
 /// b_i <- b_i + rate * sign(mean_load - load_i), with load_i = stats.tokens_per_expert[i]. Call it
 /// after each training step with the step's statistics (summed over layers' batches/ranks first if
-/// they are split). DeepSeek-V3: rate 1e-3.
+/// they are split). DeepSeek-V3: rate 1e-3. It is not a gradient: the backward pass never touches
+/// the bias (selection is a constant of the backward), the optimizer never sees it.
 struct AuxFreeBias {
   float update_rate = 1e-3f;
 
@@ -286,13 +343,14 @@ struct AuxFreeBias {
 template <class P>
 concept CapacityPolicy = std::derived_from<P, Dropless> || std::derived_from<P, CapacityFactor>;
 template <class P>
-concept BalancePolicy =
-    std::derived_from<P, NoBalanceLoss> || std::derived_from<P, LoadBalanceLoss>;
+concept BalancePolicy = std::derived_from<P, NoBalanceLoss> ||
+    std::derived_from<P, LoadBalanceLoss> || std::derived_from<P, ImportanceLoadLoss>;
 template <class P>
 concept ZLossPolicy = std::derived_from<P, NoZLoss> || std::derived_from<P, RouterZLoss>;
 template <class P>
 concept NoisePolicy = std::derived_from<P, NoNoise> || std::derived_from<P, Jitter> ||
-    std::derived_from<P, GaussianLogitNoise> || std::derived_from<P, RandomSecondExpert>;
+    std::derived_from<P, GaussianLogitNoise> || std::derived_from<P, RandomSecondExpert> ||
+    std::derived_from<P, NoisyTopK>;
 template <class P>
 concept RoutingPolicy = std::derived_from<P, Routing>;
 

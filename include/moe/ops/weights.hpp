@@ -154,6 +154,27 @@ void check_weight_shape(const W& w, std::string_view component, std::string_view
   check_shape(component, name, {w.in, w.out}, {in, out});
 }
 
+/// Throws unless `g` can receive the gradient of `w`: a frozen `g` always can; otherwise `w` must
+/// be f32 (ConfigError: bf16 and int8 weights are frozen) and `g` must have its shape and layout
+/// (ShapeError). `component` and `name` go into the message.
+template <class W>
+void check_weight_grad(const W& w, const WeightGrad& g, std::string_view component,
+                       std::string_view name) {
+  if (g.frozen()) return;
+  const std::string where = "[" + std::string(component) + "] ";
+  if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
+    throw ConfigError(where + "weight '" + std::string(name) + "' is " + weight_type_name(w) +
+                      ": only f32 weights are trainable (pass a frozen WeightGrad)");
+  } else {
+    if (g.in != w.in || g.out != w.out || g.layout != w.layout) {
+      throw ShapeError(where + "gradient of '" + std::string(name) + "' has shape " +
+                       shape_str({g.in, g.out}) + " " + std::string(layout_name(g.layout)) +
+                       ", expected " + shape_str({w.in, w.out}) + " " +
+                       std::string(layout_name(w.layout)));
+    }
+  }
+}
+
 /// E experts of one shape: either stored back to back (one [E, in, out] tensor, or [E, out, in],
 /// scales [E, blocks, out]: Grok-1's files) or as E separate tensors (Hugging Face checkpoints:
 /// `experts.E.w1.weight`, one [out, in] tensor per expert). Both are views; nothing is copied.
@@ -187,6 +208,22 @@ struct WeightStack {
   [[nodiscard]] std::size_t in() const noexcept { return first.in; }
   [[nodiscard]] std::size_t out() const noexcept { return first.out; }
 };
+
+/// Throws unless every expert's gradient in `g` fits that expert of `w` (check_weight_grad). A
+/// stack without data or views is frozen; a separate stack may freeze single experts.
+template <class W>
+void check_stack_grad(const WeightStack<W>& w, const WeightStack<WeightGrad>& g,
+                      std::string_view component, std::string_view name) {
+  if (g.first.data == nullptr && g.views == nullptr) return;
+  if (g.count != w.count) {
+    throw ShapeError("[" + std::string(component) + "] gradient of '" + std::string(name) +
+                     "' has " + std::to_string(g.count) + " experts, expected " +
+                     std::to_string(w.count));
+  }
+  for (std::size_t e = 0; e < w.count; ++e) {
+    check_weight_grad(w[e], g[e], component, std::string(name) + "[" + std::to_string(e) + "]");
+  }
+}
 
 /// The gradient stack of an f32 weight stack, stored stacked at `d` ([E, in, out] in the
 /// weights' layout). `d == nullptr` gives a frozen stack.
