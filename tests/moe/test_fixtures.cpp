@@ -13,11 +13,16 @@
 
 #include <moe/layers/moe_layer.hpp>
 
-#include "moe/moe_fixture.hpp"
+#include "common/fixture.hpp"
 #include "moe/moe_test_util.hpp"
 
-using moe_test::Fixture;
-using moe_test::load_fixture;
+using Fixture = moe_test::TextFixture;
+
+namespace {
+Fixture load_fixture(const std::string& name) {
+  return moe_test::load_text_fixture(std::string(MOE_TEST_DATA_DIR) + "/moe/" + name);
+}
+}  // namespace
 
 namespace {
 

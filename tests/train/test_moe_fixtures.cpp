@@ -14,12 +14,12 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/presets.hpp>
 
+#include "common/fixture.hpp"
 #include "common/gradcheck.hpp"
-#include "moe/moe_fixture.hpp"
 
 namespace {
 
-using moe_test::Fixture;
+using Fixture = moe_test::TextFixture;
 
 moe::Layout layout_of(const std::string& s) {
   return s == "out_in" ? moe::Layout::kOutIn : moe::Layout::kInOut;
@@ -39,7 +39,7 @@ template <class Layer>
 void check_step(const std::string& file, typename Layer::Policies p = {}) {
   INFO(file);
   if (std::getenv("MOE_GRAD_VERBOSE") != nullptr) std::printf("%s\n", file.c_str());
-  const Fixture fx = moe_test::load_fixture(file);
+  const Fixture fx = moe_test::load_text_fixture(std::string(MOE_TEST_DATA_DIR) + "/moe/" + file);
   const std::size_t t_count = fx.cfg("T"), d = fx.cfg("D"), f = fx.cfg("F"), e = fx.cfg("E"),
                     k = fx.cfg("k");
   const moe::Layout lay = layout_of(fx.config.at("layout"));
@@ -49,8 +49,8 @@ void check_step(const std::string& file, typename Layer::Policies p = {}) {
   }
   const auto x = fx.f("x"), r = fx.f("r"), router = fx.f("router"), gate = fx.f("gate"),
              up = fx.f("up"), down = fx.f("down");
-  const std::vector<float> noise = fx.data.count("noise") ? fx.f("noise") : std::vector<float>{};
-  const std::vector<float> bias = fx.data.count("bias") ? fx.f("bias") : std::vector<float>{};
+  const std::vector<float> noise = fx.has("noise") ? fx.f("noise") : std::vector<float>{};
+  const std::vector<float> bias = fx.has("bias") ? fx.f("bias") : std::vector<float>{};
   const auto stack = [&](const std::vector<float>& v, std::size_t in, std::size_t out) {
     return moe::WeightStack<moe::F32Weight>{{v.data(), in, out, lay}, e};
   };
@@ -109,7 +109,7 @@ void check_step(const std::string& file, typename Layer::Policies p = {}) {
   for (std::size_t i = 0; i < e; ++i) CHECK(res.stats.tokens_per_expert[i] == kept[i]);
   CHECK(res.stats.capacity == fx.cfg("capacity"));
   expect_close("y", y.data(), fx.t("y"), 1e-5);
-  const auto loss = [&](const char* name) { return fx.data.count(name) ? fx.t(name)[0] : 0.0; };
+  const auto loss = [&](const char* name) { return fx.has(name) ? fx.s(name) : 0.0; };
   CHECK(res.losses.load_balance == Approx(loss("loss_load_balance")).epsilon(1e-5));
   CHECK(res.losses.z_loss == Approx(loss("loss_z_loss")).epsilon(1e-5));
   CHECK(res.losses.importance == Approx(loss("loss_importance")).epsilon(1e-4).margin(1e-9));
