@@ -181,6 +181,31 @@ TEST_CASE("presets pin their switches", "[moe][layer]") {
   CHECK(moe::presets::Grok1Of<moe::F32Weight>::expert_type::activation ==
         moe::Activation::kGeluTanh);
   CHECK(moe::presets::Mixtral<moe::F32Weight>::expert_type::activation == moe::Activation::kSilu);
+  const moe::presets::GLaM<moe::F32Weight> glam(router.at(0), g.view(), u.view(), dn.view());
+  CHECK(glam.top_k() == 2);
+  CHECK(glam.router().routing().renormalize);
+  CHECK(glam.capacity_policy_value().train == 2.0);
+  CHECK_FALSE(glam.capacity_policy_value().multiply_by_k);
+  CHECK(glam.capacity_policy_value().min_capacity == 0);
+  CHECK(glam.capacity_policy_value().renorm == moe::RenormTiming::kBeforeDrop);
+  CHECK(glam.balance_policy_value().coef == 1e-2f);
+  CHECK(glam.balance_policy_value().counting == moe::BalanceCounting::kTop1);
+  CHECK(moe::presets::GLaM<moe::F32Weight>::expert_type::activation == moe::Activation::kGeluTanh);
+  const DenseStack<float> noise(1, d, e_count, 9, 0.3f);
+  using SG = moe::presets::SparselyGated<moe::F32Weight>;
+  const SG sg({.router = router.at(0),
+               .noise = noise.at(0),
+               .gate = g.view(),
+               .up = u.view(),
+               .down = dn.view()});
+  CHECK(sg.top_k() == 4);
+  CHECK(sg.router().routing().score == moe::ScoreFn::kSoftmaxOfSelected);
+  CHECK(sg.router().noise().noise_epsilon == 1e-2f);
+  CHECK(sg.balance_policy_value().w_importance == 0.1f);
+  CHECK(sg.balance_policy_value().w_load == 0.1f);
+  CHECK_THROWS_WITH(
+      SG({.router = router.at(0), .gate = g.view(), .up = u.view(), .down = dn.view()}),
+      Catch::Contains("[router] weight 'noise' has no data"));
   // the pinned values are defaults: change one through Policies, the others keep their values
   using S = moe::presets::Switch<moe::F32Weight>;
   S::Policies p;
