@@ -138,8 +138,8 @@ using GLaM = MoELayer<
 /// code: tensor2tensor utils/expert_utils.py): noisy top-k gating H = x W_g + N(0, 1) *
 /// (softplus(x W_noise) + 1e-2) in training, softmax over the kept top-k of H (k = 4, the paper's
 /// flat language models), no capacity limit, the importance and load losses with w = 0.1 each.
-/// Build it with the noise weight: `{.router = wg, .noise = wn, .gate = ..., ...}` (Weights). The paper's
-/// experts are ReLU feed-forward networks; a gated GELU expert stands in for them.
+/// Build it with the noise weight: `{.router = wg, .noise = wn, .gate = ..., ...}` (Weights). The
+/// paper's experts are ReLU feed-forward networks; a gated GELU expert stands in for them.
 template <class W, class RouterW = F32Weight>
 using SparselyGated =
     MoELayer<Router<RouterW, Pinned<Routing{.top_k = 4, .score = ScoreFn::kSoftmaxOfSelected}>,
