@@ -27,10 +27,11 @@ Fixtures:
                  top-2 renormalised, untied head. Weights bf16 in the PyTorch [out, in] layout,
                  router f32 [E, D] ([out, in]).
   glam_tiny      GLaM-shaped (Du et al. 2022): an MoE layer in every other block (blocks 0 and
-                 2 of 4; blocks 1 and 3 have a dense gated-GELU FFN), 64 experts with GShard's
-                 top-2 (softmax, the two gates renormalised before dropping, capacity
-                 ceil(2 T / E) per expert in eval, all first choices before second choices,
-                 Lepikhin et al. 2020), pre-norm, MHA, half-split RoPE, no soft-cap, untied head.
+                 2 of 4; blocks 1 and 3 have a dense gated-GELU FFN), 64 experts with GLaM's
+                 GShard-style top-2 (softmax, the two gates renormalised before dropping,
+                 capacity factor 2 without k: ceil(2 T / E) per expert, all first choices before
+                 second choices, Lepikhin et al. 2020), pre-norm, MHA, half-split RoPE, no
+                 soft-cap, untied head.
                  Weights f32 [in, out] (experts bf16 [in, out]); the whole sequence is one call,
                  since capacity depends on the tokens per call.
 
@@ -273,7 +274,7 @@ GLAM_TINY = dict(
     embedding_multiplier=1.0, output_multiplier=1.0, attn_logit_multiplier=1 / math.sqrt(8),
     attn_softcap=0.0, sandwich=False, activation="gelu_tanh", dense_activation="gelu_tanh",
     renormalize=True, tied=False, moe_layers=[0, 2],
-    capacity=dict(cf=1.0, multiply_by_k=True, min_capacity=0))
+    capacity=dict(cf=2.0, multiply_by_k=False, min_capacity=0))
 
 
 def build_glam(rng, cfg):

@@ -14,6 +14,7 @@
 
 #include "common/test_util.hpp"
 #include "model/model_util.hpp"
+#include "support/grok1_random_weights.hpp"
 
 namespace {
 

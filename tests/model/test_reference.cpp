@@ -192,7 +192,7 @@ TEST_CASE("reference: a GLaM-shaped model (MoE every other block) matches the fl
           "[model][reference]") {
   const Fixture f("glam_tiny");
   REQUIRE(f.config("moe_layers") == "0,2");
-  REQUIRE(f.config("capacity") == "cf=1.0,min_capacity=0,multiply_by_k=True");
+  REQUIRE(f.config("capacity") == "cf=2.0,min_capacity=0,multiply_by_k=False");
   REQUIRE(f.flag("renormalize"));
   REQUIRE_FALSE(f.flag("tied"));
   const std::size_t V = f.size("vocab_size"), D = f.size("d_model"), E = f.size("n_experts"),
@@ -206,9 +206,9 @@ TEST_CASE("reference: a GLaM-shaped model (MoE every other block) matches the fl
   ac.rope_base = f.real("rope_base");
   REQUIRE(f.real("attn_logit_multiplier") == Approx(ac.multiplier()).epsilon(1e-15));
 
-  // GShard's top-2 (the GLaM layer until presets::GLaM exists), bf16 [in, out] experts; the
-  // dense blocks are gated-GELU FFNs.
-  using Moe = moe::presets::GShardTop2<moe::BF16Weight>;
+  // presets::GLaM (GShard's top-2, capacity 2T/E, no random second expert), bf16 [in, out]
+  // experts; the dense blocks are gated-GELU FFNs.
+  using Moe = moe::presets::GLaM<moe::BF16Weight>;
   using Dense = moe::GatedFfn<moe::F32Weight, moe::Activation::kGeluTanh>;
   using Block =
       moe::TransformerBlock<moe::RotaryAttention<moe::F32Weight>, moe::DenseOrMoE<Moe, Dense>>;

@@ -37,7 +37,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <type_traits>
 
 #include <moe/config.hpp>
@@ -104,28 +103,6 @@ struct AttentionWeights {
   W wv{};  ///< [D, Hkv*dh]
   W wo{};  ///< [Hq*dh, D]
 };
-
-namespace detail {
-/// Throws unless `g` can receive the gradient of `w`: frozen (data null), or -- for an f32 weight
-/// only -- the same [in, out] shape and layout. `component` and `name` go into the message.
-template <class W>
-void check_trainable(const W& w, const WeightGrad& g, std::string_view component,
-                     std::string_view name) {
-  if (g.frozen()) return;
-  const std::string where = "[" + std::string(component) + "] ";
-  if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
-    throw ConfigError(where + "weight '" + std::string(name) + "' is " + weight_type_name(w) +
-                      ": only f32 weights are trainable (pass a frozen WeightGrad)");
-  } else {
-    if (g.in != w.in || g.out != w.out || g.layout != w.layout) {
-      throw ShapeError(where + "gradient of '" + std::string(name) + "' has shape " +
-                       shape_str({g.in, g.out}) + " " + std::string(layout_name(g.layout)) +
-                       ", expected " + shape_str({w.in, w.out}) + " " +
-                       std::string(layout_name(w.layout)));
-    }
-  }
-}
-}  // namespace detail
 
 }  // namespace moe
 
@@ -312,10 +289,10 @@ class RotaryAttention {
       throw ShapeError("[attention] backward() got " + std::to_string(x.rows) +
                        " rows, forward_train() saved " + std::to_string(saved.q.rows));
     }
-    detail::check_trainable(w_.wq, grads.wq, "attention", "wq");
-    detail::check_trainable(w_.wk, grads.wk, "attention", "wk");
-    detail::check_trainable(w_.wv, grads.wv, "attention", "wv");
-    detail::check_trainable(w_.wo, grads.wo, "attention", "wo");
+    check_weight_grad(w_.wq, grads.wq, "attention", "wq");
+    check_weight_grad(w_.wk, grads.wk, "attention", "wk");
+    check_weight_grad(w_.wv, grads.wv, "attention", "wv");
+    check_weight_grad(w_.wo, grads.wo, "attention", "wo");
     const std::size_t n = x.rows, seq_len = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
     if (n == 0) return;
     check_scratch(pool, seq_len, true);

@@ -625,7 +625,7 @@ class Decoder {
       check_shape("decoder", "gradient of final_norm", {g.final_norm.size()}, {d});
     }
     if (head_) {
-      detail::check_trainable(*head_, g.head, "decoder", "head");
+      check_weight_grad(*head_, g.head, "decoder", "head");
     } else if (!g.head.frozen()) {
       throw ConfigError(
           "[decoder] the head is tied to the embedding: its gradient goes to "
