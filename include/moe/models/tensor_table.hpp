@@ -187,18 +187,16 @@ requires is_weight_v<W>
 void check_view(const W& w, std::string_view component, const std::string& name,
                 const Shape& want) {
   validate_weight(w, component, name);
-  bool in_out = true;
-  if constexpr (!std::is_same_v<W, Int8Weight>) in_out = w.layout == Layout::kInOut;
-  const std::size_t got[] = {in_out ? w.in : w.out, in_out ? w.out : w.in};
+  // The table's shape rules describe the logical [in, out] matrix; a view in another memory
+  // layout (an in-memory [out, in] weight) is checked by its logical shape.
+  const std::size_t got[] = {w.in, w.out};
   check_shape(component, name, got, want.span());
 }
 template <class W>
 void check_view(const WeightStack<W>& s, std::string_view component, const std::string& name,
                 const Shape& want) {
   validate_weight(s.first, component, name);
-  bool in_out = true;
-  if constexpr (!std::is_same_v<W, Int8Weight>) in_out = s.first.layout == Layout::kInOut;
-  const std::size_t got[] = {s.count, in_out ? s.in() : s.out(), in_out ? s.out() : s.in()};
+  const std::size_t got[] = {s.count, s.in(), s.out()};
   check_shape(component, name, got, want.span());
 }
 

@@ -36,6 +36,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstddef>
@@ -161,6 +162,12 @@ inline void write_all(const char* s, std::size_t n) noexcept {
 /// SIGBUS on a mapped checkpoint page (the file was truncated or the disk failed): one clear
 /// line naming the file and the byte, then exit(1). Async-signal-safe (write, _exit).
 inline void on_sigbus(int, siginfo_t* info, void*) noexcept {
+  // Several pool threads can fault on the same truncated file at once: the first one reports
+  // and ends the process, the others wait for that (lock-free, async-signal-safe).
+  static std::atomic_flag reporting = ATOMIC_FLAG_INIT;
+  if (reporting.test_and_set()) {
+    for (;;) ::pause();
+  }
   const FaultTable* t = fault_table();
   const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
   auto text = [](const char* s) { write_all(s, std::char_traits<char>::length(s)); };
