@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   const moe_bench::Limits& l = moe_bench::limits();
-  benchmark::AddCustomContext("moe_kernels", moe::detail::Vec::kName);
+  benchmark::AddCustomContext("moe_kernels", moe::detail::kMatmulKernels);
   benchmark::AddCustomContext("moe_simd_abi", moe::simd_abi_name());
   benchmark::AddCustomContext("limit_dram_GBps_1t_2t", std::to_string(l.dram(1) * 1e-9) + " " +
                                                            std::to_string(l.dram(2) * 1e-9));

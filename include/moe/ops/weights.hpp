@@ -11,6 +11,11 @@
 //       weight int8 [in, out] row-major, scales bf16 [blocks, out], blocks = 1 or 8 (any divisor
 //       of `in` is accepted). Row i uses scale row i / (in / blocks). Dequantization is exact:
 //       w = float(int8) * float(scale) in f32 (8-bit x 8-bit significands fit in 24 bits).
+//   Int8ActWeight (opt-in, approximate)
+//       the same memory as an Int8Weight, computed with int8 ACTIVATIONS: matmul quantises each
+//       token's activations per scale block to int8 and accumulates exact int32 dot products
+//       (AVX-512 VNNI). A distinct type, so every component templated over W gets it by type and
+//       exactness stays the default; see moe/ops/matmul.hpp.
 //
 // Stacks of experts ([E, in, out] weights, [E, blocks, out] scales) are WeightStack<W>: one view
 // of expert 0 plus the expert count; expert e is a pointer offset.
@@ -83,6 +88,17 @@ struct Int8Weight {
   }
 };
 
+/// An Int8Weight computed with int8-quantised activations (see the header comment).
+struct Int8ActWeight : Int8Weight {
+  Int8ActWeight() = default;
+  explicit Int8ActWeight(const Int8Weight& w) noexcept : Int8Weight(w) {}
+};
+
+/// True for the int8 weight types (Int8Weight, Int8ActWeight).
+template <class W>
+inline constexpr bool is_int8_weight_v =
+    std::is_same_v<W, Int8Weight> || std::is_same_v<W, Int8ActWeight>;
+
 /// Gradient of a weight, for training: mutable f32 with the logical [in, out] map and the memory
 /// layout of the F32Weight it belongs to, so that an optimizer walks weight and gradient with one
 /// index. Backward passes ADD into it (llm.c style: zero the gradients once per step). data ==
@@ -111,14 +127,17 @@ template <class T>
 struct is_weight<DenseWeight<T>> : std::true_type {};
 template <>
 struct is_weight<Int8Weight> : std::true_type {};
+template <>
+struct is_weight<Int8ActWeight> : std::true_type {};
 template <class W>
 inline constexpr bool is_weight_v = is_weight<W>::value;
 
 /// Human-readable weight type, e.g. "f32 [in, out]", "int8 [in, out] x bf16 scales [8, out]".
 template <class W>
 std::string weight_type_name(const W& w) {
-  if constexpr (std::is_same_v<W, Int8Weight>) {
-    return "int8 [in, out] x bf16 scales [" + std::to_string(w.blocks) + ", out]";
+  if constexpr (is_int8_weight_v<W>) {
+    return "int8 [in, out] x bf16 scales [" + std::to_string(w.blocks) + ", out]" +
+           (std::is_same_v<W, Int8ActWeight> ? " (int8 activations)" : "");
   } else if constexpr (std::is_same_v<typename W::element_type, float>) {
     return "f32 " + std::string(layout_name(w.layout));
   } else {
@@ -135,7 +154,7 @@ void validate_weight(const W& w, std::string_view component, std::string_view na
   if (w.in == 0 || w.out == 0) {
     throw ShapeError(where + " has empty shape " + shape_str({w.in, w.out}));
   }
-  if constexpr (std::is_same_v<W, Int8Weight>) {
+  if constexpr (is_int8_weight_v<W>) {
     if (w.scales == nullptr) throw ShapeError(where + " has no scales");
     if (w.blocks == 0 || w.in % w.blocks != 0) {
       throw ShapeError(where + " has scales " + shape_str({w.blocks, w.out}) +
@@ -162,7 +181,7 @@ struct WeightStack {
   [[nodiscard]] W operator[](std::size_t e) const noexcept {
     W w = first;
     w.data += e * first.in * first.out;
-    if constexpr (std::is_same_v<W, Int8Weight>) w.scales += e * first.blocks * first.out;
+    if constexpr (is_int8_weight_v<W>) w.scales += e * first.blocks * first.out;
     return w;
   }
   [[nodiscard]] std::size_t in() const noexcept { return first.in; }
