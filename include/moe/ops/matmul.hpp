@@ -398,9 +398,10 @@ void run_tasks(ThreadPool& pool, const Plan& plan, std::size_t T, std::size_t in
 }
 
 /// Y[T, out] (+= when accumulate) A[T, in] . W with the given blocking, for the exact weight
-/// types (and the backward products' internal views).
+/// types and the backward products' internal views. Returns false (and does nothing) only when
+/// the pool's scratch cannot hold the strip an internal view needs (Path::kNone).
 template <class W>
-void gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> y, bool accumulate,
+bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> y, bool accumulate,
           const Blocking& blocking) {
   using A = WeightAccess<W>;
   const std::size_t T = x.rows;
@@ -411,15 +412,19 @@ void gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   shape.elem = sizeof(typename A::E);
   shape.in_out = A::in_out(w);
   shape.a_trans = x.trans;
+  constexpr bool kDense =
+      std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
+  shape.dot = kDense;
   const Plan plan = make_plan(shape, blocking, pool.scratch_bytes());
+  if (plan.path == Path::kNone) return false;
   if (plan.path == Path::kDot) {
-    if constexpr (std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>) {
+    if constexpr (kDense) {
       pool.parallel_for(plan.n_slabs, [&](std::size_t s, std::size_t) {
         const std::size_t n0 = s * plan.nc;
         run_dot(x, w, n0, std::min(w.out, n0 + plan.nc), 0, T, y, accumulate);
       });
     }
-    return;
+    return true;
   }
   run_tasks(pool, plan, T, w.in, w.out, y, accumulate, [&](const Block& blk, float* scratch) {
     if (plan.path == Path::kPacked) {
@@ -428,6 +433,7 @@ void gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
       run_direct(plan, x, w, blk);
     }
   });
+  return true;
 }
 
 /// Y[T, out] (+)= X[T, in] . W with int8-quantised activations (Int8ActWeight).

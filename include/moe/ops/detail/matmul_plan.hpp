@@ -36,7 +36,7 @@
 
 MOE_SIMD_DETAIL_BEGIN
 
-enum class Path { kDirect, kPacked, kDot };
+enum class Path { kDirect, kPacked, kDot, kNone };  // kNone: the scratch is too small
 
 /// Host-dependent parameters of the kernels (see blocking_for).
 struct Blocking {
@@ -115,6 +115,7 @@ struct Shape {
   std::size_t elem = 4;  ///< bytes per weight element
   bool in_out = true;    ///< weight rows are contiguous along `out` ([in, out] storage)
   bool a_trans = false;  ///< A is stored transposed (its rows are strided): packed path only
+  bool dot = true;       ///< an [out, in] weight of this type has a dot kernel (else: packed)
 };
 
 struct Plan {
@@ -201,7 +202,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   const std::size_t bytes = in * out * s.elem;
   const bool tiny = bytes <= Tuning::kTinyBytes && T <= kMR;
 
-  if (!s.in_out && T <= kDotMaxT && !s.a_trans) return dot_plan(s, tiny);
+  if (!s.in_out && T <= kDotMaxT && !s.a_trans && s.dot) return dot_plan(s, tiny);
 
   // Packed path, if a strip (and a transposed activation block) fits in the scratch.
   if (!s.in_out || T > Tuning::kDirectMaxT || s.a_trans) {
@@ -232,16 +233,12 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
       }
       return q;
     }
-    if (!s.in_out && !s.a_trans) return dot_plan(s, false);  // dot products, kDotMaxT at a time
-    if (s.a_trans) {  // a scratch too small for even a strip: one K row at a time, no splits
-      q.kc = 1;
-      q.pack = false;
-      q.strip_floats = 0;
-      q.tb = kMR;
-      q.n_tblocks = ceil_div(T, q.tb);
-      q.a_floats = q.tb;
-      q.chunk = in;
-      return q;
+    // A scratch too small for a strip: dot products kDotMaxT tokens at a time, or nothing.
+    if (!s.in_out && !s.a_trans && s.dot) return dot_plan(s, false);
+    if (!s.in_out || s.a_trans) {
+      Plan none;
+      none.path = Path::kNone;
+      return none;
     }
   }
 
