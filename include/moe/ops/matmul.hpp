@@ -379,11 +379,13 @@ void run_tasks(ThreadPool& pool, const Plan& plan, std::size_t T, std::size_t in
     blk.t1 = std::min(T, blk.t0 + plan.tb);
     blk.d = Dest{y.row(blk.t0) + blk.n0, y.stride};
     blk.load_y = accumulate;
+    blk.in_y = true;
     float* scratch = reinterpret_cast<float*>(pool.scratch(thread));
     if (split && c > 0) {
       blk.d = Dest{scratch + plan.work_floats() + ((c - 1) * tiles + tile) * slot_floats,
                    round_up(blk.n1 - blk.n0, kNR)};
       blk.load_y = false;
+      blk.in_y = false;
       partials[(c - 1) * tiles + tile] = blk.d.p;
     }
     run(blk, scratch);
@@ -427,7 +429,15 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
     return true;
   }
   run_tasks(pool, plan, T, w.in, w.out, y, accumulate, [&](const Block& blk, float* scratch) {
-    if (plan.path == Path::kPacked) {
+    if (plan.path == Path::kPacked && plan.c_tile && blk.in_y) {
+      // Through a contiguous tile: y's rows may alias in the caches (see Blocking::c_tile).
+      Block b = blk;
+      b.d = Dest{scratch + plan.strip_floats + plan.a_floats, round_up(blk.n1 - blk.n0, kNR)};
+      const std::size_t rows = blk.t1 - blk.t0, cols = blk.n1 - blk.n0;
+      if (blk.load_y) copy_tile(blk.d.p, blk.d.ld, b.d.p, b.d.ld, rows, cols);
+      run_packed(plan, x, w, b, scratch);
+      copy_tile(b.d.p, b.d.ld, blk.d.p, blk.d.ld, rows, cols);
+    } else if (plan.path == Path::kPacked) {
       run_packed(plan, x, w, blk, scratch);
     } else {
       run_direct(plan, x, w, blk);

@@ -78,14 +78,17 @@ inline std::int32_t quantize_row(const float* x, std::size_t n, float inv,
   std::int32_t sum = 0;
   std::size_t k = 0;
 #if MOE_MATMUL_AVX512
+  constexpr __mmask16 kAll = 0xffff;  // maskz forms: GCC bug 105593, as above
   const __m512 vi = _mm512_set1_ps(inv);
   __m512i s = _mm512_setzero_si512();
   for (; k + 16 <= n; k += 16) {
-    const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vi));  // RNE
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(r));
-    s = _mm512_add_epi32(s, r);
+    const __m512i r = _mm512_maskz_cvtps_epi32(kAll, _mm512_mul_ps(_mm512_loadu_ps(x + k), vi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_maskz_cvtsepi32_epi8(kAll, r));
+    s = _mm512_add_epi32(s, r);  // cvtps2dq rounds to nearest even (MXCSR default)
   }
-  sum = _mm512_reduce_add_epi32(s);
+  alignas(64) std::int32_t lanes[16];
+  _mm512_store_si512(lanes, s);
+  for (std::int32_t v : lanes) sum += v;
 #endif
   for (; k < n; ++k) {
     const float r = std::nearbyint(x[k] * inv);  // round to nearest even, like cvtps2dq
@@ -128,18 +131,29 @@ struct Acc32 {
 /// (q + 128 as unsigned). Raw intrinsics: byte interleaves and 128-bit lane shuffles have no
 /// counterpart in the vocabulary.
 inline void interleave4(const __m512i r[4], __m512i v[4]) noexcept {
-  const __m512i a = _mm512_unpacklo_epi8(r[0], r[1]), b = _mm512_unpackhi_epi8(r[0], r[1]);
-  const __m512i c = _mm512_unpacklo_epi8(r[2], r[3]), d = _mm512_unpackhi_epi8(r[2], r[3]);
+  // All-lanes maskz forms: the unmasked intrinsics trip GCC 12's bogus -Wmaybe-uninitialized
+  // (bug 105593).
+  constexpr __mmask64 kAll64 = ~__mmask64{0};
+  constexpr __mmask32 kAll32 = ~__mmask32{0};
+  constexpr __mmask16 kAll16 = 0xffff;
+  const __m512i a = _mm512_maskz_unpacklo_epi8(kAll64, r[0], r[1]),
+                b = _mm512_maskz_unpackhi_epi8(kAll64, r[0], r[1]);
+  const __m512i c = _mm512_maskz_unpacklo_epi8(kAll64, r[2], r[3]),
+                d = _mm512_maskz_unpackhi_epi8(kAll64, r[2], r[3]);
   // o_i, 128-bit lane L: columns 16 L + 4 i .. 16 L + 4 i + 3
-  const __m512i o0 = _mm512_unpacklo_epi16(a, c), o1 = _mm512_unpackhi_epi16(a, c);
-  const __m512i o2 = _mm512_unpacklo_epi16(b, d), o3 = _mm512_unpackhi_epi16(b, d);
-  const __m512i t0 = _mm512_shuffle_i32x4(o0, o1, 0x44), t1 = _mm512_shuffle_i32x4(o0, o1, 0xee);
-  const __m512i t2 = _mm512_shuffle_i32x4(o2, o3, 0x44), t3 = _mm512_shuffle_i32x4(o2, o3, 0xee);
+  const __m512i o0 = _mm512_maskz_unpacklo_epi16(kAll32, a, c),
+                o1 = _mm512_maskz_unpackhi_epi16(kAll32, a, c);
+  const __m512i o2 = _mm512_maskz_unpacklo_epi16(kAll32, b, d),
+                o3 = _mm512_maskz_unpackhi_epi16(kAll32, b, d);
+  const __m512i t0 = _mm512_maskz_shuffle_i32x4(kAll16, o0, o1, 0x44),
+                t1 = _mm512_maskz_shuffle_i32x4(kAll16, o0, o1, 0xee);
+  const __m512i t2 = _mm512_maskz_shuffle_i32x4(kAll16, o2, o3, 0x44),
+                t3 = _mm512_maskz_shuffle_i32x4(kAll16, o2, o3, 0xee);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  v[0] = _mm512_xor_si512(_mm512_shuffle_i32x4(t0, t2, 0x88), flip);
-  v[1] = _mm512_xor_si512(_mm512_shuffle_i32x4(t0, t2, 0xdd), flip);
-  v[2] = _mm512_xor_si512(_mm512_shuffle_i32x4(t1, t3, 0x88), flip);
-  v[3] = _mm512_xor_si512(_mm512_shuffle_i32x4(t1, t3, 0xdd), flip);
+  v[0] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t0, t2, 0x88), flip);
+  v[1] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t0, t2, 0xdd), flip);
+  v[2] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t1, t3, 0x88), flip);
+  v[3] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t1, t3, 0xdd), flip);
 }
 #endif
 
@@ -209,7 +223,7 @@ inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32
     const fbatch s(sx[t]);
     for (std::size_t j = 0; j < 4 && j * 16 < cols; ++j) {
       const std::size_t n = std::min<std::size_t>(16, cols - j * 16);
-      const fbatch v(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc.v[t][j], corr)));
+      const fbatch v(_mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(acc.v[t][j], corr)));
       const fbatch f =
           s * (n == 16 ? simd::widen(sw + 16 * j) : simd::widen_partial(sw + 16 * j, n));
       float* yp = y + t * ldy + 16 * j;

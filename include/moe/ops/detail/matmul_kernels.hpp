@@ -492,6 +492,18 @@ inline void pack_strip_outin(const RowReader<E>& src, std::size_t n0, std::size_
   }
 }
 
+/// d[t][n] = s[t][n] for t < rows, n < cols.
+inline void copy_tile(const float* s, std::size_t lds, float* d, std::size_t ldd, std::size_t rows,
+                      std::size_t cols) noexcept {
+  for (std::size_t t = 0; t < rows; ++t) {
+    const float* sr = s + t * lds;
+    float* dr = d + t * ldd;
+    std::size_t n = 0;
+    for (; n + simd::kLanes <= cols; n += simd::kLanes) simd::store(dr + n, simd::load(sr + n));
+    if (n < cols) simd::store_partial(dr + n, simd::load_partial(sr + n, cols - n), cols - n);
+  }
+}
+
 /// y[t][n] += p[t][n] for t < rows, n < cols.
 inline void add_tile(float* y, std::size_t ldy, const float* p, std::size_t ldp, std::size_t rows,
                      std::size_t cols) noexcept {

@@ -48,6 +48,9 @@ struct Blocking {
   std::size_t f32_in_place_max_t = static_cast<std::size_t>(-1);
   bool tile_prefetch = true;    ///< prefetch the next tile into L2 during the compute
   bool strip_prefetch = false;  ///< and the next strip into L1
+  /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
+  /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
+  bool c_tile = true;
   // Direct path (GEMV, T <= kMR): bytes of a task's slab; rows per micro-kernel call and
   // software-prefetch distance (rows) at T = 1 (int8 / bf16, and f32), rows for T = 2..6.
   std::size_t direct_slab_bytes = 8192;
@@ -128,12 +131,16 @@ struct Plan {
   bool pack = true;              ///< packed path: pack strips (false: f32 [in, out] read in place)
   bool tile_pf = false;          ///< packed path: prefetch the next tile into L2
   bool strip_pf = false;         ///< packed path: prefetch the next strip into L1
+  bool c_tile = false;           ///< packed path: accumulate in a contiguous scratch tile
   std::size_t strip_floats = 0;  ///< scratch floats for the packed strip
   std::size_t a_floats = 0;      ///< scratch floats for a packed (transposed) activation block
+  std::size_t c_floats = 0;      ///< scratch floats for the contiguous output tile (c_tile)
   std::size_t partial_floats = 0;  ///< scratch floats for all K-chunk partial slots
 
   [[nodiscard]] std::size_t n_tasks() const noexcept { return n_slabs * n_chunks * n_tblocks; }
-  [[nodiscard]] std::size_t work_floats() const noexcept { return strip_floats + a_floats; }
+  [[nodiscard]] std::size_t work_floats() const noexcept {
+    return strip_floats + a_floats + c_floats;
+  }
   [[nodiscard]] std::size_t scratch_bytes() const noexcept {
     return (work_floats() + partial_floats) * sizeof(float);
   }
@@ -151,6 +158,7 @@ struct Block {
   std::size_t r0, r1, n0, n1, t0, t1;
   Dest d;
   bool load_y;
+  bool in_y;  ///< d points into y (K chunk 0), not at a partial slot in scratch
 };
 
 constexpr std::size_t ceil_div(std::size_t a, std::size_t b) noexcept {
@@ -218,7 +226,13 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.n_tblocks = ceil_div(T, b.max_tb);
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
     q.n_tblocks = ceil_div(T, q.tb);
-    q.a_floats = s.a_trans ? q.tb * q.kc : 0;
+    auto size_buffers = [&q, &s, &b, scratch_bytes] {
+      q.a_floats = s.a_trans ? q.tb * q.kc : 0;
+      q.c_floats = q.tb * round_up(q.nc, kNR);
+      q.c_tile = b.c_tile && q.work_floats() * sizeof(float) <= scratch_bytes;
+      if (!q.c_tile) q.c_floats = 0;
+    };
+    size_buffers();
     if (q.work_floats() * sizeof(float) <= scratch_bytes) {
       split_k(q, q.tb, in, q.kc, q.work_floats(), scratch_bytes);
       // Still too few tasks (small K): split the tokens further.
@@ -228,7 +242,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
         if (more > 1) {
           q.tb = round_up(ceil_div(q.tb, more), kMR);
           q.n_tblocks = ceil_div(T, q.tb);
-          q.a_floats = s.a_trans ? q.tb * q.kc : 0;
+          size_buffers();
         }
       }
       return q;
