@@ -72,11 +72,15 @@ inline float act_scale(const float* x, std::size_t n) noexcept {
 }
 
 /// q[k] = round(x[k] * inv) as int8 for k < n, zeros up to round_up(n, 4); returns sum q[k].
-/// inv = 127 / max|x| (0 when the block is all zero).
+/// inv = 1 / scale (0 for an all-zero block or a NaN scale: then q = 0).
 inline std::int32_t quantize_row(const float* x, std::size_t n, float inv,
                                  std::int8_t* q) noexcept {
   std::int32_t sum = 0;
   std::size_t k = 0;
+  if (!(inv > 0.0f)) {  // all-zero block, or a NaN / infinite one (whose outputs are NaN anyway)
+    std::memset(q, 0, round_up(n, 4));
+    return 0;
+  }
 #if MOE_MATMUL_AVX512
   constexpr __mmask16 kAll = 0xffff;  // maskz forms: GCC bug 105593, as above
   const __m512 vi = _mm512_set1_ps(inv);
