@@ -147,13 +147,14 @@ void bm_matmul(benchmark::State& state, WType wt, Shape s, std::size_t blocks, s
                std::size_t threads, const moe::detail::Blocking* blocking = nullptr) {
   moe::ThreadPool& pool = moe_bench::pool(threads);
   const std::size_t bytes = weight_bytes(wt, s, blocks);
+  const moe_bench::LocalLimits local = moe_bench::probe(threads);
   std::size_t i = 0;
   for (auto _ : state) {
     run_matmul(wt, moe_bench::arena().cycle(i++, bytes), s, blocks, T, pool, blocking);
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters(state, static_cast<double>(bytes),
-                          2.0 * static_cast<double>(T * s.in * s.out), threads);
+  moe_bench::set_counters_local(state, static_cast<double>(bytes),
+                                2.0 * static_cast<double>(T * s.in * s.out), threads, local);
   state.counters["kind"] = wt == WType::kInt8Act                             ? 14
                            : wt == WType::kInt8                              ? 13
                            : (wt == WType::kBf16 || wt == WType::kBf16OutIn) ? 12
@@ -215,6 +216,7 @@ void bm_grad_input(benchmark::State& state, WType wt, Shape s, std::size_t T) {
   const std::size_t bytes = weight_bytes(wt, s, 1);
   const moe::MatrixView<const float> dy(io().x.data(), T, s.out);
   const moe::MatrixView<float> dx(io().y.data(), T, s.in);
+  const moe_bench::LocalLimits local = moe_bench::probe(2);
   std::size_t i = 0;
   for (auto _ : state) {
     const std::uint8_t* p = moe_bench::arena().cycle(i++, bytes);
@@ -244,8 +246,8 @@ void bm_grad_input(benchmark::State& state, WType wt, Shape s, std::size_t T) {
     }
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters(state, static_cast<double>(bytes),
-                          2.0 * static_cast<double>(T * s.in * s.out), 2);
+  moe_bench::set_counters_local(state, static_cast<double>(bytes),
+                                2.0 * static_cast<double>(T * s.in * s.out), 2, local);
   state.counters["kind"] = 30;
 }
 
@@ -255,12 +257,13 @@ void bm_grad_weight(benchmark::State& state, moe::Layout layout, Shape s, std::s
   static moe::Buffer<float> g(4096 * 4096, 0.0f);
   const moe::MatrixView<const float> x(io().x.data(), T, s.in);
   const moe::MatrixView<const float> dy(io().y.data(), T, s.out);
+  const moe_bench::LocalLimits local = moe_bench::probe(2);
   for (auto _ : state) {
     moe::matmul_backward_weight(pool, x, dy, moe::WeightGrad{g.data(), s.in, s.out, layout});
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters(state, static_cast<double>(s.in * s.out * sizeof(float)),
-                          2.0 * static_cast<double>(T * s.in * s.out), 2);
+  moe_bench::set_counters_local(state, static_cast<double>(s.in * s.out * sizeof(float)),
+                                2.0 * static_cast<double>(T * s.in * s.out), 2, local);
   state.counters["kind"] = 31;
 }
 
