@@ -241,6 +241,10 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
       transpose_block(RowReader<float>{a.p, a.ld}, k0, kc, t0, t1 - t0, ab, kc);
       xb = ab;
       ldx = kc;
+    } else if (plan.a_pack) {
+      copy_tile(a.row(t0) + k0, a.ld, ab, kc, t1 - t0, kc);
+      xb = ab;
+      ldx = kc;
     } else {
       xb = a.row(t0) + k0;
     }
@@ -414,6 +418,7 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   shape.elem = sizeof(typename A::E);
   shape.in_out = A::in_out(w);
   shape.a_trans = x.trans;
+  shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 1024 == 0;
   constexpr bool kDense =
       std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
   shape.dot = kDense;

@@ -118,7 +118,10 @@ struct Shape {
   std::size_t elem = 4;  ///< bytes per weight element
   bool in_out = true;    ///< weight rows are contiguous along `out` ([in, out] storage)
   bool a_trans = false;  ///< A is stored transposed (its rows are strided): packed path only
-  bool dot = true;       ///< an [out, in] weight of this type has a dot kernel (else: packed)
+  /// A's row stride is a multiple of 1 KiB: the rows of a task's block would share cache sets
+  /// (in = 32768 floats: every row in one L2 set), so the packed path copies the block first.
+  bool a_alias = false;
+  bool dot = true;  ///< an [out, in] weight of this type has a dot kernel (else: packed)
 };
 
 struct Plan {
@@ -133,6 +136,7 @@ struct Plan {
   bool strip_pf = false;         ///< packed path: prefetch the next strip into L1
   bool c_tile = false;           ///< packed path: accumulate in a contiguous scratch tile
   std::size_t strip_floats = 0;  ///< scratch floats for the packed strip
+  bool a_pack = false;           ///< packed path: copy / transpose each activation block
   std::size_t a_floats = 0;      ///< scratch floats for a packed (transposed) activation block
   std::size_t c_floats = 0;      ///< scratch floats for the contiguous output tile (c_tile)
   std::size_t partial_floats = 0;  ///< scratch floats for all K-chunk partial slots
@@ -227,7 +231,12 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
     q.n_tblocks = ceil_div(T, q.tb);
     auto size_buffers = [&q, &s, &b, scratch_bytes] {
-      q.a_floats = s.a_trans ? q.tb * q.kc : 0;
+      q.a_pack = s.a_trans || s.a_alias;
+      q.a_floats = q.a_pack ? q.tb * q.kc : 0;
+      if (!s.a_trans && (q.strip_floats + q.a_floats) * sizeof(float) > scratch_bytes) {
+        q.a_pack = false;  // an optimisation only: not when the scratch is that small
+        q.a_floats = 0;
+      }
       q.c_floats = q.tb * round_up(q.nc, kNR);
       q.c_tile = b.c_tile && q.work_floats() * sizeof(float) <= scratch_bytes;
       if (!q.c_tile) q.c_floats = 0;
