@@ -86,7 +86,7 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(b.f32_in_place_max_t == 0);  // f32 strips packed at every T
   CHECK(b.tile_prefetch);
   CHECK(b.strip_prefetch);
-  CHECK(b.direct_pf_t1 == 16);
+  CHECK(b.direct_pf_t1 == 8);
   // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
   HostInfo small = HostInfo::emerald_rapids();
   small.l1d_bytes = 32 * 1024;
