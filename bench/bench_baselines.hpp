@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <time.h>
 #include <vector>
 
 #include <moe/config.hpp>
@@ -223,6 +224,17 @@ inline void set_counters(benchmark::State& state, double bytes, double flops, st
   state.counters["bytes_per_call"] = bytes;
   state.counters["flop_per_call"] = flops;
   state.counters["threads"] = static_cast<double>(threads);
+}
+
+/// CPU time of the calling thread (seconds).
+inline double thread_cpu_seconds() noexcept {
+#if defined(__linux__)
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+#else
+  return 0.0;
+#endif
 }
 
 /// Limits probed right before a benchmark (a short FMA loop and a 128 MiB read, best of 3 each):

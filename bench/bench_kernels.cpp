@@ -2,6 +2,8 @@
 // Eigen, at Grok-1's shapes and a small one.
 //
 //   baseline/read_bw/threads:N       DRAM read bandwidth (1 GiB sum)       -> bw_frac limit
+//   (threads:1 matmuls also report peak_frac_cpu: FLOP/s over the thread's CPU time, over the
+//   1-thread FMA peak: what a core achieves while other jobs preempt it)
 //   baseline/fma_peak/threads:N      f32 FMA peak (register-only loop)     -> peak_frac limit
 //   matmul/<weight>/<in>x<out>/T:<T>/threads:N   moe::matmul
 //   eigen/f32/<in>x<out>/T:<T>/threads:N         Eigen 3.4 on the same f32 [in, out] data
@@ -149,12 +151,18 @@ void bm_matmul(benchmark::State& state, WType wt, Shape s, std::size_t blocks, s
   const std::size_t bytes = weight_bytes(wt, s, blocks);
   const moe_bench::LocalLimits local = moe_bench::probe(threads);
   std::size_t i = 0;
+  const double cpu0 = moe_bench::thread_cpu_seconds();
   for (auto _ : state) {
     run_matmul(wt, moe_bench::arena().cycle(i++, bytes), s, blocks, T, pool, blocking);
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters_local(state, static_cast<double>(bytes),
-                                2.0 * static_cast<double>(T * s.in * s.out), threads, local);
+  const double cpu = moe_bench::thread_cpu_seconds() - cpu0;
+  const double flops = 2.0 * static_cast<double>(T * s.in * s.out);
+  moe_bench::set_counters_local(state, static_cast<double>(bytes), flops, threads, local);
+  if (threads == 1) {  // the CPU time of the only thread: preemption by other jobs not counted
+    state.counters["peak_frac_cpu"] =
+        flops * static_cast<double>(state.iterations()) / cpu / moe_bench::limits().fma(1);
+  }
   state.counters["kind"] = wt == WType::kInt8Act                             ? 14
                            : wt == WType::kInt8                              ? 13
                            : (wt == WType::kBf16 || wt == WType::kBf16OutIn) ? 12
@@ -400,9 +408,13 @@ void register_all() {
   }
   add_matmul(WType::kF32OutIn, kGrokUp, 256, 2);
   add_matmul(WType::kBf16OutIn, kGrokUp, 256, 2);
-  // One core, compute-bound.
-  add_matmul(WType::kF32, kSmall, 256, 1);
-  add_matmul(WType::kInt8, kSmall, 256, 1);
+  // One core, compute-bound (peak_frac_cpu: over the thread's CPU time).
+  for (std::size_t T : {64, 256}) {
+    for (Shape s : shapes) {
+      for (WType wt : dense_inout) add_matmul(wt, s, T, 1);
+      if (T == 256) add_matmul(WType::kInt8Act, s, T, 1);
+    }
+  }
   add_eigen(kSmall, 256, 1);
   // int8 activations (Int8ActWeight) at T = 1, 16, 256, next to the exact int8 runs above.
   for (std::size_t T : {1, 16, 256}) {
