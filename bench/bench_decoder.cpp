@@ -40,6 +40,7 @@
 #include <moe/text/sampler.hpp>
 
 #include "bench_baselines.hpp"
+#include "support/grok1_random_weights.hpp"
 
 #if defined(__linux__)
 #include <sys/mman.h>

@@ -11,6 +11,11 @@
 //                                 thread (bench/compare_pytorch.py runs the same in PyTorch)
 //   moe/small/<f32|bf16>/in_out/gemms_only/tokens:256
 //                                 the matmul calls of that T = 256 pass alone (same rows/expert)
+//   moe/train/<shape>/tokens:T    training: forward_train + backward of an f32 Mixtral-preset layer
+//                                 (SiLU, renormalised top-2 of 8, dropless, balance loss), every
+//                                 weight trainable: "scaled" D 1024, F 4096, T = 256 and
+//                                 "small_lm" D 256, F 512, T = 2048; 2 threads. peak_frac counts 3x
+//                                 the forward's expert FLOPs (6 D F per routed pair)
 //   baseline/...                  same-run DRAM read bandwidth and f32 FMA peak (bench_baselines)
 //
 // Tokens are chosen so that routing is spread over the experts: at T = 1 every iteration takes the
@@ -31,6 +36,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -380,6 +386,87 @@ void BM_small_gemms(benchmark::State& state, moe::Layout layout) {
       benchmark::Counter(static_cast<double>(state.iterations() * kT), benchmark::Counter::kIsRate);
 }
 
+// ---- training: forward_train + backward -------------------------------------------------------
+
+/// An f32 Mixtral-preset layer with trainable weights, their gradients, a batch and its dy.
+struct TrainSetup {
+  using Layer = moe::presets::Mixtral<moe::F32Weight>;
+  std::size_t d, f, e, t;
+  HugeArray<float> gate, up, down, g_gate, g_up, g_down;
+  std::vector<float> router, g_router, x, dy, dx, y;
+  std::unique_ptr<Layer> layer;
+  Layer::Grads grads;
+  moe::Arena scratch, tape;
+
+  TrainSetup(std::size_t d_, std::size_t f_, std::size_t e_, std::size_t t_)
+      : d(d_),
+        f(f_),
+        e(e_),
+        t(t_),
+        gate(e_ * d_ * f_),
+        up(e_ * d_ * f_),
+        down(e_ * f_ * d_),
+        g_gate(e_ * d_ * f_),
+        g_up(e_ * d_ * f_),
+        g_down(e_ * f_ * d_),
+        router(d_ * e_),
+        g_router(d_ * e_, 0.0f),
+        x(t_ * d_),
+        dy(t_ * d_),
+        dx(t_ * d_, 0.0f),
+        y(t_ * d_) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const float sd = 1.0f / std::sqrt(static_cast<float>(d)),
+                sf = 1.0f / std::sqrt(static_cast<float>(f));
+    for (auto& v : gate) v = sd * nd(rng);
+    for (auto& v : up) v = sd * nd(rng);
+    for (auto& v : down) v = sf * nd(rng);
+    for (auto& v : router) v = sd * nd(rng);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : dy) v = nd(rng);
+    for (auto* g : {&g_gate, &g_up, &g_down}) std::fill(g->begin(), g->end(), 0.0f);
+    const moe::F32Weight wr{router.data(), d, e};
+    layer = std::make_unique<Layer>(Layer::Weights{.router = wr,
+                                                   .gate = {{gate.data(), d, f}, e},
+                                                   .up = {{up.data(), d, f}, e},
+                                                   .down = {{down.data(), f, d}, e}});
+    grads.router.gate = moe::WeightGrad::like(g_router.data(), wr);
+    grads.experts.gate = moe::grad_like(g_gate.data(), layer->experts().gate());
+    grads.experts.up = moe::grad_like(g_up.data(), layer->experts().up());
+    grads.experts.down = moe::grad_like(g_down.data(), layer->experts().down());
+    scratch = moe::Arena(layer->training_workspace_bytes(t));
+    tape = moe::Arena(layer->tape_bytes(t));
+  }
+
+  /// One forward_train + backward; returns the (token, expert) pairs computed.
+  std::size_t step(moe::ThreadPool& pool) {
+    tape.reset();
+    Layer::Saved saved;
+    const moe::MoEResult r = layer->forward_train(pool, {x.data(), t, d}, {y.data(), t, d}, scratch,
+                                                  tape, saved, {.training = true, .step = 1});
+    layer->backward(pool, {x.data(), t, d}, saved, {dy.data(), t, d}, {dx.data(), t, d}, grads,
+                    scratch);
+    return r.stats.assignments - r.stats.dropped;
+  }
+};
+
+void BM_train(benchmark::State& state, std::size_t d, std::size_t f, std::size_t t) {
+  TrainSetup s(d, f, 8, t);
+  auto& pool = moe_bench::pool(kThreads);
+  std::size_t pairs = s.step(pool);  // warm-up (pages, caches)
+  for (auto _ : state) {
+    pairs = s.step(pool);
+    benchmark::DoNotOptimize(s.dx.data());
+  }
+  const double fwd = 6.0 * static_cast<double>(d * f) * static_cast<double>(pairs);
+  moe_bench::set_counters(state, 0.0, 3.0 * fwd, kThreads);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * t), benchmark::Counter::kIsRate);
+  state.counters["tape_bytes_per_token"] =
+      static_cast<double>(s.layer->tape_bytes(t)) / static_cast<double>(t);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -428,6 +515,14 @@ int main(int argc, char** argv) {
       ->Arg(256)
       ->Unit(benchmark::kMillisecond)
       ->Iterations(2)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("moe/train/scaled/tokens:256", BM_train, 1024, 4096, 256)
+      ->Unit(benchmark::kMillisecond)
+      ->MinTime(1.0)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("moe/train/small_lm/tokens:2048", BM_train, 256, 512, 2048)
+      ->Unit(benchmark::kMillisecond)
+      ->MinTime(1.0)
       ->UseRealTime();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

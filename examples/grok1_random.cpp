@@ -18,6 +18,8 @@
 #include <moe/models/grok1.hpp>
 #include <moe/text/generate.hpp>
 
+#include "support/grok1_random_weights.hpp"
+
 int main(int argc, char** argv) {
   const std::size_t n_tokens = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 16;
   const double temperature = argc > 2 ? std::atof(argv[2]) : 0.0;

@@ -8,6 +8,7 @@
 #include <variant>
 
 #include <moe/io/pickle.hpp>
+#include <moe/models/grok1_checkpoint.hpp>  // the classes a Grok-1 file may hold
 
 namespace {
 
@@ -38,13 +39,14 @@ void check(const moe::io::Array& a, std::span<const std::byte> in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::span<const std::byte> in(reinterpret_cast<const std::byte*>(data), size);
   try {
-    const moe::io::PickledObject o = moe::io::parse_pickle(in, "fuzz-input");
+    const moe::io::PickledObject o =
+        moe::io::parse_pickle(in, "fuzz-input", moe::grok1::kPickleClasses);
     if (const auto* a = std::get_if<moe::io::Array>(&o)) {
       check(*a, in);
     } else {
-      const auto& q = std::get<moe::io::QuantizedWeight8bit>(o);
-      check(q.weight, in);
-      check(q.scales, in);
+      const auto& q = std::get<moe::io::PickledInstance>(o);
+      if (q.class_index != 0 || q.attributes.size() != 2) __builtin_trap();
+      for (const moe::io::Array& attribute : q.attributes) check(attribute, in);
       if (q.class_name.size() < 20) __builtin_trap();  // "<module>.QuantizedWeight8bit"
     }
   } catch (const moe::Error&) {

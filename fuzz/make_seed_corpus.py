@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Writes the seed corpus of fuzz_pickle (and fuzz_json) into OUT_DIR.
 
-    /usr/bin/python3 fuzz/make_seed_corpus.py OUT_DIR [pickle|json]
+    /usr/bin/python3 fuzz/make_seed_corpus.py OUT_DIR [pickle|json|safetensors]
 
 Pickle seeds: single checkpoint tensors in the release's exact format (tools/
 make_grok1_checkpoint.py, both writers, numpy 1 and 2 module names), numpy arrays pickled by
@@ -62,11 +62,36 @@ def json_seeds(out):
     return len(texts)
 
 
+def safetensors_seeds(out):
+    """Files of tools/make_hf_checkpoint.py: the dtypes fixture, one shard of a tiny checkpoint
+    of each family (small widths), an empty file, and a few damaged copies."""
+    import make_hf_checkpoint as hf
+    seeds = {"dtypes": hf.safetensors_bytes(hf.dtypes_tensors(), {"format": "pt"}),
+             "empty": hf.safetensors_bytes([]), "metadata_only": hf.safetensors_bytes([], {"a": "b"})}
+    rng = np.random.default_rng(0)
+    for family in ("mixtral", "qwen2_moe", "olmoe"):
+        c = hf.tiny_config(family, "bf16")
+        c.update({"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 4, "intermediate_size": 4,
+                  "moe_intermediate_size": 4, "shared_expert_intermediate_size": 4})
+        tensors = [(n, "BF16", s, hf.encode(hf.random_values(n, s, rng), "BF16"))
+                   for n, s in hf.tensor_list(c)]
+        seeds["shard_" + family] = hf.safetensors_bytes(tensors, {"format": "pt"})
+    base = seeds["dtypes"]
+    seeds["truncated"] = base[:-5]
+    seeds["short_header"] = base[:8] + base[8:40]
+    seeds["trailing"] = base + b"\0\0\0\0"
+    for name, data in seeds.items():
+        with open(os.path.join(out, name + ".safetensors"), "wb") as f:
+            f.write(data)
+    return len(seeds)
+
+
 def main():
     out = sys.argv[1]
     which = sys.argv[2] if len(sys.argv) > 2 else "pickle"
     os.makedirs(out, exist_ok=True)
-    n = pickle_seeds(out) if which == "pickle" else json_seeds(out)
+    seeders = {"pickle": pickle_seeds, "json": json_seeds, "safetensors": safetensors_seeds}
+    n = seeders[which](out)
     print("fuzz: %d %s seeds in %s" % (n, which, out))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs a libFuzzer target of moe's readers (clang; the main build uses g++).
 #
-#   fuzz/run.sh [seconds=60] [build dir=build/fuzz] [target=pickle|json]
+#   fuzz/run.sh [seconds=60] [build dir=build/fuzz] [target=pickle|json|safetensors]
 #
 # Exits 77 (ctest: skipped) when clang++ or libFuzzer is not available, 0 when the run found
 # nothing, non-zero with the crashing input saved under <build dir>/artifacts/ otherwise.

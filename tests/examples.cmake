@@ -20,6 +20,14 @@ add_test(NAME "grok1.sparse314b: one token through the 314B shapes"
                  --source "${PROJECT_SOURCE_DIR}" --work "${_work}/sparse314b" --case sparse314b)
 set_tests_properties("grok1.sparse314b: one token through the 314B shapes"
                      PROPERTIES LABELS "e2e;slow" TIMEOUT 3600)
+# 13 GB written to MOE_BIG_DIR (default /work/tmp, deleted afterwards); ~10-20 min.
+set(MOE_BIG_DIR "/work/tmp" CACHE PATH "Where slow tests write multi-GB checkpoints")
+add_test(NAME "grok1.budget: a 13 GB full-width checkpoint under --ram-budget 4G"
+         COMMAND "${MOE_PYTHON3}" "${_script}" --grok1 $<TARGET_FILE:grok1>
+                 --source "${PROJECT_SOURCE_DIR}" --work "${_work}/budget" --case budget
+                 --big-dir "${MOE_BIG_DIR}")
+set_tests_properties("grok1.budget: a 13 GB full-width checkpoint under --ram-budget 4G"
+                     PROPERTIES LABELS "e2e;slow" TIMEOUT 7200)
 
 # examples/grok1_random: builds a Grok-1-shaped decoder from components with random weights and
 # checks that it agrees with make_model() on the first generated token.

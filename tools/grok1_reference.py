@@ -9,7 +9,7 @@ float64, and writes the logits of every prompt position as float32 .npy [T, voca
 
     /usr/bin/python3 tools/grok1_reference.py --checkpoint DIR --tokens 5,6,7 --out ref.npy
 
-Math (spec: grok1.md §1.3-1.6): embeddings * embedding_multiplier; per layer the sandwich
+Math (xai-org/grok-1 model.py): embeddings * embedding_multiplier; per layer the sandwich
 h += N1(Attn(N0(h))), h += N3(MoE(N2(h))); RMSNorm eps 1e-5 with a plain scale; GQA; half-split
 RoPE base 10000 on all head dims; attention logits * attn_logit_multiplier, then
 softcap*tanh(x/softcap), causal mask, softmax; router softmax over all experts, top-k with ties

@@ -10,7 +10,7 @@
   file and gets back the generated values.
 * --sparse files equal the normal files outside the payloads, read as zeros inside them, and the
   314B checkpoint takes ~318 GB apparent and only a few MB on disk.
-* The file order is the sorted parameter paths (t519, t713, t758 as in the spec).
+* The file order is the sorted parameter paths (t519, t713, t758: docs/checkpoint-format.md, section 2).
 """
 import io
 import json

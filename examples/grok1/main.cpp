@@ -3,7 +3,8 @@
 //
 //   grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)
 //         [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
-//         [--dump-logits FILE.npy] [--json] [--stop-at-eos]
+//         [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]
+//         [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,12 +27,14 @@
 
 #include <moe/io/npy.hpp>
 #include <moe/models/grok1_loader.hpp>
+#include <moe/models/grok1_residency.hpp>
+#include <moe/models/weight_residency.hpp>
 #include <moe/text/generate.hpp>
 #if defined(MOE_HAVE_SENTENCEPIECE)
 #include <moe/text/tokenizer.hpp>
 #endif
 
-#include "json_writer.hpp"
+#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -39,7 +43,9 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "usage: grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)\n"
     "             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
-    "             [--dump-logits FILE.npy] [--json] [--stop-at-eos]\n"
+    "             [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]\n"
+    "             [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]\n"
+    "             [--no-huge-readahead]\n"
     "\n"
     "  --checkpoint DIR      directory holding ckpt-0/ (or ckpt/) and optionally config.json\n"
     "  --tokenizer FILE      SentencePiece model (the release's tokenizer.model); needed for\n"
@@ -53,7 +59,16 @@ constexpr const char* kUsage =
     "  --threads N           worker threads (default: all cores)\n"
     "  --dump-logits FILE    write the prompt's logits, float32 .npy [prompt_len, vocab]\n"
     "  --json                print one JSON object on stdout, nothing on stderr but errors\n"
-    "  --stop-at-eos         stop after generating EOS (id 2); run.py never stops early\n";
+    "  --stop-at-eos         stop after generating EOS (id 2); run.py never stops early\n"
+    "  --ram-budget BYTES    memory the process may hold (suffix K, M or G: binary units);\n"
+    "                        default 80% of the available memory\n"
+    "  --cache-policy P      experts kept mapped between uses when streaming\n"
+    "                        (default most-used)\n"
+    "  --speculation         prefetch the experts the next layer's router picks (off: it did\n"
+    "                        not pay off in docs/performance.md)\n"
+    "  --no-huge-readahead   keep the device's read-ahead for faults on streamed weights\n"
+    "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
+    "                        experts do not fit in the budget)\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -72,6 +87,11 @@ struct Args {
   std::optional<std::filesystem::path> dump_logits;
   bool json = false;
   bool stop_at_eos = false;
+  std::uint64_t ram_budget = 0;  // 0: default
+  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
+  bool speculate = false;
+  bool huge_readahead = true;
+  std::size_t prefill_chunk = 0;  // 0: automatic
 };
 
 template <class T>
@@ -96,6 +116,26 @@ double parse_double(std::string_view flag, std::string_view s, double lo, double
                      std::to_string(hi) + "], got '" + str + "'");
   }
   return v;
+}
+
+/// "4G", "512M", "1048576" -> bytes (binary suffixes).
+std::uint64_t parse_bytes(std::string_view flag, std::string_view s) {
+  std::uint64_t unit = 1;
+  const std::size_t suffix =
+      s.empty() ? std::string_view::npos : std::string_view("KMG").find(s.back());
+  if (suffix != std::string_view::npos) {
+    unit = std::uint64_t{1} << (10 * (suffix + 1));
+    s.remove_suffix(1);
+  }
+  return unit * parse_integer<std::uint64_t>(flag, s, 1, (std::uint64_t{1} << 50) / unit);
+}
+
+moe::CachePolicy parse_policy(std::string_view s) {
+  for (moe::CachePolicy p :
+       {moe::CachePolicy::kNone, moe::CachePolicy::kLru, moe::CachePolicy::kMostUsed}) {
+    if (s == moe::cache_policy_name(p)) return p;
+  }
+  throw UsageError("--cache-policy expects none, lru or most-used, got '" + std::string(s) + "'");
 }
 
 std::vector<std::int32_t> parse_tokens(std::string_view s) {
@@ -149,6 +189,16 @@ Args parse_args(int argc, char** argv) {
       a.json = true;
     } else if (flag == "--stop-at-eos") {
       a.stop_at_eos = true;
+    } else if (flag == "--ram-budget") {
+      a.ram_budget = parse_bytes(flag, value());
+    } else if (flag == "--cache-policy") {
+      a.cache_policy = parse_policy(value());
+    } else if (flag == "--speculation") {
+      a.speculate = true;
+    } else if (flag == "--no-huge-readahead") {
+      a.huge_readahead = false;
+    } else if (flag == "--prefill-chunk") {
+      a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
     } else {
       throw UsageError("unknown option '" + std::string(flag) + "'");
     }
@@ -171,50 +221,68 @@ std::uint64_t peak_rss_bytes() {
   return static_cast<std::uint64_t>(u.ru_maxrss) * 1024u;  // Linux reports KiB
 }
 
-int run(const Args& args) {
-  const bool quiet = args.json;
-  auto log = [&](const char* fmt, auto... xs) {
+/// Progress and summary lines on stderr; silent with --json.
+struct Log {
+  bool quiet = false;
+  bool tty = false;
+  template <class... Xs>
+  void operator()(const char* fmt, Xs... xs) const {
     if (!quiet) std::fprintf(stderr, fmt, xs...);
-  };
+  }
+};
 
-  // Tokenizer first: a bad path fails before minutes of checkpoint validation.
 #if defined(MOE_HAVE_SENTENCEPIECE)
-  std::optional<moe::Tokenizer> tokenizer;
-  if (args.tokenizer) tokenizer.emplace(*args.tokenizer);
+using Tokenizer = std::optional<moe::Tokenizer>;
+Tokenizer load_tokenizer(const Args& args) {
+  Tokenizer t;
+  if (args.tokenizer) t.emplace(*args.tokenizer);
+  return t;
+}
 #else
+struct Tokenizer {};
+Tokenizer load_tokenizer(const Args& args) {
   if (args.tokenizer) throw moe::ConfigError("[grok1] built without SentencePiece: no --tokenizer");
+  return {};
+}
 #endif
 
-  // ---- load: map and validate every tensor file -------------------------------------------
-  const auto t_load = Clock::now();
-  const bool tty = isatty(fileno(stderr)) != 0;
-  moe::grok1::OpenOptions open_options;
-  if (!quiet) {
-    // On a terminal the line updates in place; in a log, a line at most every 2 s and at the end.
-    open_options.progress = [tty, t_load, last = t_load](std::size_t done, std::size_t total,
-                                                         const std::filesystem::path&) mutable {
-      if (tty) {
-        std::fprintf(stderr, "\rgrok1: validating checkpoint files %zu/%zu", done, total);
-        if (done == total) std::fputc('\n', stderr);
-      } else if (done == total || seconds_since(last) >= 2.0) {
-        last = Clock::now();
-        std::fprintf(stderr, "grok1: validated %zu/%zu checkpoint files (%.1f s)\n", done, total,
-                     seconds_since(t_load));
-      }
-    };
-  }
-  const auto ckpt = moe::grok1::Checkpoint::open(args.checkpoint, open_options);
-  const moe::grok1::Config& cfg = ckpt.config();
-  const moe::grok1::Weights weights = moe::grok1::bind_weights(ckpt);
-  const auto model = moe::grok1::make_model(cfg, weights);
-  log("grok1: %s\n", ckpt.summary().c_str());
+/// File-validation progress: in place on a terminal; in a log, a line at most every 2 s.
+moe::grok1::ProgressFn validation_progress(const Log& log) {
+  if (log.quiet) return {};
+  const auto t0 = Clock::now();
+  return [tty = log.tty, t0, last = t0](std::size_t done, std::size_t total,
+                                        const std::filesystem::path&) mutable {
+    if (tty) {
+      std::fprintf(stderr, "\rgrok1: validating checkpoint files %zu/%zu", done, total);
+      if (done == total) std::fputc('\n', stderr);
+    } else if (done == total || seconds_since(last) >= 2.0) {
+      last = Clock::now();
+      std::fprintf(stderr, "grok1: validated %zu/%zu checkpoint files (%.1f s)\n", done, total,
+                   seconds_since(t0));
+    }
+  };
+}
 
-  // ---- prompt ---------------------------------------------------------------------------------
+/// The checkpoint, its weight views and the model over them (views only: nothing is copied).
+struct Loaded {
+  moe::grok1::Checkpoint ckpt;
+  moe::grok1::Weights weights;
+  moe::grok1::Model model;
+
+  Loaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options)
+      : ckpt(moe::grok1::Checkpoint::open(dir, options)),
+        weights(moe::grok1::bind_weights(ckpt)),
+        model(moe::grok1::make_model(ckpt.config(), weights)) {}
+};
+
+/// The prompt's ids (encoded without BOS, as run.py), checked against the context.
+std::vector<std::int32_t> prompt_ids(const Args& args, [[maybe_unused]] const Tokenizer& tok,
+                                     const moe::grok1::Config& cfg) {
   std::vector<std::int32_t> prompt;
 #if defined(MOE_HAVE_SENTENCEPIECE)
-  if (args.prompt) prompt = tokenizer->encode(*args.prompt);
-  if (tokenizer && static_cast<std::size_t>(tokenizer->vocab_size()) > cfg.vocab_size) {
-    throw moe::ConfigError("[grok1] the tokenizer has " + std::to_string(tokenizer->vocab_size()) +
+  if (args.prompt) prompt = tok->encode(*args.prompt);
+  if (tok && static_cast<std::size_t>(tok->vocab_size()) > cfg.vocab_size) {
+    throw moe::ConfigError("[grok1] the tokenizer has " + std::to_string(tok->vocab_size()) +
                            " pieces but the checkpoint's vocabulary is " +
                            std::to_string(cfg.vocab_size));
   }
@@ -222,156 +290,274 @@ int run(const Args& args) {
   if (args.tokens) prompt = *args.tokens;
   if (prompt.empty()) throw moe::ConfigError("[grok1] the prompt encodes to zero tokens");
   // Token ids are checked by generate() (TokenError naming the id) before any compute.
-  const std::size_t capacity = prompt.size() + args.max_new_tokens;
-  if (capacity > cfg.max_seq_len) {
+  if (prompt.size() + args.max_new_tokens > cfg.max_seq_len) {
     throw moe::ConfigError("[grok1] prompt (" + std::to_string(prompt.size()) + ") + " +
                            std::to_string(args.max_new_tokens) +
                            " new tokens exceed the context of " + std::to_string(cfg.max_seq_len));
   }
-  moe::ThreadPool pool(args.threads);
-  // Prefill runs the prompt as one batch (in chunks of up to 256 tokens).
-  moe::DecoderState state = model.make_state(capacity, std::min<std::size_t>(prompt.size(), 256));
-  const double load_seconds = seconds_since(t_load);
-  log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads\n", load_seconds, prompt.size(),
-      pool.size());
+  return prompt;
+}
 
-  // ---- generate -------------------------------------------------------------------------------
+moe::GenerateOptions generate_options(const Args& args, const moe::grok1::Config& cfg) {
   moe::GenerateOptions gen;
   gen.max_new_tokens = args.max_new_tokens;
   gen.sampler.temperature = args.temperature;
   gen.sampler.top_p = args.top_p;
   gen.sampler.seed = args.seed;
   gen.eos_id = args.stop_at_eos ? cfg.eos_id : -1;
-  // Memory: the weights stay in the page cache (mmap); a token reads 2 of 8 experts per layer.
-  // When the checkpoint is larger than half the RAM (the real 318 GB release), a layer's expert
-  // pages are unmapped from this process once the layer is done (they stay cached until the
-  // kernel needs the memory), so RSS holds about one layer's experts rather than growing to the
-  // RAM size, and the next layer's attention weights are prefetched. A checkpoint that fits in
-  // RAM keeps its pages mapped (re-faulting them every token would only cost time).
-  const double ram_bytes =
-      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  const bool stream_experts = static_cast<double>(ckpt.file_bytes()) > 0.5 * ram_bytes;
-  if (stream_experts) {
-    log("grok1: checkpoint (%.1f GB) exceeds half the RAM (%.1f GB): streaming experts\n",
-        static_cast<double>(ckpt.file_bytes()) / 1e9, ram_bytes / 1e9);
-  }
-  // Prefill progress per layer: in place on a terminal; as lines for a big (streamed) model,
-  // whose prefill reads the whole checkpoint and takes minutes.
-  const bool layer_progress = !quiet && (tty || stream_experts);
-  if (stream_experts || layer_progress) {
-    gen.on_layer = [&](std::size_t layer, moe::MatrixView<const float> h) {
-      using moe::grok1::Slot;
-      if (stream_experts) {
-        for (Slot s : {Slot::kExpertGate, Slot::kExpertUp, Slot::kExpertDown}) {
-          ckpt.advise(ckpt.index_of(layer, s), moe::io::Advice::kDontNeed);
-        }
-        if (layer + 1 < cfg.n_layers) {
-          for (Slot s : {Slot::kQuery, Slot::kKey, Slot::kValue, Slot::kAttnOut}) {
-            ckpt.advise(ckpt.index_of(layer + 1, s), moe::io::Advice::kWillNeed);
-          }
-        }
-      }
-      if (layer_progress && h.rows > 1) {
-        if (tty) {
-          std::fprintf(stderr, "\rgrok1: prefill layer %zu/%zu", layer + 1, cfg.n_layers);
-          if (layer + 1 == cfg.n_layers) std::fputc('\n', stderr);
-        } else if ((layer + 1) % 8 == 0 || layer + 1 == cfg.n_layers) {
-          std::fprintf(stderr, "grok1: prefill layer %zu/%zu\n", layer + 1, cfg.n_layers);
-        }
-      }
-    };
-  }
-  moe::Buffer<float> prompt_logits;
-  if (args.dump_logits) {
-    prompt_logits = moe::Buffer<float>(prompt.size() * cfg.vocab_size);
-    gen.prompt_logits = moe::MatrixView<float>(prompt_logits.data(), prompt.size(), cfg.vocab_size);
-  }
+  return gen;
+}
 
-  std::string text;
+/// Where the weights live (library: moe::WeightResidency): all mapped when the checkpoint fits
+/// the budget, otherwise experts (and attention if needed) released after use, prefetched ahead.
+moe::WeightResidency make_residency(const Args& args, const moe::grok1::Checkpoint& ckpt,
+                                    const Log& log) {
+  moe::ResidencyOptions o;
+  o.ram_budget = args.ram_budget;
+  o.cache = args.cache_policy;
+  o.speculate = args.speculate;
+  o.huge_readahead = args.huge_readahead;
+  moe::WeightResidency res(moe::grok1::residency_plan(ckpt), o);
+  res.report_faults("grok1: error: ");
+  const moe::ResidencyStats& s = res.stats();
+  if (s.streaming) {
+    log("grok1: the model (%.1f GB, %.1f GB of it copied) exceeds the RAM budget (%.1f GB): "
+        "streaming experts%s, %s cache of %.1f GB, speculation %s\n",
+        static_cast<double>(s.model_bytes) / 1e9, static_cast<double>(s.copied_bytes) / 1e9,
+        static_cast<double>(s.budget) / 1e9, s.attention_streamed ? " and attention" : "",
+        std::string(moe::cache_policy_name(args.cache_policy)).c_str(),
+        static_cast<double>(s.cache_capacity) / 1e9, args.speculate ? "on" : "off");
+  }
+  return res;
+}
+
+/// The per-layer hook: the residency's steps, then prefill progress (in place on a terminal;
+/// as lines for a streamed model, whose prefill reads the whole checkpoint).
+std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(moe::WeightResidency& res,
+                                                                          std::size_t n_layers,
+                                                                          const Log& log) {
+  const bool progress = !log.quiet && (log.tty || res.stats().streaming);
+  return
+      [&res, n_layers, progress, tty = log.tty](std::size_t layer, moe::MatrixView<const float> h) {
+        res.on_layer(layer, h);
+        if (!progress || h.rows <= 1) return;
+        if (tty) {
+          std::fprintf(stderr, "\rgrok1: prefill layer %zu/%zu", layer + 1, n_layers);
+          if (layer + 1 == n_layers) std::fputc('\n', stderr);
+        } else if ((layer + 1) % 8 == 0 || layer + 1 == n_layers) {
+          std::fprintf(stderr, "grok1: prefill layer %zu/%zu\n", layer + 1, n_layers);
+        }
+      };
+}
+
+/// Bytes this process caused to be read from storage (/proc/self/io read_bytes; 0 if unknown).
+std::uint64_t storage_read_bytes() {
+  std::FILE* f = std::fopen("/proc/self/io", "r");
+  if (f == nullptr) return 0;
+  char key[64];
+  unsigned long long v = 0;
+  std::uint64_t bytes = 0;
+  while (std::fscanf(f, "%63s %llu", key, &v) == 2) {
+    if (std::string_view(key) == "read_bytes:") bytes = v;
+  }
+  std::fclose(f);
+  return bytes;
+}
+
+/// Streams the prompt and the generated text (or ids, without a tokenizer) to stdout and keeps
+/// the text for --json.
+class TextOutput {
+ public:
+  TextOutput([[maybe_unused]] const Tokenizer& tok, bool quiet) : quiet_(quiet) {
 #if defined(MOE_HAVE_SENTENCEPIECE)
-  std::optional<moe::DecodeStream> stream;
-  if (tokenizer) stream.emplace(tokenizer->decode_stream());
+    if (tok) stream_.emplace(tok->decode_stream());
 #endif
-  auto on_token = [&](std::int32_t id) {
+  }
+  void prompt(const Args& args) {
+    if (!quiet_ && args.prompt) write(*args.prompt);  // the continuation follows right after it
+  }
+  void token(std::int32_t id) {
 #if defined(MOE_HAVE_SENTENCEPIECE)
-    if (stream) {
-      const std::string piece = stream->push(id);
-      text += piece;
-      if (!quiet) {
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-      }
+    if (stream_) {
+      const std::string piece = stream_->push(id);
+      text_ += piece;
+      if (!quiet_) write(piece);
       return;
     }
 #endif
-    if (!quiet) {
-      std::printf("%d ", id);
-      std::fflush(stdout);
-    }
-  };
-  log("grok1: prefill of %zu tokens, then %zu new tokens\n", prompt.size(), args.max_new_tokens);
-  if (!quiet && args.prompt) {
-    std::fputs(args.prompt->c_str(), stdout);  // the continuation is streamed right after it
-    std::fflush(stdout);
+    if (!quiet_) write(std::to_string(id) + " ");
   }
-  const moe::GenerateResult result = moe::generate(pool, model, state, prompt, gen, on_token);
+  void finish() {
 #if defined(MOE_HAVE_SENTENCEPIECE)
-  if (stream) {
-    const std::string rest = stream->finish();
-    text += rest;
-    if (!quiet) std::fwrite(rest.data(), 1, rest.size(), stdout);
-  }
+    if (stream_) {
+      const std::string rest = stream_->finish();
+      text_ += rest;
+      if (!quiet_) write(rest);
+    }
 #endif
-  if (!quiet) {
-    std::fputc('\n', stdout);
+    if (!quiet_) write("\n");
+  }
+  [[nodiscard]] bool has_text() const noexcept {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+    return stream_.has_value();
+#else
+    return false;
+#endif
+  }
+  [[nodiscard]] const std::string& text() const noexcept {
+    return text_;
+  }
+
+ private:
+  static void write(const std::string& s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);
   }
+  bool quiet_;
+  std::string text_;
+#if defined(MOE_HAVE_SENTENCEPIECE)
+  std::optional<moe::DecodeStream> stream_;
+#endif
+};
 
-  if (args.dump_logits) {
-    moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {prompt.size(), cfg.vocab_size});
-    log("grok1: wrote prompt logits [%zu, %zu] to %s\n", prompt.size(), cfg.vocab_size,
-        args.dump_logits->c_str());
-  }
+/// What one run produced, for the summary line and --json.
+struct Report {
+  std::vector<std::int32_t> prompt;
+  moe::GenerateResult result;
+  double load_seconds = 0;
+  std::size_t threads = 0;
+  std::uint64_t peak_rss = 0;
+  std::uint64_t read_bytes = 0;         ///< from storage during generation
+  std::uint64_t read_bytes_decode = 0;  ///< ... during the decode steps
+  moe::ResidencyStats residency;
+  moe::CachePolicy cache_policy{};
+  bool speculate = false;
+  std::size_t prefill_chunk = 0;
+};
 
-  const std::uint64_t rss = peak_rss_bytes();
+void print_summary(const Report& r, const Log& log) {
+  const moe::GenerateResult& g = r.result;
   log("grok1: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
       "(%.3f tokens/s); peak RSS %.1f MiB\n",
-      result.prompt_tokens, result.prefill_seconds, result.prefill_tokens_per_second(),
-      result.tokens.size() > 0 ? result.tokens.size() - 1 : 0, result.decode_seconds,
-      result.decode_tokens_per_second(), static_cast<double>(rss) / (1024.0 * 1024.0));
+      g.prompt_tokens, g.prefill_seconds, g.prefill_tokens_per_second(),
+      g.tokens.empty() ? std::size_t{0} : g.tokens.size() - 1, g.decode_seconds,
+      g.decode_tokens_per_second(), static_cast<double>(r.peak_rss) / (1024.0 * 1024.0));
+}
 
-  if (args.json) {
-    grok1_example::JsonWriter j(stdout);
-    j.begin_object();
-    j.key("prompt_tokens").int_array(prompt);
-    j.key("generated_tokens").int_array(result.tokens);
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (tokenizer) j.key("text").string(text);
-#endif
-    j.key("stopped_at_eos").boolean(result.stopped_at_eos);
-    j.key("config").begin_object();
-    j.key("vocab_size").number(static_cast<double>(cfg.vocab_size));
-    j.key("d_model").number(static_cast<double>(cfg.d_model));
-    j.key("n_layers").number(static_cast<double>(cfg.n_layers));
-    j.key("n_q_heads").number(static_cast<double>(cfg.n_q_heads));
-    j.key("n_kv_heads").number(static_cast<double>(cfg.n_kv_heads));
-    j.key("n_experts").number(static_cast<double>(cfg.n_experts));
-    j.key("top_k").number(static_cast<double>(cfg.top_k));
-    j.key("d_ff").number(static_cast<double>(cfg.d_ff));
-    j.end_object();
-    j.key("timings").begin_object();
-    j.key("load_seconds").number(load_seconds);
-    j.key("prefill_seconds").number(result.prefill_seconds);
-    j.key("prefill_tokens_per_second").number(result.prefill_tokens_per_second());
-    j.key("decode_seconds").number(result.decode_seconds);
-    j.key("decode_tokens_per_second").number(result.decode_tokens_per_second());
-    j.end_object();
-    j.key("peak_rss_bytes").number(static_cast<double>(rss));
-    j.key("threads").number(static_cast<double>(pool.size()));
-    j.key("streamed_experts").boolean(stream_experts);
-    j.end_object();
-    std::fputc('\n', stdout);
+/// The --json object (keys documented in examples/grok1/README.md).
+nlohmann::ordered_json json_report(const Report& r, const moe::grok1::Config& cfg,
+                                   const TextOutput& out) {
+  nlohmann::ordered_json j;
+  j["prompt_tokens"] = r.prompt;
+  j["generated_tokens"] = r.result.tokens;
+  if (out.has_text()) j["text"] = out.text();
+  j["stopped_at_eos"] = r.result.stopped_at_eos;
+  j["config"] = {{"vocab_size", cfg.vocab_size}, {"d_model", cfg.d_model},
+                 {"n_layers", cfg.n_layers},     {"n_q_heads", cfg.n_q_heads},
+                 {"n_kv_heads", cfg.n_kv_heads}, {"n_experts", cfg.n_experts},
+                 {"top_k", cfg.top_k},           {"d_ff", cfg.d_ff}};
+  j["timings"] = {{"load_seconds", r.load_seconds},
+                  {"prefill_seconds", r.result.prefill_seconds},
+                  {"prefill_tokens_per_second", r.result.prefill_tokens_per_second()},
+                  {"decode_seconds", r.result.decode_seconds},
+                  {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
+  j["peak_rss_bytes"] = r.peak_rss;
+  j["threads"] = r.threads;
+  j["streamed_experts"] = r.residency.streaming;
+  const moe::ResidencyStats& s = r.residency;
+  const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
+  const std::size_t decoded = r.result.tokens.size() > 1 ? r.result.tokens.size() - 1 : 0;
+  j["io"] = {
+      {"read_bytes", r.read_bytes},
+      {"read_bytes_per_decode_token",
+       decoded ? static_cast<double>(r.read_bytes_decode) / static_cast<double>(decoded) : 0.0},
+      {"disk_gb_per_second",
+       seconds > 0 ? static_cast<double>(r.read_bytes) / seconds / 1e9 : 0.0}};
+  j["residency"] = {{"ram_budget_bytes", s.budget},
+                    {"model_bytes", s.model_bytes},
+                    {"copied_bytes", s.copied_bytes},
+                    {"streaming", s.streaming},
+                    {"attention_streamed", s.attention_streamed},
+                    {"cache_policy", moe::cache_policy_name(r.cache_policy)},
+                    {"cache_capacity_bytes", s.cache_capacity},
+                    {"expert_uses", s.expert_uses},
+                    {"cache_hit_rate", s.cache_hit_rate()},
+                    {"speculation", r.speculate},
+                    {"speculated", s.speculated},
+                    {"speculation_hit_rate", s.speculation_hit_rate()},
+                    {"prefill_chunk", r.prefill_chunk}};
+  return j;
+}
+
+void print_json(const nlohmann::ordered_json& j) {
+  // Invalid UTF-8 in generated text becomes U+FFFD, so the output is always valid JSON.
+  const std::string s = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fputc('\n', stdout);
+}
+
+/// Generates, streaming the text to `out`; records the storage reads of prefill and decode.
+void generate(const Loaded& m, moe::ThreadPool& pool, moe::DecoderState& state,
+              const moe::GenerateOptions& gen, TextOutput& out, Report& r) {
+  const std::uint64_t read0 = storage_read_bytes();
+  std::uint64_t read_first = 0;  // after prefill and the first sample
+  r.result = moe::generate(pool, m.model, state, r.prompt, gen, [&](std::int32_t id) {
+    if (read_first == 0) read_first = storage_read_bytes();
+    out.token(id);
+  });
+  out.finish();
+  const std::uint64_t read1 = storage_read_bytes();
+  r.read_bytes = read1 - read0;
+  r.read_bytes_decode = read_first ? read1 - read_first : 0;
+}
+
+int run(const Args& args) {
+  const Log log{args.json, isatty(fileno(stderr)) != 0};
+  const Tokenizer tokenizer = load_tokenizer(args);  // a bad path fails before validation
+  const auto t_load = Clock::now();
+  moe::grok1::OpenOptions open_options;
+  open_options.progress = validation_progress(log);
+  const Loaded m(args.checkpoint, open_options);
+  const moe::grok1::Config& cfg = m.ckpt.config();
+  log("grok1: %s\n", m.ckpt.summary().c_str());
+  moe::WeightResidency residency = make_residency(args, m.ckpt, log);
+
+  Report r;
+  r.prompt = prompt_ids(args, tokenizer, cfg);
+  moe::ThreadPool pool(args.threads);
+  // The prompt runs as one batch, in chunks; one token at a time when a batch (which reads all
+  // of a layer's experts at once) does not fit in the RAM budget.
+  r.prefill_chunk =
+      args.prefill_chunk ? args.prefill_chunk : (residency.batch_prefill_fits() ? 256 : 1);
+  moe::DecoderState state = m.model.make_state(r.prompt.size() + args.max_new_tokens,
+                                               std::min(r.prompt.size(), r.prefill_chunk));
+  r.load_seconds = seconds_since(t_load);
+  r.threads = pool.size();
+  log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads\n", r.load_seconds, r.prompt.size(),
+      pool.size());
+
+  moe::GenerateOptions gen = generate_options(args, cfg);
+  gen.on_layer = layer_hook(residency, cfg.n_layers, log);
+  moe::Buffer<float> prompt_logits;
+  if (args.dump_logits) {
+    prompt_logits = moe::Buffer<float>(r.prompt.size() * cfg.vocab_size);
+    gen.prompt_logits = {prompt_logits.data(), r.prompt.size(), cfg.vocab_size};
   }
+  TextOutput out(tokenizer, log.quiet);
+  log("grok1: prefill of %zu tokens, then %zu new tokens\n", r.prompt.size(), args.max_new_tokens);
+  out.prompt(args);
+  generate(m, pool, state, gen, out, r);
+  if (args.dump_logits) {
+    moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {r.prompt.size(), cfg.vocab_size});
+    log("grok1: wrote prompt logits [%zu, %zu] to %s\n", r.prompt.size(), cfg.vocab_size,
+        args.dump_logits->c_str());
+  }
+  r.peak_rss = peak_rss_bytes();
+  r.residency = residency.stats();
+  r.cache_policy = args.cache_policy;
+  r.speculate = args.speculate;
+  print_summary(r, log);
+  if (args.json) print_json(json_report(r, cfg, out));
   return 0;
 }
 

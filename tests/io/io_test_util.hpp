@@ -193,8 +193,9 @@ class PickleBuilder {
   }
 
   /// __main__.QuantizedWeight8bit via NEWOBJ + BUILD {'weight': w, 'scales': s}.
-  PickleBuilder& qw8_begin(std::string_view module = "__main__") {
-    stack_global(module, "QuantizedWeight8bit").tuple(0).op(0x81);
+  PickleBuilder& qw8_begin(std::string_view module = "__main__",
+                           std::string_view name = "QuantizedWeight8bit") {
+    stack_global(module, name).tuple(0).op(0x81);
     return op('}').mark();
   }
   PickleBuilder& qw8_end() { return op('u').build(); }

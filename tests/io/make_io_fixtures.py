@@ -8,6 +8,8 @@ OUT/tiny11/       tiny config with 11 layers (lexicographic file order matters),
 OUT/demo/         grok1::Config::demo() (12 layers)
 OUT/tiny_np2/     tiny config pickled with numpy 2's module names, by the streaming writer
 OUT/full_sparse/  the real 314B shapes, payloads left as holes (318 GB apparent, ~8 MB on disk)
+OUT/residency/    2 layers of 4 experts with 4 MiB gate slices (~100 MB), large enough for
+                  WeightResidency to observe each expert's use
 OUT/pickles/      single objects pickled by Python's own pickle: protocol 2/3/4/5 numpy arrays,
                   a dict, an `os.system` payload (must be rejected, never run)
 OUT/npy/          arrays saved with numpy's np.save (the C++ writer must reproduce the bytes)
@@ -42,6 +44,9 @@ def main():
                          numpy_module="numpy._core.multiarray", writer="stream")
     gen.write_checkpoint(dict(gen.PRESETS["full"]), os.path.join(out, "full_sparse"),
                          sparse=True)
+    residency = dict(gen.PRESETS["tiny"], vocab=256, d_model=512, layers=2, heads=4, kv_heads=2,
+                     head_dim=64, experts=4, d_ff=8192, max_seq_len=64)
+    gen.write_checkpoint(residency, os.path.join(out, "residency"), seed=4)
 
     pk = os.path.join(out, "pickles")
     os.makedirs(pk, exist_ok=True)

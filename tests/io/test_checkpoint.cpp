@@ -629,10 +629,15 @@ TEST_CASE("checkpoint: directory layouts and API misuse", "[io][checkpoint]") {
                Contains("attention(): slot"));
     CHECK_THAT(message_of<ConfigError>([&] { (void)ck.router(11); }),
                Contains("layer 11 is out of range (11 layers)"));
-    CHECK_THAT(message_of<ConfigError>([&] { (void)ck.f32(2); }),
-               Contains("(transformer/decoder_layer_0/moe/linear/w) is not a float32 tensor"));
-    CHECK_THAT(message_of<ConfigError>([&] { (void)ck.int8(2); }),
-               Contains("is not a 2-D quantized tensor"));
+    // a view of the wrong kind is a dtype/shape fault: ShapeError, like in validation
+    CHECK_THAT(message_of<ShapeError>([&] { (void)ck.f32(2); }),
+               Contains("tensor00002_000' (transformer/decoder_layer_0/moe/linear/w) holds int8 + "
+                        "bf16 scales [8, 32, 48], which cannot be viewed as an f32 vector"));
+    CHECK_THAT(message_of<ShapeError>([&] { (void)ck.int8(2); }),
+               Contains("which cannot be viewed as an int8 weight"));
+    CHECK_THAT(message_of<ShapeError>([&] { (void)ck.int8_stack(13); }),
+               Contains("(transformer/decoder_layer_0/router/w) holds float32 [32, 8], which "
+                        "cannot be viewed as a stack of int8 weights"));
     CHECK_THAT(message_of<ConfigError>([&] { (void)ck.file(134); }),
                Contains("file index 134 is out of range (134 files)"));
     const Checkpoint closed;

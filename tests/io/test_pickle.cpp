@@ -17,17 +17,24 @@ using moe::FormatError;
 using moe::io::Array;
 using moe::io::DType;
 using moe::io::parse_pickle;
+using moe::io::PickleClass;
+using moe::io::PickledInstance;
 using moe::io::PickledObject;
-using moe::io::QuantizedWeight8bit;
 
 namespace {
 
+// The caller-allowed class of these tests: Grok-1's QuantizedWeight8bit shape of object (any
+// module, NEWOBJ without arguments, a {'weight', 'scales'} array state). The reader itself knows
+// no class.
+constexpr std::string_view kQw8Attributes[] = {"weight", "scales"};
+constexpr PickleClass kClasses[] = {{"", "QuantizedWeight8bit", kQw8Attributes}};
+
 PickledObject parse(const PickleBuilder& b, const char* name = "test.pkl") {
-  return parse_pickle(b.bytes, name);
+  return parse_pickle(b.bytes, name, kClasses);
 }
 
 std::string error_of(const std::vector<std::byte>& bytes, const char* name = "test.pkl") {
-  return message_of<FormatError>([&] { (void)parse_pickle(bytes, name); });
+  return message_of<FormatError>([&] { (void)parse_pickle(bytes, name, kClasses); });
 }
 std::string error_of(const PickleBuilder& b) {
   return error_of(b.bytes);
@@ -76,28 +83,77 @@ TEST_CASE("pickle: QuantizedWeight8bit via NEWOBJ + BUILD", "[io][pickle]") {
   b.str("scales").array({1, 4}, "bf16", iota_bytes(8));
   b.qw8_end().stop();
   const PickledObject o = parse(b);
-  REQUIRE(std::holds_alternative<QuantizedWeight8bit>(o));
-  const QuantizedWeight8bit& q = std::get<QuantizedWeight8bit>(o);
+  REQUIRE(std::holds_alternative<PickledInstance>(o));
+  const PickledInstance& q = std::get<PickledInstance>(o);
   CHECK(q.class_name == "__main__.QuantizedWeight8bit");
-  CHECK(q.weight.dtype == DType::kI8);
-  CHECK(q.weight.shape == std::vector<std::size_t>{2, 4});
-  CHECK(q.scales.dtype == DType::kBF16);
-  CHECK(q.scales.shape == std::vector<std::size_t>{1, 4});
-  CHECK(q.scales.nbytes == 8);
-  CHECK(q.scales.offset > q.weight.offset + q.weight.nbytes);
+  CHECK(q.class_index == 0);
+  REQUIRE(q.attributes.size() == 2);
+  const Array& weight = q.attributes[0];
+  const Array& scales = q.attributes[1];
+  CHECK(weight.dtype == DType::kI8);
+  CHECK(weight.shape == std::vector<std::size_t>{2, 4});
+  CHECK(scales.dtype == DType::kBF16);
+  CHECK(scales.shape == std::vector<std::size_t>{1, 4});
+  CHECK(scales.nbytes == 8);
+  CHECK(scales.offset > weight.offset + weight.nbytes);
 
   // a repeated attribute: the last value wins, as in Python's dict
   PickleBuilder d;
   d.proto(4).qw8_begin().str("weight").array({1, 1}, "i1", iota_bytes(1), "|");
   d.str("scales").array({1, 3}, "bf16", iota_bytes(6));
   d.str("weight").array({3, 3}, "i1", iota_bytes(9), "|").qw8_end().stop();
-  CHECK(std::get<QuantizedWeight8bit>(parse(d)).weight.shape == std::vector<std::size_t>{3, 3});
+  CHECK(std::get<PickledInstance>(parse(d)).attributes[0].shape == std::vector<std::size_t>{3, 3});
 
   // any module may define the class (the release used __main__; a package would not)
   PickleBuilder c;
   c.proto(4).qw8_begin("model").str("weight").array({1, 1}, "i1", iota_bytes(1), "|");
   c.str("scales").array({1, 1}, "bf16", iota_bytes(2)).qw8_end().stop();
-  CHECK(std::get<QuantizedWeight8bit>(parse(c)).class_name == "model.QuantizedWeight8bit");
+  CHECK(std::get<PickledInstance>(parse(c)).class_name == "model.QuantizedWeight8bit");
+}
+
+TEST_CASE("pickle: the caller decides which classes exist", "[io][pickle]") {
+  PickleBuilder b;
+  b.proto(4).qw8_begin("__main__").str("weight").array({1, 1}, "i1", iota_bytes(1), "|");
+  b.str("scales").array({1, 1}, "bf16", iota_bytes(2)).qw8_end().stop();
+  SECTION("no classes: the global itself is rejected, before any object exists") {
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(b.bytes, "x.pkl"); }),
+               Contains("(STACK_GLOBAL): global '__main__.QuantizedWeight8bit' is not allowed (a "
+                        "data-only reader accepts only numpy._reconstruct, numpy.ndarray, "
+                        "numpy.dtype, numpy _frombuffer, ml_dtypes.bfloat16)"));
+  }
+  SECTION("a module-qualified class matches only its module") {
+    static constexpr PickleClass only_model[] = {{"model", "QuantizedWeight8bit", kQw8Attributes}};
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(b.bytes, "x.pkl", only_model); }),
+               Contains("global '__main__.QuantizedWeight8bit' is not allowed") &&
+                   Contains("ml_dtypes.bfloat16 and model.QuantizedWeight8bit)"));
+  }
+  SECTION("another class with other attributes; the class index tells which one was built") {
+    static constexpr std::string_view triple_attributes[] = {"a", "b", "c"};
+    static constexpr PickleClass two[] = {{"", "QuantizedWeight8bit", kQw8Attributes},
+                                          {"mylib", "Triple", triple_attributes}};
+    PickleBuilder t;
+    t.proto(4).qw8_begin("mylib", "Triple");
+    t.str("c").array({2}, "f4", floats({5, 6}));
+    t.str("a").array({1}, "f4", floats({1}));
+    t.str("b").array({0}, "f4", {}).qw8_end().stop();
+    const PickledInstance i = std::get<PickledInstance>(parse_pickle(t.bytes, "t.pkl", two));
+    CHECK(i.class_index == 1);
+    CHECK(i.class_name == "mylib.Triple");
+    REQUIRE(i.attributes.size() == 3);
+    CHECK(i.attributes[0].numel() == 1);
+    CHECK(i.attributes[1].numel() == 0);
+    CHECK(i.attributes[2].numel() == 2);
+    CHECK(std::get<PickledInstance>(parse_pickle(b.bytes, "b.pkl", two)).class_index == 0);
+    PickleBuilder missing;
+    missing.proto(4).qw8_begin("mylib", "Triple").str("a").array({1}, "f4", floats({1}));
+    missing.qw8_end().stop();
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(missing.bytes, "t.pkl", two); }),
+               Contains("Triple has no 'b'"));
+    PickleBuilder wrong_module;
+    wrong_module.proto(4).qw8_begin("other", "Triple").qw8_end().stop();
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(wrong_module.bytes, "t", two); }),
+               Contains("global 'other.Triple' is not allowed"));
+  }
 }
 
 TEST_CASE("pickle: memo opcodes, GLOBAL, numpy 2 names, frames", "[io][pickle]") {
@@ -112,9 +168,9 @@ TEST_CASE("pickle: memo opcodes, GLOBAL, numpy 2 names, frames", "[io][pickle]")
     b.str("scales").op('h').u8(0).op('h').u8(1).integer(0).tuple(1).blob({std::byte{'b'}});
     b.tuple(3).reduce().mark().integer(1).integer(1).integer(2).tuple(2).dtype("bf16");
     b.boolean(false).blob(iota_bytes(4)).op('t').build().qw8_end().stop();
-    const QuantizedWeight8bit q = std::get<QuantizedWeight8bit>(parse(b));
-    CHECK(q.weight.shape == std::vector<std::size_t>{2, 2});
-    CHECK(q.scales.dtype == DType::kBF16);
+    const PickledInstance q = std::get<PickledInstance>(parse(b));
+    CHECK(q.attributes[0].shape == std::vector<std::size_t>{2, 2});
+    CHECK(q.attributes[1].dtype == DType::kBF16);
   }
   SECTION("text GLOBAL and BINPUT/LONG_BINPUT (protocols 2-3)") {
     PickleBuilder b;
@@ -188,7 +244,7 @@ TEST_CASE("pickle: hostile and unsupported Python pickles are rejected", "[io][p
   const auto dir = fixture("pickles");
   auto err = [&](const std::string& file) {
     moe::io::MappedFile f(dir / file);
-    return message_of<FormatError>([&] { (void)parse_pickle(f.bytes(), f.path()); });
+    return message_of<FormatError>([&] { (void)parse_pickle(f.bytes(), f.path(), kClasses); });
   };
   for (int proto : {2, 3, 4, 5}) {
     INFO("protocol " << proto);
@@ -249,6 +305,8 @@ TEST_CASE("pickle: globals outside the whitelist are rejected before any call", 
     c.proto(4).stack_global("numpy", "dtype").tuple(0).op(0x81).stop();
     CHECK_THAT(error_of(c), Contains("(NEWOBJ): cannot create an instance of the global "
                                      "'numpy.dtype' (only *.QuantizedWeight8bit)"));
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(c.bytes, "c.pkl"); }),
+               Contains("(only the classes the caller allows: none)"));
     PickleBuilder d;
     d.proto(4).stack_global("__main__", "QuantizedWeight8bit").integer(1).tuple(1).op(0x81).stop();
     CHECK_THAT(error_of(d), Contains("QuantizedWeight8bit.__new__ takes no arguments"));
@@ -502,7 +560,7 @@ TEST_CASE("pickle: stack discipline and resource limits", "[io][pickle]") {
     moe::io::PickleLimits lim;
     lim.max_ndim = 1;
     PickleBuilder b = f32_2x3();
-    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(b.bytes, "x", lim); }),
+    CHECK_THAT(message_of<FormatError>([&] { (void)parse_pickle(b.bytes, "x", {}, lim); }),
                Contains("array has 2 dimensions (limit 1)"));
   }
 }

@@ -49,3 +49,39 @@ add_test(NAME "io.fuzz: pickle reader (libFuzzer, 60 s)"
 set_tests_properties("io.fuzz: pickle reader (libFuzzer, 60 s)"
                      PROPERTIES LABELS "io;fuzz" SKIP_RETURN_CODE 77 TIMEOUT 900
                                 ENVIRONMENT "MOE_PYTHON=${MOE_IO_PYTHON}")
+
+# Hugging Face checkpoints (tests/io/test_safetensors.cpp, test_hf_config.cpp): a fixture step
+# writes tiny checkpoints of each family with tools/make_hf_checkpoint.py; every test_io case
+# requires it (a second properties file, read after the one above, names both fixtures); the
+# float64 reference (tools/hf_reference.py) checks itself on them; libFuzzer runs the safetensors
+# header parser (its own fuzz build directory, so that it never races the pickle run).
+set(MOE_HF_FIXTURES_DIR "${MOE_IO_FIXTURES_DIR}/hf")
+add_test(NAME "io.fixtures: generate Hugging Face checkpoints"
+         COMMAND "${MOE_IO_PYTHON}" "${PROJECT_SOURCE_DIR}/tools/make_hf_checkpoint.py"
+                 --fixtures "${MOE_HF_FIXTURES_DIR}")
+set_tests_properties("io.fixtures: generate Hugging Face checkpoints"
+                     PROPERTIES FIXTURES_SETUP moe_hf_fixtures LABELS io TIMEOUT 300)
+add_test(NAME "io.fixtures: remove the sparse Mixtral 8x7B checkpoint"
+         COMMAND "${CMAKE_COMMAND}" -E rm -rf "${MOE_HF_FIXTURES_DIR}/mixtral_8x7b_sparse")
+set_tests_properties("io.fixtures: remove the sparse Mixtral 8x7B checkpoint"
+                     PROPERTIES FIXTURES_CLEANUP moe_hf_fixtures LABELS io)
+if(TARGET test_io)
+  set(_hf_props "${CMAKE_CURRENT_BINARY_DIR}/test_io_hf_fixture_properties.cmake")
+  file(WRITE "${_hf_props}"
+       "if(test_io_TESTS)\n"
+       "  set_tests_properties(\${test_io_TESTS} PROPERTIES FIXTURES_REQUIRED\n"
+       "                       \"moe_io_fixtures;moe_hf_fixtures\")\n"
+       "endif()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${_hf_props}")
+endif()
+add_test(NAME "io.hf_reference: float64 reference self-checks"
+         COMMAND "${MOE_IO_PYTHON}" "${PROJECT_SOURCE_DIR}/tools/hf_reference.py" --self-test
+                 "${MOE_HF_FIXTURES_DIR}")
+set_tests_properties("io.hf_reference: float64 reference self-checks"
+                     PROPERTIES FIXTURES_REQUIRED moe_hf_fixtures LABELS io TIMEOUT 300)
+add_test(NAME "io.fuzz: safetensors reader (libFuzzer, 60 s)"
+         COMMAND "${PROJECT_SOURCE_DIR}/fuzz/run.sh" 60 "${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors"
+                 safetensors)
+set_tests_properties("io.fuzz: safetensors reader (libFuzzer, 60 s)"
+                     PROPERTIES LABELS "io;fuzz" SKIP_RETURN_CODE 77 TIMEOUT 900
+                                ENVIRONMENT "MOE_PYTHON=${MOE_IO_PYTHON}")

@@ -13,6 +13,7 @@
 
 #include "common/test_util.hpp"
 #include "model/model_util.hpp"
+#include "support/grok1_random_weights.hpp"
 
 namespace {
 

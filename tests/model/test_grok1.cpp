@@ -11,6 +11,7 @@
 
 #include "common/test_util.hpp"
 #include "model/model_util.hpp"
+#include "support/grok1_random_weights.hpp"
 
 TEST_CASE("grok1: the released model's configuration", "[model][grok1]") {
   const auto c = moe::grok1::Config::full();
@@ -25,8 +26,8 @@ TEST_CASE("grok1: the released model's configuration", "[model][grok1]") {
   CHECK(c.d_ff == 32768);
   CHECK(c.max_seq_len == 8192);
   CHECK(c.kv_group() == 6);
-  // grok1.md §1.1: 315,684,820,992 parameters (tied head once), 83,756,587,008 active per token;
-  // the KV cache takes 256 KiB per position in bf16.
+  // xai-org/grok-1 model.py shapes: 315,684,820,992 parameters (tied head once), 83,756,587,008
+  // active per token; the KV cache takes 256 KiB per position in bf16.
   CHECK(c.parameters() == 315'684'820'992ULL);
   CHECK(c.active_parameters() == 83'756'587'008ULL);
   CHECK(c.kv_bytes_per_position(2) == 256 * 1024);
@@ -174,4 +175,45 @@ TEST_CASE("grok1: random weights have the checkpoint's formats", "[model][grok1]
   // Deterministic for a seed.
   CHECK(w.layers[1].expert_down[5].at(7, 3) == b.weights().layers[1].expert_down[5].at(7, 3));
   CHECK(a.bytes() > cfg.n_layers * 3 * cfg.n_experts * cfg.d_model * cfg.d_ff);
+}
+
+TEST_CASE("grok1: the tensor table gives every name, shape and field once", "[model][grok1]") {
+  using namespace moe::grok1;
+  // The table's shapes for the released config add up to the published parameter count.
+  const Config full = Config::full();
+  std::size_t params = 0;
+  for (const auto& g : global_tensors<>) {
+    std::size_t n = 1;
+    for (std::size_t d : g.shape(full).span()) n *= d;
+    params += n;
+  }
+  for (const auto& s : layer_tensors<>) {
+    std::size_t n = 1;
+    for (std::size_t d : s.shape(full).span()) n *= d;
+    params += n * full.n_layers;
+  }
+  CHECK(params == full.parameters());
+  // Names and slots.
+  CHECK(slot_path(Slot::kQuery) == "multi_head_attention/query/w");
+  CHECK(layer_tensor_name(7, Slot::kExpertDown) == "transformer/decoder_layer_7/moe/linear_1/w");
+  CHECK(tensor_name(1, 64) == "language_model/rms_norm/scale");
+  // Every field of a layer is bound by exactly one table entry: mark each one through the table
+  // and find all twelve marked.
+  const Config cfg = Config::tiny();
+  RandomWeights rw(cfg, 2);
+  LayerWeights l = rw.weights().layers[0];
+  std::size_t visited = 0;
+  for (const auto& s : layer_tensors<>) {
+    s.field.visit(l, [&](auto& view) {
+      view = {};
+      ++visited;
+    });
+  }
+  CHECK(visited == kSlotsPerLayer);
+  CHECK(l.wq.data == nullptr);
+  CHECK(l.expert_down.first.data == nullptr);
+  CHECK(l.norm_post_moe.data() == nullptr);
+  CHECK(l.router.data == nullptr);
+  CHECK(l.wo.data == nullptr);
+  CHECK(l.expert_up.count == 0);
 }

@@ -11,6 +11,8 @@
 #include <moe/text/generate.hpp>
 #include <moe/text/sampler.hpp>
 
+#include "support/grok1_random_weights.hpp"
+
 namespace {
 
 std::vector<float> log_probs(std::initializer_list<double> p) {

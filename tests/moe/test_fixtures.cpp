@@ -13,61 +13,18 @@
 
 #include <moe/layers/moe_layer.hpp>
 
+#include "common/fixture.hpp"
 #include "moe/moe_test_util.hpp"
 
+using Fixture = moe_test::TextFixture;
+
 namespace {
-
-struct Fixture {
-  std::map<std::string, std::string> config;
-  std::map<std::string, std::vector<std::size_t>> shape;
-  std::map<std::string, std::vector<double>> data;
-
-  std::size_t cfg(const std::string& k) const { return std::stoul(config.at(k)); }
-  double cfgd(const std::string& k) const { return std::stod(config.at(k)); }
-  const std::vector<double>& t(const std::string& k) const {
-    auto it = data.find(k);
-    if (it == data.end()) throw std::runtime_error("fixture has no tensor " + k);
-    return it->second;
-  }
-  std::vector<float> f(const std::string& k) const {
-    const auto& v = t(k);
-    return std::vector<float>(v.begin(), v.end());  // exact: written from float32 values
-  }
-};
-
-Fixture load(const std::string& name) {
-  const std::string path = std::string(MOE_TEST_DATA_DIR) + "/moe/" + name;
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path);
-  Fixture fx;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string kind, key;
-    ls >> kind >> key;
-    if (kind == "config") {
-      ls >> fx.config[key];
-    } else if (kind == "scalar") {
-      double v = 0;
-      ls >> v;
-      fx.data[key] = {v};
-      fx.shape[key] = {};
-    } else if (kind == "tensor") {
-      std::vector<std::size_t> sh;
-      std::size_t n = 1, s = 0;
-      while (ls >> s) {
-        sh.push_back(s);
-        n *= s;
-      }
-      std::vector<double> v(n);
-      for (auto& x : v) in >> x;
-      fx.data[key] = std::move(v);
-      fx.shape[key] = sh;
-    }
-  }
-  return fx;
+Fixture load_fixture(const std::string& name) {
+  return moe_test::load_text_fixture(std::string(MOE_TEST_DATA_DIR) + "/moe/" + name);
 }
+}  // namespace
+
+namespace {
 
 /// Owns the fixture's f32 weights as views.
 struct FixtureWeights {
@@ -161,7 +118,7 @@ void check_fixture(const Fixture& fx, const Layer& layer, const std::string& suf
 
 TEST_CASE("fixture: HF Switch top-1 with capacity (position priority, raw probability)",
           "[moe][fixture]") {
-  const Fixture fx = load("hf_switch_top1.txt");
+  const Fixture fx = load_fixture("hf_switch_top1.txt");
   const FixtureWeights w(fx);
   using R = moe::Router<moe::F32Weight>;
   using L = moe::MoELayer<R, moe::Expert<moe::F32Weight, moe::Activation::kGeluErf>,
@@ -176,7 +133,7 @@ TEST_CASE("fixture: HF Switch top-1 with capacity (position priority, raw probab
 
 TEST_CASE("fixture: HF Mixtral top-2 dropless, [out, in] weights, with and without padding mask",
           "[moe][fixture]") {
-  const Fixture fx = load("hf_mixtral_top2.txt");
+  const Fixture fx = load_fixture("hf_mixtral_top2.txt");
   const FixtureWeights w(fx);
   REQUIRE(w.layout == moe::Layout::kOutIn);
   using R = moe::Router<moe::F32Weight>;
@@ -194,7 +151,7 @@ TEST_CASE("fixture: HF Mixtral top-2 dropless, [out, in] weights, with and witho
 
 TEST_CASE("fixture: top-2 position capacity, renormalise after (DeepSpeed) / before (mesh-tf)",
           "[moe][fixture]") {
-  const Fixture fx = load("top2_capacity.txt");
+  const Fixture fx = load_fixture("top2_capacity.txt");
   const FixtureWeights w(fx);
   using R = moe::Router<moe::F32Weight>;
   using L = moe::MoELayer<R, moe::Expert<moe::F32Weight, moe::Activation::kGeluTanh>,
@@ -211,7 +168,7 @@ TEST_CASE("fixture: top-2 position capacity, renormalise after (DeepSpeed) / bef
 }
 
 TEST_CASE("fixture: DeepSpeed topkgating k=3, drop by probability", "[moe][fixture]") {
-  const Fixture fx = load("deepspeed_topk_probs.txt");
+  const Fixture fx = load_fixture("deepspeed_topk_probs.txt");
   const FixtureWeights w(fx);
   using R = moe::Router<moe::F32Weight>;
   using L = moe::MoELayer<R, moe::Expert<moe::F32Weight, moe::Activation::kSilu>,
@@ -228,7 +185,7 @@ TEST_CASE("fixture: DeepSpeed topkgating k=3, drop by probability", "[moe][fixtu
 
 TEST_CASE("fixture: flaxformer / ST-MoE top-2 raw probabilities, capacity without k",
           "[moe][fixture]") {
-  const Fixture fx = load("flaxformer_top2.txt");
+  const Fixture fx = load_fixture("flaxformer_top2.txt");
   const FixtureWeights w(fx);
   using R = moe::Router<moe::F32Weight>;
   using L = moe::MoELayer<R, moe::Expert<moe::F32Weight, moe::Activation::kGeluTanh>,

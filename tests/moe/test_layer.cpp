@@ -2,8 +2,11 @@
 // jitter isolation, thread-count determinism, workspace, block processing, errors, GatedFfn.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <moe/layers/presets.hpp>
@@ -124,9 +127,12 @@ TEST_CASE("DeepSeekV3 preset: sigmoid, bias, groups, route scale and a shared ex
   const DenseStack<float> sg(1, d, fs, 24, 0.15f), su(1, d, fs, 25, 0.15f), sd(1, fs, d, 26, 0.1f);
   const auto bias = moe_test::randu(e_count, 27, -0.2f, 0.2f);
   using L = moe::presets::DeepSeekV3<moe::F32Weight>;
-  const L layer(L::router_type(router.at(0), {}, {}, bias),
-                L::expert_type(gate.view(), up.view(), down.view()), {}, {}, {},
-                L::shared_type(sg.at(0), su.at(0), sd.at(0)));
+  const L layer({.router = router.at(0),
+                 .selection_bias = bias,
+                 .gate = gate.view(),
+                 .up = up.view(),
+                 .down = down.view(),
+                 .shared = {sg.at(0), su.at(0), sd.at(0)}});
   CHECK(layer.top_k() == 8);
   CHECK(layer.router().routing().route_scale == 2.5f);
   const auto x = moe_test::randn(t_count * d, 28);
@@ -175,11 +181,62 @@ TEST_CASE("presets pin their switches", "[moe][layer]") {
   CHECK(moe::presets::Grok1Of<moe::F32Weight>::expert_type::activation ==
         moe::Activation::kGeluTanh);
   CHECK(moe::presets::Mixtral<moe::F32Weight>::expert_type::activation == moe::Activation::kSilu);
-  // the pinned values are defaults: a preset's policy can still be changed at construction
+  const moe::presets::GLaM<moe::F32Weight> glam(router.at(0), g.view(), u.view(), dn.view());
+  CHECK(glam.top_k() == 2);
+  CHECK(glam.router().routing().renormalize);
+  CHECK(glam.capacity_policy_value().train == 2.0);
+  CHECK_FALSE(glam.capacity_policy_value().multiply_by_k);
+  CHECK(glam.capacity_policy_value().min_capacity == 0);
+  CHECK(glam.capacity_policy_value().renorm == moe::RenormTiming::kBeforeDrop);
+  CHECK(glam.balance_policy_value().coef == 1e-2f);
+  CHECK(glam.balance_policy_value().counting == moe::BalanceCounting::kTop1);
+  CHECK(moe::presets::GLaM<moe::F32Weight>::expert_type::activation == moe::Activation::kGeluTanh);
+  const DenseStack<float> noise(1, d, e_count, 9, 0.3f);
+  using SG = moe::presets::SparselyGated<moe::F32Weight>;
+  const SG sg({.router = router.at(0),
+               .noise = noise.at(0),
+               .gate = g.view(),
+               .up = u.view(),
+               .down = dn.view()});
+  CHECK(sg.top_k() == 4);
+  CHECK(sg.router().routing().score == moe::ScoreFn::kSoftmaxOfSelected);
+  CHECK(sg.router().noise().noise_epsilon == 1e-2f);
+  CHECK(sg.balance_policy_value().w_importance == 0.1f);
+  CHECK(sg.balance_policy_value().w_load == 0.1f);
+  CHECK_THROWS_WITH(
+      SG({.router = router.at(0), .gate = g.view(), .up = u.view(), .down = dn.view()}),
+      Catch::Contains("[router] weight 'noise' has no data"));
+  // the pinned values are defaults: change one through Policies, the others keep their values
   using S = moe::presets::Switch<moe::F32Weight>;
-  const S custom(S::router_type(router.at(0)), S::expert_type(g.view(), u.view(), dn.view()),
-                 moe::CapacityFactor{.train = 3.0, .eval = 3.0});
+  S::Policies p;
+  p.capacity.train = 3.0;
+  p.balance.coef = 0.5f;
+  p.routing.top_k = 2;
+  p.noise.seed = 9;
+  const S custom({.router = router.at(0), .gate = g.view(), .up = u.view(), .down = dn.view()}, p);
   CHECK(custom.capacity_policy_value().train == 3.0);
+  CHECK(custom.capacity_policy_value().eval == 2.0);
+  CHECK(custom.capacity_policy_value().min_capacity == 4);
+  CHECK(custom.capacity_policy_value().renorm == moe::RenormTiming::kBeforeDrop);
+  CHECK(custom.balance_policy_value().coef == 0.5f);
+  CHECK(custom.balance_policy_value().counting == moe::BalanceCounting::kTop1);
+  CHECK(custom.top_k() == 2);
+  CHECK_FALSE(custom.router().routing().renormalize);
+  CHECK(custom.router().noise().seed == 9);
+  CHECK(custom.router().noise().eps == 1e-2f);
+  CHECK(custom.zloss_policy_value().coef == 1e-3f);
+  // the issue's example: Mixtral with a different balance coefficient keeps kAllChoices
+  using M = moe::presets::Mixtral<moe::F32Weight>;
+  M::Policies mp;
+  mp.balance.coef = 1e-2f;
+  const M mixtral(router.at(0), g.view(), u.view(), dn.view(), mp);
+  CHECK(mixtral.balance_policy_value().coef == 1e-2f);
+  CHECK(mixtral.balance_policy_value().counting == moe::BalanceCounting::kAllChoices);
+  CHECK(mixtral.policies().routing.renormalize);
+  // a whole policy value (library defaults + one field) does not convert silently
+  static_assert(!std::is_convertible_v<moe::LoadBalanceLoss, M::balance_policy>);
+  static_assert(!std::is_convertible_v<moe::CapacityFactor, S::capacity_policy>);
+  static_assert(std::is_constructible_v<M::balance_policy, moe::LoadBalanceLoss>);
   // training with Switch/GShard noise runs and is reproducible
   const auto x = moe_test::randn(12 * d, 5);
   moe::ForwardOptions opts;
@@ -350,4 +407,95 @@ TEST_CASE("shape errors are thrown at construction with both shapes", "[moe][lay
   CHECK_THROWS_AS(C(moe::Router<moe::F32Weight>(router.at(0)), {g.view(), u.view(), dn.view()}, {},
                     moe::LoadBalanceLoss{.coef = -1.0f}),
                   moe::ConfigError);
+}
+
+namespace {
+
+/// Copies expert e of a stack into its own allocation (as a Hugging Face file stores it).
+template <class T>
+std::vector<moe::Buffer<T>> split_experts(const DenseStack<T>& s) {
+  std::vector<moe::Buffer<T>> out;
+  for (std::size_t e = 0; e < s.experts; ++e) {
+    moe::Buffer<T> b(s.in * s.out);
+    std::copy_n(s.data.data() + e * s.in * s.out, s.in * s.out, b.data());
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+template <class T>
+std::vector<moe::DenseWeight<T>> views_of(const std::vector<moe::Buffer<T>>& bufs,
+                                          const DenseStack<T>& s) {
+  std::vector<moe::DenseWeight<T>> v;
+  for (const auto& b : bufs) v.push_back({b.data(), s.in, s.out, s.layout});
+  return v;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("separately stored experts equal the stacked experts bit for bit",
+                   "[moe][layer][weights]", float, moe::bf16) {
+  const std::size_t d = 40, f = 72, e_count = 4, t_count = 37;
+  const DenseStack<float> router(1, d, e_count, 70, 0.4f);
+  const DenseStack<TestType> g(e_count, d, f, 71, 0.15f, moe::Layout::kOutIn),
+      u(e_count, d, f, 72, 0.15f, moe::Layout::kOutIn),
+      dn(e_count, f, d, 73, 0.1f, moe::Layout::kOutIn);
+  // HF layout: one [out, in] tensor per expert, each in its own allocation
+  const auto gb = split_experts(g), ub = split_experts(u), db = split_experts(dn);
+  const auto gv = views_of(gb, g), uv = views_of(ub, u), dv = views_of(db, dn);
+  using W = moe::DenseWeight<TestType>;
+  using S = moe::WeightStack<W>;
+  const S gs = S::of(gv), us = S::of(uv), ds = S::of(dv);
+  REQUIRE(gs.separate());
+  CHECK(gs[2].data == gb[2].data());
+  CHECK(g.view()[2].data == g.data.data() + 2 * d * f);
+
+  using L = moe::presets::STMoE<W>;  // with capacity, so dispatch order matters too
+  const L stacked(router.at(0), g.view(), u.view(), dn.view());
+  const L separate(router.at(0), gs, us, ds);
+  const auto x = moe_test::randn(t_count * d, 74);
+  moe::ForwardOptions opts;
+  opts.training = true;
+  moe::MoEResult r1, r2;
+  const auto y1 = run(stacked, x, t_count, 2, opts, &r1);
+  const auto y2 = run(separate, x, t_count, 2, opts, &r2);
+  CHECK(y1 == y2);
+  CHECK(r1.stats.tokens_per_expert == r2.stats.tokens_per_expert);
+  CHECK(r1.stats.dropped > 0);
+  // and one expert alone
+  const auto e1 = stacked.experts()[1], e2 = separate.experts()[1];
+  CHECK(run(e1, x, t_count) == run(e2, x, t_count));
+}
+
+TEST_CASE("separately stored int8 experts equal the stacked ones; mismatched views are refused",
+          "[moe][layer][weights]") {
+  const std::size_t d = 32, f = 48, e_count = 3, t_count = 20;
+  const DenseStack<float> router(1, d, e_count, 80, 0.4f);
+  const Int8Stack g(e_count, d, f, 1, 81, 0.004f), u(e_count, d, f, 1, 82, 0.004f),
+      dn(e_count, f, d, 8, 83, 0.004f);
+  std::vector<moe::Int8Weight> gv, uv, dv;
+  for (std::size_t e = 0; e < e_count; ++e) {
+    gv.push_back(g.at(e));
+    uv.push_back(u.at(e));
+    dv.push_back(dn.at(e));
+  }
+  using S = moe::WeightStack<moe::Int8Weight>;
+  using L = moe::presets::Grok1;
+  const L stacked(router.at(0), g.view(), u.view(), dn.view());
+  const L separate(router.at(0), S::of(gv), S::of(uv), S::of(dv));
+  const auto x = moe_test::randn(t_count * d, 84);
+  CHECK(run(stacked, x, t_count) == run(separate, x, t_count));
+
+  auto bad = dv;
+  bad[2].blocks = 4;
+  CHECK_THROWS_WITH(L(router.at(0), S::of(gv), S::of(uv), S::of(bad)),
+                    Catch::Contains("[expert] tensor 'down' expert 2") &&
+                        Catch::Contains("every expert must have the same shape"));
+  bad = dv;
+  bad[1].data = nullptr;
+  CHECK_THROWS_WITH(L(router.at(0), S::of(gv), S::of(uv), S::of(bad)),
+                    Catch::Contains("[expert] weight 'down[1]' has no data"));
+  CHECK_THROWS_WITH(L(router.at(0), S::of(gv), S::of(std::span(uv).first(2)), S::of(dv)),
+                    Catch::Contains("[expert] tensor 'up' has shape [2, 32, 48], expected [3, 32, "
+                                    "48]"));
 }

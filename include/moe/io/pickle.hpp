@@ -1,11 +1,11 @@
-// moe/io/pickle.hpp: a data-only pickle reader for numpy arrays and Grok-1's QuantizedWeight8bit.
+// moe/io/pickle.hpp: a data-only pickle reader for numpy arrays and caller-allowed classes.
 //
 // Python's pickle format is a little stack machine. The real unpickler imports and CALLS any
 // global a file names (`os.system` via GLOBAL + REDUCE is the classic exploit). This reader is a
-// separate, much smaller VM that never executes anything: it knows a whitelist of opcodes and a
-// whitelist of globals, treats those globals as symbols, and only builds the few objects a
-// checkpoint file holds. Everything else is rejected with a FormatError naming the file, the byte
-// offset and the opcode or global.
+// separate, much smaller VM that never executes anything: it knows a whitelist of opcodes (one
+// table: byte, name, handler) and a whitelist of globals, treats those globals as symbols, and
+// only builds the few objects a checkpoint file holds. Everything else is rejected with a
+// FormatError naming the file, the byte offset and the opcode or global.
 //
 // What a file may contain (see docs/checkpoint-format.md for the byte-level listing):
 //   * a numpy ndarray:  numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + BUILD
@@ -14,8 +14,10 @@
 //     with dtype = numpy.dtype(descr, False, True) + BUILD (3, endian, None, None, None, elsize,
 //     alignment, flags); descr is 'f4', 'i1', ... or the global ml_dtypes.bfloat16.
 //     `numpy._core.*` (numpy 2) is accepted wherever `numpy.core.*` is.
-//   * a <module>.QuantizedWeight8bit created with NEWOBJ (no arguments) + BUILD with a dict
-//     state {'weight': int8 ndarray, 'scales': bf16 ndarray} (Grok-1's quantized tensors).
+//   * an instance of a class the CALLER allows (PickleClass: module, name, the array attributes
+//     its state sets), created with NEWOBJ (no arguments) + BUILD with a dict state of exactly
+//     those attributes, each a numpy ndarray. The reader knows no model: e.g. Grok-1's
+//     QuantizedWeight8bit {weight, scales} is declared in moe/models/grok1_checkpoint.hpp.
 //
 // Array payloads are zero-copy: Array::data points into the caller's buffer (a MappedFile) at
 // the payload's offset, and the payload bytes are never read, only bounds-checked; parsing a
@@ -30,11 +32,13 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <span>
 #include <string>
 #include <string_view>
@@ -146,17 +150,24 @@ struct Array {
   }
 };
 
-/// Grok-1's quantized tensor: weight int8 [..., in, out], scales bf16 [..., blocks, out]. The
-/// parser checks that both attributes are arrays; dtypes and shapes are the caller's business
-/// (moe::grok1::Checkpoint checks them against the model config).
-struct QuantizedWeight8bit {
-  Array weight;
-  Array scales;
-  std::string class_name;  ///< as pickled, e.g. "__main__.QuantizedWeight8bit"
+/// A class the caller allows in a pickle. It is never imported or called: a file may name it
+/// (GLOBAL / STACK_GLOBAL), create it with NEWOBJ without arguments, and fill it with BUILD and a
+/// dict state whose keys are `attributes` (all required, nothing else), each a numpy ndarray.
+struct PickleClass {
+  std::string_view module;  ///< e.g. "__main__"; empty: any module (a dotted identifier)
+  std::string_view name;    ///< e.g. "QuantizedWeight8bit"
+  std::span<const std::string_view> attributes;  ///< the array attributes of its state
 };
 
-/// The object a checkpoint file holds.
-using PickledObject = std::variant<Array, QuantizedWeight8bit>;
+/// An instance of an allowed class: its attributes, in the order of PickleClass::attributes.
+struct PickledInstance {
+  std::size_t class_index = 0;  ///< into the classes given to parse_pickle
+  std::string class_name;       ///< as pickled, e.g. "__main__.QuantizedWeight8bit"
+  std::vector<Array> attributes;
+};
+
+/// The object a file holds: a plain array or an instance of an allowed class.
+using PickledObject = std::variant<Array, PickledInstance>;
 
 /// Resource limits of the VM (defaults are generous for checkpoint files, which use a few dozen
 /// objects, and small enough that a hostile file cannot make the parser use more than ~20 MB).
@@ -172,150 +183,6 @@ struct PickleLimits {
 
 namespace detail {
 
-// Opcode names (Python's pickletools names), for messages. nullptr: not a pickle opcode.
-inline const char* pickle_opcode_name(std::uint8_t op) noexcept {
-  switch (op) {
-    case '(':
-      return "MARK";
-    case '.':
-      return "STOP";
-    case '0':
-      return "POP";
-    case '1':
-      return "POP_MARK";
-    case '2':
-      return "DUP";
-    case 'F':
-      return "FLOAT";
-    case 'I':
-      return "INT";
-    case 'J':
-      return "BININT";
-    case 'K':
-      return "BININT1";
-    case 'L':
-      return "LONG";
-    case 'M':
-      return "BININT2";
-    case 'N':
-      return "NONE";
-    case 'P':
-      return "PERSID";
-    case 'Q':
-      return "BINPERSID";
-    case 'R':
-      return "REDUCE";
-    case 'S':
-      return "STRING";
-    case 'T':
-      return "BINSTRING";
-    case 'U':
-      return "SHORT_BINSTRING";
-    case 'V':
-      return "UNICODE";
-    case 'X':
-      return "BINUNICODE";
-    case 'a':
-      return "APPEND";
-    case 'b':
-      return "BUILD";
-    case 'c':
-      return "GLOBAL";
-    case 'd':
-      return "DICT";
-    case '}':
-      return "EMPTY_DICT";
-    case 'e':
-      return "APPENDS";
-    case 'g':
-      return "GET";
-    case 'h':
-      return "BINGET";
-    case 'i':
-      return "INST";
-    case 'j':
-      return "LONG_BINGET";
-    case 'l':
-      return "LIST";
-    case ']':
-      return "EMPTY_LIST";
-    case 'o':
-      return "OBJ";
-    case 'p':
-      return "PUT";
-    case 'q':
-      return "BINPUT";
-    case 'r':
-      return "LONG_BINPUT";
-    case 's':
-      return "SETITEM";
-    case 't':
-      return "TUPLE";
-    case ')':
-      return "EMPTY_TUPLE";
-    case 'u':
-      return "SETITEMS";
-    case 'G':
-      return "BINFLOAT";
-    case 'B':
-      return "BINBYTES";
-    case 'C':
-      return "SHORT_BINBYTES";
-    case 0x80:
-      return "PROTO";
-    case 0x81:
-      return "NEWOBJ";
-    case 0x82:
-      return "EXT1";
-    case 0x83:
-      return "EXT2";
-    case 0x84:
-      return "EXT4";
-    case 0x85:
-      return "TUPLE1";
-    case 0x86:
-      return "TUPLE2";
-    case 0x87:
-      return "TUPLE3";
-    case 0x88:
-      return "NEWTRUE";
-    case 0x89:
-      return "NEWFALSE";
-    case 0x8a:
-      return "LONG1";
-    case 0x8b:
-      return "LONG4";
-    case 0x8c:
-      return "SHORT_BINUNICODE";
-    case 0x8d:
-      return "BINUNICODE8";
-    case 0x8e:
-      return "BINBYTES8";
-    case 0x8f:
-      return "EMPTY_SET";
-    case 0x90:
-      return "ADDITEMS";
-    case 0x91:
-      return "FROZENSET";
-    case 0x92:
-      return "NEWOBJ_EX";
-    case 0x93:
-      return "STACK_GLOBAL";
-    case 0x94:
-      return "MEMOIZE";
-    case 0x95:
-      return "FRAME";
-    case 0x96:
-      return "BYTEARRAY8";
-    case 0x97:
-      return "NEXT_BUFFER";
-    case 0x98:
-      return "READONLY_BUFFER";
-    default:
-      return nullptr;
-  }
-}
-
 /// The symbols the whitelisted globals stand for.
 enum class PickleGlobal : std::uint8_t {
   kReconstruct,  ///< numpy.core.multiarray._reconstruct
@@ -323,7 +190,7 @@ enum class PickleGlobal : std::uint8_t {
   kDtype,        ///< numpy.dtype
   kFrombuffer,   ///< numpy.core.numeric._frombuffer (protocol 5 arrays)
   kBfloat16,     ///< ml_dtypes.bfloat16 (the scalar type numpy pickles as the dtype descr)
-  kQuantized,    ///< <module>.QuantizedWeight8bit
+  kClass,        ///< a class the caller allows (PickleClass)
 };
 
 inline bool is_dotted_identifier(std::string_view s) noexcept {
@@ -344,9 +211,9 @@ inline bool is_dotted_identifier(std::string_view s) noexcept {
   return !start;
 }
 
-/// Maps (module, name) to a whitelisted symbol; false if not whitelisted.
-inline bool resolve_pickle_global(std::string_view module, std::string_view name,
-                                  PickleGlobal& out) noexcept {
+/// Maps (module, name) to a whitelisted numpy / ml_dtypes symbol; false if not whitelisted.
+inline bool resolve_numpy_global(std::string_view module, std::string_view name,
+                                 PickleGlobal& out) noexcept {
   const bool np_multiarray =
       module == "numpy.core.multiarray" || module == "numpy._core.multiarray";
   const bool np_numeric = module == "numpy.core.numeric" || module == "numpy._core.numeric";
@@ -360,12 +227,26 @@ inline bool resolve_pickle_global(std::string_view module, std::string_view name
     out = PickleGlobal::kFrombuffer;
   } else if (module == "ml_dtypes" && name == "bfloat16") {
     out = PickleGlobal::kBfloat16;
-  } else if (name == "QuantizedWeight8bit" && is_dotted_identifier(module)) {
-    out = PickleGlobal::kQuantized;
   } else {
     return false;
   }
   return true;
+}
+
+/// Index of the allowed class named (module, name), or classes.size().
+inline std::size_t find_pickle_class(std::span<const PickleClass> classes, std::string_view module,
+                                     std::string_view name) noexcept {
+  for (std::size_t i = 0; i < classes.size(); ++i) {
+    const PickleClass& c = classes[i];
+    const bool module_ok = c.module.empty() ? is_dotted_identifier(module) : module == c.module;
+    if (module_ok && name == c.name) return i;
+  }
+  return classes.size();
+}
+
+/// "*.QuantizedWeight8bit" / "__main__.Foo": how a class is named in messages.
+inline std::string pickle_class_pattern(const PickleClass& c) {
+  return (c.module.empty() ? std::string("*") : std::string(c.module)) + "." + std::string(c.name);
 }
 
 /// numpy dtype descr strings ("f4", "i1", ...; the byte order is in the BUILD state).
@@ -390,26 +271,24 @@ inline bool parse_dtype_descr(std::string_view s, DType& out) noexcept {
 
 class PickleVM {
  public:
-  PickleVM(std::span<const std::byte> in, std::string_view name, const PickleLimits& limits)
-      : in_(in), name_(name), lim_(limits) {}
+  PickleVM(std::span<const std::byte> in, std::string_view name,
+           std::span<const PickleClass> classes, const PickleLimits& limits)
+      : in_(in), name_(name), classes_(classes), lim_(limits) {}
 
   PickledObject run() {
-    std::uint32_t result = kNone;
-    while (result == kNone) {
+    while (result_ == kNone) {
       op_at_ = pos_;
       if (pos_ >= in_.size()) {
-        op_ = 0;
+        op_ = nullptr;
         throw error_at(pos_, "", "file ends without a STOP opcode (truncated?)");
       }
-      op_ = u8(in_[pos_]);
-      ++pos_;
-      result = step();
+      step(u8(in_[pos_++]));
     }
     if (pos_ != in_.size()) {
       throw error_at(pos_, "",
                      std::to_string(in_.size() - pos_) + " unexpected bytes after the STOP opcode");
     }
-    return extract(result);
+    return extract(result_);
   }
 
  private:
@@ -428,23 +307,22 @@ class PickleVM {
     kGlobal,
     kDtype,
     kNdarray,
-    kQuantized,
+    kInstance,
   };
 
   struct Node {
     Kind kind = Kind::kNone;
-    bool built = false;                // kBool: value; kDtype/kNdarray/kQuantized: BUILD done
+    bool built = false;                // kBool: value; kDtype/kNdarray/kInstance: BUILD done
     std::int64_t i = 0;                // kInt
     std::size_t off = 0;               // kStr/kBytes: first byte in the input
     std::size_t len = 0;               // kStr/kBytes: length
     PickleGlobal global{};             // kGlobal
+    std::size_t cls = 0;               // kGlobal (kClass) / kInstance: index into classes_
     DType dtype{};                     // kDtype
     char endian = '=';                 // kDtype
-    std::uint32_t a = kNone;           // kQuantized: weight node
-    std::uint32_t b = kNone;           // kQuantized: scales node
     std::size_t array = 0;             // kNdarray (built): index into arrays_
-    std::vector<std::uint32_t> items;  // kTuple/kList; kDict: key0, value0, key1, ...
-    std::string name;                  // kGlobal: "module.name"
+    std::vector<std::uint32_t> items;  // kTuple/kList; kDict: key0, value0, ...; kInstance: attrs
+    std::string name;                  // kGlobal / kInstance: "module.name"
   };
 
   static std::uint8_t u8(std::byte b) noexcept { return static_cast<std::uint8_t>(b); }
@@ -457,22 +335,20 @@ class PickleVM {
     return FormatError(s + ": " + msg);
   }
   [[nodiscard]] FormatError error(const std::string& msg) const {
-    const char* n = pickle_opcode_name(op_);
-    return error_at(op_at_, n ? n : "", msg);
+    return error_at(op_at_, op_ ? op_->name : "", msg);
   }
 
   // ---- reading the input ----
   std::size_t remaining() const noexcept { return in_.size() - pos_; }
 
-  void need(std::size_t n, const char* what) const {
-    if (n > remaining()) {
-      throw error(std::string(what) + " needs " + std::to_string(n) + " bytes but the file ends " +
-                  std::to_string(remaining()) + " bytes later (truncated?)");
-    }
-  }
+  /// The opcode's fixed-size little-endian argument.
   template <class T>
-  T read_le(const char* what) {
-    need(sizeof(T), what);
+  T read_le() {
+    if (sizeof(T) > remaining()) {
+      throw error(std::string(op_->name) + " needs " + std::to_string(sizeof(T)) +
+                  " bytes but the file ends " + std::to_string(remaining()) +
+                  " bytes later (truncated?)");
+    }
     T v;
     std::memcpy(&v, in_.data() + pos_, sizeof(T));
     pos_ += sizeof(T);
@@ -548,8 +424,8 @@ class PickleVM {
         return "a numpy.dtype";
       case Kind::kNdarray:
         return "a numpy.ndarray";
-      case Kind::kQuantized:
-        return "a QuantizedWeight8bit";
+      case Kind::kInstance:
+        return "a " + std::string(classes_[n.cls].name);
     }
     return "?";
   }
@@ -635,8 +511,9 @@ class PickleVM {
   // ---- globals ----
   void push_global(std::string_view module, std::string_view name) {
     const std::string full = std::string(module) + "." + std::string(name);
-    PickleGlobal g{};
-    if (!resolve_pickle_global(module, name, g)) {
+    PickleGlobal g = PickleGlobal::kClass;
+    const std::size_t cls = find_pickle_class(classes_, module, name);
+    if (cls == classes_.size() && !resolve_numpy_global(module, name, g)) {
       if (full == "_codecs.encode") {
         throw error(
             "global '_codecs.encode' is not allowed: protocol 2 stores bytes as "
@@ -644,13 +521,22 @@ class PickleVM {
       }
       throw error("global '" + full +
                   "' is not allowed (a data-only reader accepts only numpy._reconstruct, "
-                  "numpy.ndarray, numpy.dtype, numpy _frombuffer, ml_dtypes.bfloat16 and "
-                  "*.QuantizedWeight8bit)");
+                  "numpy.ndarray, numpy.dtype, numpy _frombuffer, ml_dtypes.bfloat16" +
+                  allowed_classes(" and ") + ")");
     }
     const std::uint32_t id = make(Kind::kGlobal);
     nodes_[id].global = g;
+    nodes_[id].cls = cls;
     nodes_[id].name = full;
     push(id);
+  }
+  /// "<prefix>*.A, *.B" for the caller's classes ("" when there are none).
+  std::string allowed_classes(const char* prefix) const {
+    std::string s;
+    for (std::size_t i = 0; i < classes_.size(); ++i) {
+      s += (i == 0 ? prefix : ", ") + pickle_class_pattern(classes_[i]);
+    }
+    return s;
   }
   bool is_global(std::uint32_t id, PickleGlobal g) const {
     return nodes_[id].kind == Kind::kGlobal && nodes_[id].global == g;
@@ -829,289 +715,327 @@ class PickleVM {
     return make(Kind::kNdarray);  // shape, dtype and data come with BUILD
   }
 
-  // ---- the opcodes ----
-  std::uint32_t step() {
-    switch (op_) {
-      case 0x80: {  // PROTO
-        const std::uint8_t v = read_le<std::uint8_t>("PROTO");
-        if (v < 2 || v > 5) {
-          throw error("unsupported pickle protocol " + std::to_string(v) + " (2-5 are)");
-        }
-        return kNone;
+  // ---- the opcodes: one table of (byte, name, handler) -----------------------------------------
+
+  using Handler = void (PickleVM::*)();
+  struct Opcode {
+    std::uint8_t code;
+    const char* name;  ///< Python's pickletools name, for messages
+    Handler run;       ///< nullptr: a pickle opcode this data-only reader does not allow
+  };
+
+  /// The entry of opcode byte `code`, or nullptr when it is not a pickle opcode.
+  static const Opcode* opcode(std::uint8_t code) noexcept {
+    static constexpr Opcode kTable[] = {
+        {0x80, "PROTO", &PickleVM::op_proto},
+        {0x95, "FRAME", &PickleVM::op_frame},
+        {'.', "STOP", &PickleVM::op_stop},
+        {'(', "MARK", &PickleVM::op_mark},
+        {'0', "POP", &PickleVM::op_pop},
+        {'1', "POP_MARK", &PickleVM::op_pop_mark},
+        {'2', "DUP", &PickleVM::op_dup},
+        {'N', "NONE", &PickleVM::op_none},
+        {0x88, "NEWTRUE", &PickleVM::op_bool<true>},
+        {0x89, "NEWFALSE", &PickleVM::op_bool<false>},
+        {'K', "BININT1", &PickleVM::op_int<std::uint8_t>},
+        {'M', "BININT2", &PickleVM::op_int<std::uint16_t>},
+        {'J', "BININT", &PickleVM::op_int<std::int32_t>},
+        {0x8a, "LONG1", &PickleVM::op_long<std::uint8_t>},
+        {0x8b, "LONG4", &PickleVM::op_long<std::uint32_t>},
+        {'G', "BINFLOAT", &PickleVM::op_binfloat},
+        {0x8c, "SHORT_BINUNICODE", &PickleVM::op_blob<std::uint8_t, Kind::kStr>},
+        {'X', "BINUNICODE", &PickleVM::op_blob<std::uint32_t, Kind::kStr>},
+        {0x8d, "BINUNICODE8", &PickleVM::op_blob<std::uint64_t, Kind::kStr>},
+        {'C', "SHORT_BINBYTES", &PickleVM::op_blob<std::uint8_t, Kind::kBytes>},
+        {'B', "BINBYTES", &PickleVM::op_blob<std::uint32_t, Kind::kBytes>},
+        {0x8e, "BINBYTES8", &PickleVM::op_blob<std::uint64_t, Kind::kBytes>},
+        {0x96, "BYTEARRAY8", &PickleVM::op_blob<std::uint64_t, Kind::kBytes>},
+        {')', "EMPTY_TUPLE", &PickleVM::op_empty<Kind::kTuple>},
+        {']', "EMPTY_LIST", &PickleVM::op_empty<Kind::kList>},
+        {'}', "EMPTY_DICT", &PickleVM::op_empty<Kind::kDict>},
+        {'t', "TUPLE", &PickleVM::op_from_mark<Kind::kTuple>},
+        {'l', "LIST", &PickleVM::op_from_mark<Kind::kList>},
+        {0x85, "TUPLE1", &PickleVM::op_tuple_n<1>},
+        {0x86, "TUPLE2", &PickleVM::op_tuple_n<2>},
+        {0x87, "TUPLE3", &PickleVM::op_tuple_n<3>},
+        {'a', "APPEND", &PickleVM::op_append},
+        {'e', "APPENDS", &PickleVM::op_appends},
+        {'d', "DICT", &PickleVM::op_dict},
+        {'s', "SETITEM", &PickleVM::op_setitem},
+        {'u', "SETITEMS", &PickleVM::op_setitems},
+        {0x94, "MEMOIZE", &PickleVM::op_memoize},
+        {'q', "BINPUT", &PickleVM::op_put<std::uint8_t>},
+        {'r', "LONG_BINPUT", &PickleVM::op_put<std::uint32_t>},
+        {'h', "BINGET", &PickleVM::op_get<std::uint8_t>},
+        {'j', "LONG_BINGET", &PickleVM::op_get<std::uint32_t>},
+        {'c', "GLOBAL", &PickleVM::op_global},
+        {0x93, "STACK_GLOBAL", &PickleVM::op_stack_global},
+        {'R', "REDUCE", &PickleVM::op_reduce},
+        {0x81, "NEWOBJ", &PickleVM::op_newobj},
+        {0x92, "NEWOBJ_EX", &PickleVM::op_newobj},
+        {'b', "BUILD", &PickleVM::op_build},
+        // pickle opcodes a data-only reader rejects (text forms, persistent ids, extensions,
+        // sets, out-of-band buffers)
+        {'F', "FLOAT", nullptr},
+        {'I', "INT", nullptr},
+        {'L', "LONG", nullptr},
+        {'P', "PERSID", nullptr},
+        {'Q', "BINPERSID", nullptr},
+        {'S', "STRING", nullptr},
+        {'T', "BINSTRING", nullptr},
+        {'U', "SHORT_BINSTRING", nullptr},
+        {'V', "UNICODE", nullptr},
+        {'g', "GET", nullptr},
+        {'p', "PUT", nullptr},
+        {'i', "INST", nullptr},
+        {'o', "OBJ", nullptr},
+        {0x82, "EXT1", nullptr},
+        {0x83, "EXT2", nullptr},
+        {0x84, "EXT4", nullptr},
+        {0x8f, "EMPTY_SET", nullptr},
+        {0x90, "ADDITEMS", nullptr},
+        {0x91, "FROZENSET", nullptr},
+        {0x97, "NEXT_BUFFER", nullptr},
+        {0x98, "READONLY_BUFFER", nullptr},
+    };
+    static constexpr std::array<std::uint8_t, 256> kIndex = [] {
+      std::array<std::uint8_t, 256> ix{};
+      ix.fill(0xff);
+      for (std::size_t i = 0; i < std::size(kTable); ++i) {
+        ix[kTable[i].code] = static_cast<std::uint8_t>(i);
       }
-      case 0x95: {  // FRAME: a length hint; the opcodes inside are read as usual
-        const std::uint64_t n = read_le<std::uint64_t>("FRAME");
-        if (n > remaining()) {
-          throw error("frame length " + std::to_string(n) + " goes past the end of the file (" +
-                      std::to_string(remaining()) + " bytes left)");
-        }
-        return kNone;
+      return ix;
+    }();
+    return kIndex[code] == 0xff ? nullptr : &kTable[kIndex[code]];
+  }
+
+  void step(std::uint8_t code) {
+    op_ = opcode(code);
+    if (op_ == nullptr || op_->run == nullptr) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(code));
+      if (op_ == nullptr) throw error(std::string("unknown opcode ") + hex);
+      throw error(std::string("opcode ") + op_->name + " (" + hex +
+                  ") is not allowed in a data-only pickle");
+    }
+    (this->*op_->run)();
+  }
+
+  void op_proto() {
+    const std::uint8_t v = read_le<std::uint8_t>();
+    if (v < 2 || v > 5)
+      throw error("unsupported pickle protocol " + std::to_string(v) + " (2-5 are)");
+  }
+  void op_frame() {  // a length hint; the opcodes inside are read as usual
+    const std::uint64_t n = read_le<std::uint64_t>();
+    if (n > remaining()) {
+      throw error("frame length " + std::to_string(n) + " goes past the end of the file (" +
+                  std::to_string(remaining()) + " bytes left)");
+    }
+  }
+  void op_stop() {
+    if (!marks_.empty()) throw error("STOP inside an unclosed MARK");
+    if (stack_.size() != 1) {
+      throw error("STOP with " + std::to_string(stack_.size()) +
+                  " values on the stack (expected exactly 1)");
+    }
+    result_ = stack_.back();
+  }
+  void op_mark() {
+    if (marks_.size() >= lim_.max_marks) {
+      throw error("MARKs nested deeper than " + std::to_string(lim_.max_marks) + " (limit)");
+    }
+    marks_.push_back(stack_.size());
+  }
+  void op_pop() {  // pops a MARK when one is on top, as Python does
+    if (!marks_.empty() && marks_.back() == stack_.size()) {
+      marks_.pop_back();
+    } else {
+      (void)pop();
+    }
+  }
+  void op_pop_mark() { (void)pop_mark(); }
+  void op_dup() { push(top()); }
+  void op_none() { push(make(Kind::kNone)); }
+  template <bool kValue>
+  void op_bool() {
+    const std::uint32_t id = make(Kind::kBool);
+    nodes_[id].built = kValue;
+    push(id);
+  }
+  template <class T>
+  void op_int() {
+    push(make_int(read_le<T>()));
+  }
+  template <class T>
+  void op_long() {  // little-endian two's complement of n bytes (up to 8)
+    const std::uint64_t n = read_le<T>();
+    if (n > 8) throw error("integer of " + std::to_string(n) + " bytes is too large");
+    const std::size_t off = take(n, "integer");
+    std::uint64_t u = 0;
+    for (std::size_t k = 0; k < n; ++k) u |= std::uint64_t{u8(in_[off + k])} << (8 * k);
+    if (n > 0 && n < 8 && (u8(in_[off + n - 1]) & 0x80u)) u |= ~std::uint64_t{0} << (8 * n);
+    push(make_int(static_cast<std::int64_t>(u)));
+  }
+  void op_binfloat() {  // big-endian double; the value is never used
+    (void)read_le<std::uint64_t>();
+    push(make(Kind::kFloat));
+  }
+  template <class T, Kind kKind>
+  void op_blob() {
+    push(make_blob(kKind, read_le<T>(), kKind == Kind::kStr ? "str" : "bytes"));
+  }
+  template <Kind kKind>
+  void op_empty() {
+    push(make_seq(kKind, {}));
+  }
+  template <Kind kKind>
+  void op_from_mark() {
+    push(make_seq(kKind, pop_mark()));
+  }
+  template <std::size_t kN>
+  void op_tuple_n() {
+    std::vector<std::uint32_t> v(kN);
+    for (std::size_t k = kN; k-- > 0;) v[k] = pop();
+    push(make_seq(Kind::kTuple, std::move(v)));
+  }
+  void op_append() {
+    const std::uint32_t v = pop();
+    const std::uint32_t list = top();
+    if (nodes_[list].kind != Kind::kList) throw error("APPEND to " + describe(list));
+    count_items(1);
+    nodes_[list].items.push_back(v);
+  }
+  void op_appends() {
+    std::vector<std::uint32_t> v = pop_mark();
+    const std::uint32_t list = top();
+    if (nodes_[list].kind != Kind::kList) throw error("APPENDS to " + describe(list));
+    count_items(v.size());
+    nodes_[list].items.insert(nodes_[list].items.end(), v.begin(), v.end());
+  }
+  void op_dict() {
+    std::vector<std::uint32_t> kv = pop_mark();
+    const std::uint32_t id = make_seq(Kind::kDict, {});
+    set_items(id, kv);
+    push(id);
+  }
+  void op_setitem() {
+    const std::uint32_t v = pop();
+    const std::uint32_t k = pop();
+    set_items(top(), {k, v});
+  }
+  void op_setitems() {
+    std::vector<std::uint32_t> kv = pop_mark();
+    set_items(top(), kv);
+  }
+  void op_memoize() { memo_put(memo_count_); }  // next index = entries so far
+  template <class T>
+  void op_put() {
+    memo_put(read_le<T>());
+  }
+  template <class T>
+  void op_get() {
+    memo_get(read_le<T>());
+  }
+  void op_global() {  // "module\nname\n"
+    const std::string_view module = read_line("GLOBAL module name");
+    const std::string_view name = read_line("GLOBAL name");
+    push_global(module, name);
+  }
+  void op_stack_global() {
+    const std::uint32_t name = pop();
+    const std::uint32_t module = pop();
+    if (nodes_[module].kind != Kind::kStr || nodes_[name].kind != Kind::kStr) {
+      throw error("STACK_GLOBAL needs two str, got " + describe(module) + " and " + describe(name));
+    }
+    if (nodes_[module].len > lim_.max_global_name || nodes_[name].len > lim_.max_global_name) {
+      throw error("global name longer than " + std::to_string(lim_.max_global_name) + " bytes");
+    }
+    push_global(str(module), str(name));
+  }
+  void op_reduce() {  // callable(*args), for the whitelisted numpy constructors only
+    const std::uint32_t args = pop();
+    const std::uint32_t fn = pop();
+    if (nodes_[fn].kind != Kind::kGlobal) {
+      throw error("REDUCE calls " + describe(fn) + " (only whitelisted globals are callable)");
+    }
+    switch (nodes_[fn].global) {
+      case PickleGlobal::kReconstruct:
+        push(reduce_reconstruct(args));
+        return;
+      case PickleGlobal::kDtype:
+        push(reduce_dtype(args));
+        return;
+      case PickleGlobal::kFrombuffer:
+        push(reduce_frombuffer(args));
+        return;
+      default:
+        throw error("REDUCE cannot call '" + nodes_[fn].name + "'");
+    }
+  }
+  void op_newobj() {  // NEWOBJ: cls.__new__(cls, *args); NEWOBJ_EX also pops **kwargs
+    if (op_->code == 0x92) {
+      const std::uint32_t kwargs = pop();
+      if (nodes_[kwargs].kind != Kind::kDict || !nodes_[kwargs].items.empty()) {
+        throw error("NEWOBJ_EX keyword arguments must be an empty dict, got " + describe(kwargs));
       }
-      case '.': {  // STOP
-        if (!marks_.empty()) throw error("STOP inside an unclosed MARK");
-        if (stack_.size() != 1) {
-          throw error("STOP with " + std::to_string(stack_.size()) +
-                      " values on the stack (expected exactly 1)");
-        }
-        return stack_.back();
-      }
-      case '(':  // MARK
-        if (marks_.size() >= lim_.max_marks) {
-          throw error("MARKs nested deeper than " + std::to_string(lim_.max_marks) + " (limit)");
-        }
-        marks_.push_back(stack_.size());
-        return kNone;
-      case '0':  // POP (pops a MARK when one is on top, as Python does)
-        if (!marks_.empty() && marks_.back() == stack_.size()) {
-          marks_.pop_back();
-        } else {
-          (void)pop();
-        }
-        return kNone;
-      case '1':  // POP_MARK
-        (void)pop_mark();
-        return kNone;
-      case '2':  // DUP
-        push(top());
-        return kNone;
-      case 'N':
-        push(make(Kind::kNone));
-        return kNone;
-      case 0x88:
-      case 0x89: {  // NEWTRUE, NEWFALSE
-        const std::uint32_t id = make(Kind::kBool);
-        nodes_[id].built = op_ == 0x88;
-        push(id);
-        return kNone;
-      }
-      case 'K':
-        push(make_int(read_le<std::uint8_t>("BININT1")));
-        return kNone;
-      case 'M':
-        push(make_int(read_le<std::uint16_t>("BININT2")));
-        return kNone;
-      case 'J':
-        push(make_int(read_le<std::int32_t>("BININT")));
-        return kNone;
-      case 0x8a:    // LONG1
-      case 0x8b: {  // LONG4
-        const std::uint64_t n =
-            op_ == 0x8a ? read_le<std::uint8_t>("LONG1") : read_le<std::uint32_t>("LONG4");
-        if (n > 8) throw error("integer of " + std::to_string(n) + " bytes is too large");
-        const std::size_t off = take(n, "integer");
-        std::uint64_t u = 0;
-        for (std::size_t k = 0; k < n; ++k) u |= std::uint64_t{u8(in_[off + k])} << (8 * k);
-        if (n > 0 && n < 8 && (u8(in_[off + n - 1]) & 0x80u)) u |= ~std::uint64_t{0} << (8 * n);
-        push(make_int(static_cast<std::int64_t>(u)));
-        return kNone;
-      }
-      case 'G': {  // BINFLOAT (big-endian double); value unused, kept as a float object
-        (void)read_le<std::uint64_t>("BINFLOAT");
-        push(make(Kind::kFloat));
-        return kNone;
-      }
-      case 0x8c:
-        push(make_blob(Kind::kStr, read_le<std::uint8_t>("SHORT_BINUNICODE"), "str"));
-        return kNone;
-      case 'X':
-        push(make_blob(Kind::kStr, read_le<std::uint32_t>("BINUNICODE"), "str"));
-        return kNone;
-      case 0x8d:
-        push(make_blob(Kind::kStr, read_le<std::uint64_t>("BINUNICODE8"), "str"));
-        return kNone;
-      case 'C':
-        push(make_blob(Kind::kBytes, read_le<std::uint8_t>("SHORT_BINBYTES"), "bytes"));
-        return kNone;
-      case 'B':
-        push(make_blob(Kind::kBytes, read_le<std::uint32_t>("BINBYTES"), "bytes"));
-        return kNone;
-      case 0x8e:
-        push(make_blob(Kind::kBytes, read_le<std::uint64_t>("BINBYTES8"), "bytes"));
-        return kNone;
-      case 0x96:
-        push(make_blob(Kind::kBytes, read_le<std::uint64_t>("BYTEARRAY8"), "bytearray"));
-        return kNone;
-      case ')':
-        push(make_seq(Kind::kTuple, {}));
-        return kNone;
-      case 't':
-        push(make_seq(Kind::kTuple, pop_mark()));
-        return kNone;
-      case 0x85:
-      case 0x86:
-      case 0x87: {  // TUPLE1..3
-        const std::size_t n = static_cast<std::size_t>(op_ - 0x84);
-        std::vector<std::uint32_t> v(n);
-        for (std::size_t k = n; k-- > 0;) v[k] = pop();
-        push(make_seq(Kind::kTuple, std::move(v)));
-        return kNone;
-      }
-      case ']':
-        push(make_seq(Kind::kList, {}));
-        return kNone;
-      case 'l':
-        push(make_seq(Kind::kList, pop_mark()));
-        return kNone;
-      case 'a': {  // APPEND
-        const std::uint32_t v = pop();
-        const std::uint32_t list = top();
-        if (nodes_[list].kind != Kind::kList) throw error("APPEND to " + describe(list));
-        count_items(1);
-        nodes_[list].items.push_back(v);
-        return kNone;
-      }
-      case 'e': {  // APPENDS
-        std::vector<std::uint32_t> v = pop_mark();
-        const std::uint32_t list = top();
-        if (nodes_[list].kind != Kind::kList) throw error("APPENDS to " + describe(list));
-        count_items(v.size());
-        nodes_[list].items.insert(nodes_[list].items.end(), v.begin(), v.end());
-        return kNone;
-      }
-      case '}':
-        push(make_seq(Kind::kDict, {}));
-        return kNone;
-      case 'd': {  // DICT
-        std::vector<std::uint32_t> kv = pop_mark();
-        const std::uint32_t id = make_seq(Kind::kDict, {});
-        set_items(id, kv);
-        push(id);
-        return kNone;
-      }
-      case 's': {  // SETITEM
-        const std::uint32_t v = pop();
-        const std::uint32_t k = pop();
-        set_items(top(), {k, v});
-        return kNone;
-      }
-      case 'u': {  // SETITEMS
-        std::vector<std::uint32_t> kv = pop_mark();
-        set_items(top(), kv);
-        return kNone;
-      }
-      case 0x94:
-        memo_put(memo_count_);
-        return kNone;  // MEMOIZE: next index = entries so far
-      case 'q':
-        memo_put(read_le<std::uint8_t>("BINPUT"));
-        return kNone;
-      case 'r':
-        memo_put(read_le<std::uint32_t>("LONG_BINPUT"));
-        return kNone;
-      case 'h':
-        memo_get(read_le<std::uint8_t>("BINGET"));
-        return kNone;
-      case 'j':
-        memo_get(read_le<std::uint32_t>("LONG_BINGET"));
-        return kNone;
-      case 'c': {  // GLOBAL "module\nname\n"
-        const std::string_view module = read_line("GLOBAL module name");
-        const std::string_view name = read_line("GLOBAL name");
-        push_global(module, name);
-        return kNone;
-      }
-      case 0x93: {  // STACK_GLOBAL
-        const std::uint32_t name = pop();
-        const std::uint32_t module = pop();
-        if (nodes_[module].kind != Kind::kStr || nodes_[name].kind != Kind::kStr) {
-          throw error("STACK_GLOBAL needs two str, got " + describe(module) + " and " +
-                      describe(name));
-        }
-        if (nodes_[module].len > lim_.max_global_name || nodes_[name].len > lim_.max_global_name) {
-          throw error("global name longer than " + std::to_string(lim_.max_global_name) + " bytes");
-        }
-        push_global(str(module), str(name));
-        return kNone;
-      }
-      case 'R': {  // REDUCE: callable(*args) for the whitelisted constructors only
-        const std::uint32_t args = pop();
-        const std::uint32_t fn = pop();
-        if (nodes_[fn].kind != Kind::kGlobal) {
-          throw error("REDUCE calls " + describe(fn) + " (only whitelisted globals are callable)");
-        }
-        switch (nodes_[fn].global) {
-          case PickleGlobal::kReconstruct:
-            push(reduce_reconstruct(args));
-            return kNone;
-          case PickleGlobal::kDtype:
-            push(reduce_dtype(args));
-            return kNone;
-          case PickleGlobal::kFrombuffer:
-            push(reduce_frombuffer(args));
-            return kNone;
-          default:
-            throw error("REDUCE cannot call '" + nodes_[fn].name + "'");
-        }
-      }
-      case 0x81:    // NEWOBJ: cls.__new__(cls, *args)
-      case 0x92: {  // NEWOBJ_EX: cls.__new__(cls, *args, **kwargs)
-        if (op_ == 0x92) {
-          const std::uint32_t kwargs = pop();
-          if (nodes_[kwargs].kind != Kind::kDict || !nodes_[kwargs].items.empty()) {
-            throw error("NEWOBJ_EX keyword arguments must be an empty dict, got " +
-                        describe(kwargs));
-          }
-        }
-        const std::uint32_t args = pop();
-        const std::uint32_t cls = pop();
-        if (!is_global(cls, PickleGlobal::kQuantized)) {
-          throw error("cannot create an instance of " + describe(cls) +
-                      " (only *.QuantizedWeight8bit)");
-        }
-        if (nodes_[args].kind != Kind::kTuple || !nodes_[args].items.empty()) {
-          throw error("QuantizedWeight8bit.__new__ takes no arguments, got " + describe(args));
-        }
-        const std::uint32_t id = make(Kind::kQuantized);
-        nodes_[id].name = nodes_[cls].name;
-        push(id);
-        return kNone;
-      }
-      case 'b': {  // BUILD: obj.__setstate__(state), obj stays on the stack
-        const std::uint32_t state = pop();
-        const std::uint32_t obj = top();
-        switch (nodes_[obj].kind) {
-          case Kind::kDtype:
-            build_dtype(obj, state);
-            return kNone;
-          case Kind::kNdarray:
-            build_ndarray(obj, state);
-            return kNone;
-          case Kind::kQuantized:
-            build_quantized(obj, state);
-            return kNone;
-          default:
-            throw error("BUILD on " + describe(obj) + " is not supported");
-        }
-      }
-      default: {
-        const char* n = pickle_opcode_name(op_);
-        char hex[8];
-        std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned>(op_));
-        if (n == nullptr) throw error(std::string("unknown opcode ") + hex);
-        throw error(std::string("opcode ") + n + " (" + hex +
-                    ") is not allowed in a data-only pickle");
-      }
+    }
+    const std::uint32_t args = pop();
+    const std::uint32_t cls = pop();
+    if (!is_global(cls, PickleGlobal::kClass)) {
+      throw error("cannot create an instance of " + describe(cls) + " (only " +
+                  (classes_.empty() ? std::string("the classes the caller allows: none")
+                                    : allowed_classes("")) +
+                  ")");
+    }
+    const PickleClass& c = classes_[nodes_[cls].cls];
+    if (nodes_[args].kind != Kind::kTuple || !nodes_[args].items.empty()) {
+      throw error(std::string(c.name) + ".__new__ takes no arguments, got " + describe(args));
+    }
+    const std::uint32_t id = make(Kind::kInstance);
+    nodes_[id].cls = nodes_[cls].cls;
+    nodes_[id].name = nodes_[cls].name;
+    nodes_[id].items.assign(c.attributes.size(), kNone);
+    push(id);
+  }
+  void op_build() {  // obj.__setstate__(state); obj stays on the stack
+    const std::uint32_t state = pop();
+    const std::uint32_t obj = top();
+    switch (nodes_[obj].kind) {
+      case Kind::kDtype:
+        build_dtype(obj, state);
+        return;
+      case Kind::kNdarray:
+        build_ndarray(obj, state);
+        return;
+      case Kind::kInstance:
+        build_instance(obj, state);
+        return;
+      default:
+        throw error("BUILD on " + describe(obj) + " is not supported");
     }
   }
 
-  void build_quantized(std::uint32_t obj, std::uint32_t state) {
-    if (nodes_[obj].built) throw error("QuantizedWeight8bit is built twice");
+  // ---- instances of the caller's classes ----
+  void build_instance(std::uint32_t obj, std::uint32_t state) {
+    const PickleClass& c = classes_[nodes_[obj].cls];
+    const std::string cname(c.name);
+    if (nodes_[obj].built) throw error(cname + " is built twice");
     if (nodes_[state].kind != Kind::kDict) {
-      throw error("QuantizedWeight8bit state must be a dict, got " + describe(state));
+      throw error(cname + " state must be a dict, got " + describe(state));
     }
-    const std::vector<std::uint32_t>& kv = nodes_[state].items;
+    const std::vector<std::uint32_t> kv = nodes_[state].items;
     for (std::size_t e = 0; e < kv.size(); e += 2) {
       if (nodes_[kv[e]].kind != Kind::kStr) {
-        throw error("QuantizedWeight8bit attribute name is " + describe(kv[e]));
+        throw error(cname + " attribute name is " + describe(kv[e]));
       }
       const std::string_view key = str(kv[e]);
-      if (key == "weight") {
-        nodes_[obj].a = kv[e + 1];
-      } else if (key == "scales") {
-        nodes_[obj].b = kv[e + 1];
-      } else {
-        throw error("QuantizedWeight8bit has an unexpected attribute '" + std::string(key) + "'");
+      const auto it = std::find(c.attributes.begin(), c.attributes.end(), key);
+      if (it == c.attributes.end()) {
+        throw error(cname + " has an unexpected attribute '" + std::string(key) + "'");
       }
+      // a repeated key: the last value wins, as in Python's dict
+      nodes_[obj].items[static_cast<std::size_t>(it - c.attributes.begin())] = kv[e + 1];
     }
     nodes_[obj].built = true;
   }
@@ -1128,27 +1052,34 @@ class PickleVM {
   PickledObject extract(std::uint32_t id) const {
     const Node& n = nodes_[id];
     if (n.kind == Kind::kNdarray) return array_of(id, "the pickled object");
-    if (n.kind == Kind::kQuantized) {
-      if (!n.built) throw error_at(op_at_, "", "QuantizedWeight8bit has no state (no BUILD)");
-      if (n.a == kNone) throw error_at(op_at_, "", "QuantizedWeight8bit has no 'weight'");
-      if (n.b == kNone) throw error_at(op_at_, "", "QuantizedWeight8bit has no 'scales'");
-      QuantizedWeight8bit q;
-      q.weight = array_of(n.a, "QuantizedWeight8bit.weight");
-      q.scales = array_of(n.b, "QuantizedWeight8bit.scales");
-      q.class_name = n.name;
-      return q;
+    if (n.kind == Kind::kInstance) {
+      const PickleClass& c = classes_[n.cls];
+      const std::string cname(c.name);
+      if (!n.built) throw error_at(op_at_, "", cname + " has no state (no BUILD)");
+      PickledInstance inst;
+      inst.class_index = n.cls;
+      inst.class_name = n.name;
+      for (std::size_t k = 0; k < c.attributes.size(); ++k) {
+        const std::string attr(c.attributes[k]);
+        if (n.items[k] == kNone) throw error_at(op_at_, "", cname + " has no '" + attr + "'");
+        inst.attributes.push_back(array_of(n.items[k], cname + "." + attr));
+      }
+      return inst;
     }
     throw error_at(
         op_at_, "",
-        "the pickle holds " + describe(id) + ", expected a numpy.ndarray or a QuantizedWeight8bit");
+        "the pickle holds " + describe(id) + ", expected a numpy.ndarray" +
+            (classes_.empty() ? std::string() : " or an instance of " + allowed_classes("")));
   }
 
   std::span<const std::byte> in_;
   std::string name_;
+  std::span<const PickleClass> classes_;
   PickleLimits lim_;
   std::size_t pos_ = 0;
   std::size_t op_at_ = 0;
-  std::uint8_t op_ = 0;
+  const Opcode* op_ = nullptr;    // the opcode being run
+  std::uint32_t result_ = kNone;  // set by STOP
   std::vector<Node> nodes_;
   std::vector<Array> arrays_;
   std::vector<std::uint32_t> stack_;
@@ -1161,11 +1092,13 @@ class PickleVM {
 }  // namespace detail
 
 /// Parses one pickled object from `bytes` (e.g. MappedFile::bytes()). `name` (usually the file
-/// path) goes into error messages. Returned arrays point into `bytes`, which must outlive them.
-/// Throws FormatError "[pickle] 'name' at byte N (OPCODE): what was wrong".
+/// path) goes into error messages; `classes` are the only classes the file may instantiate.
+/// Returned arrays point into `bytes`, which must outlive them. Throws FormatError
+/// "[pickle] 'name' at byte N (OPCODE): what was wrong".
 inline PickledObject parse_pickle(std::span<const std::byte> bytes, std::string_view name,
+                                  std::span<const PickleClass> classes = {},
                                   const PickleLimits& limits = {}) {
-  return detail::PickleVM(bytes, name, limits).run();
+  return detail::PickleVM(bytes, name, classes, limits).run();
 }
 
 }  // namespace moe::io

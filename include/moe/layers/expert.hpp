@@ -9,12 +9,14 @@
 //
 // GatedFfn<W, A> is one FFN with the FFN-layer interface of moe_types.hpp (dim, workspace_bytes,
 // forward), so a TransformerBlock can hold it in place of an MoE layer; it is also the type of a
-// shared expert. Expert<W, A> is E FFNs stored stacked ([E, D, F], [E, D, F], [E, F, D]), exactly
-// as in the checkpoint files; MoELayer runs expert e over a contiguous block of gathered rows.
+// shared expert. Expert<W, A> is E FFNs of one shape ([E, D, F], [E, D, F], [E, F, D]), stored
+// stacked as in Grok-1's files or one tensor per expert as in Hugging Face files (WeightStack);
+// MoELayer runs expert e over a contiguous block of gathered rows.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -25,6 +27,7 @@
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/moe_types.hpp>
+#include <moe/layers/policies.hpp>
 #include <moe/ops/activation.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/matmul_grad.hpp>
@@ -37,6 +40,42 @@ namespace moe {
 /// are processed in blocks of this many rows (at 256 rows the expert GEMMs are compute-bound,
 /// so re-reading the weights per block costs little).
 inline constexpr std::size_t kFfnBlockRows = 256;
+
+/// Inverted dropout on the hidden activation h = act(x W_gate) * (x W_up) of a block of expert
+/// rows (ExpertDropout, training only): h[i, f] is kept with probability 1 - rate, as a pure
+/// function of (seed, step, keys[i], f), and scaled by 1 / (1 - rate). Inactive by default.
+struct HiddenDropout {
+  float rate = 0.0f;
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+  const std::uint32_t* keys = nullptr;  ///< [rows] one key per row (MoELayer: the pair t * k + j)
+
+  [[nodiscard]] bool active() const noexcept { return rate > 0.0f && keys != nullptr; }
+  /// h[i, :] *= mask_i / (1 - rate) for the rows [0, rows) of an [rows, f] block.
+  void apply(float* h, std::size_t rows, std::size_t f) const noexcept {
+    const float scale = 1.0f / (1.0f - rate);
+    for (std::size_t i = 0; i < rows; ++i) {
+      float* row = h + i * f;
+      for (std::size_t c = 0; c < f; ++c) {
+        row[c] = rng::uniform(seed, step, keys[i], c) < rate ? 0.0f : row[c] * scale;
+      }
+    }
+  }
+  /// The same rows of `keys` starting at row r0.
+  [[nodiscard]] HiddenDropout rows_from(std::size_t r0) const noexcept {
+    HiddenDropout d = *this;
+    if (d.keys != nullptr) d.keys += r0;
+    return d;
+  }
+};
+
+/// How MoELayer's combine weights enter an expert block's backward: the block's dy rows are the
+/// layer's (unweighted) output gradient, row i carries weight w[i]; gbar[i] receives
+/// dL/dw_i = <dy_i, expert(x_i)>. Empty = a plain FFN (weight 1, no gbar).
+struct RowWeights {
+  const float* w = nullptr;  ///< [rows] combine weights, or nullptr for 1
+  float* gbar = nullptr;     ///< [rows] output: dL/dw per row, or nullptr
+};
 
 }  // namespace moe
 
@@ -54,29 +93,42 @@ void gated_activation_parallel(ThreadPool& pool, float* g, const float* u, std::
 }
 
 /// y[n, D] = down(act(x . gate) * (x . up)) for n <= kFfnBlockRows rows, scratch g, u [n, F].
+/// y may alias x (x is read by the first two products only).
 template <Activation A, class W>
 void gated_ffn_rows(ThreadPool& pool, const W& gate, const W& up, const W& down,
-                    MatrixView<const float> x, MatrixView<float> y, float* g, float* u) {
+                    MatrixView<const float> x, MatrixView<float> y, float* g, float* u,
+                    const HiddenDropout& drop = {}) {
   const std::size_t n = x.rows, f = gate.out;
   MOE_ASSERT(n <= kFfnBlockRows && y.rows == n);
   matmul(pool, x, gate, MatrixView<float>(g, n, f));
   matmul(pool, x, up, MatrixView<float>(u, n, f));
   gated_activation_parallel<A>(pool, g, u, n * f);
+  if (drop.active()) drop.apply(g, n, f);
   matmul(pool, MatrixView<const float>(g, n, f), down, y);
 }
 
 /// forward_train of n <= kFfnBlockRows rows: g, u [n, F] (tape) receive the gate and up
-/// projections before the activation; h [n, F] is scratch for act(g) * u.
+/// projections before the activation; h [n, F] is scratch for act(g) * u. y may alias x.
 template <Activation A, class W>
 void gated_ffn_rows_train(ThreadPool& pool, const W& gate, const W& up, const W& down,
                           MatrixView<const float> x, MatrixView<float> y, float* g, float* u,
-                          float* h) {
+                          float* h, const HiddenDropout& drop = {}) {
   const std::size_t n = x.rows, f = gate.out;
   MOE_ASSERT(n <= kFfnBlockRows && y.rows == n);
   matmul(pool, x, gate, MatrixView<float>(g, n, f));
   matmul(pool, x, up, MatrixView<float>(u, n, f));
   gated_activation(A, g, u, h, n * f);
+  if (drop.active()) drop.apply(h, n, f);
   matmul(pool, MatrixView<const float>(h, n, f), down, y);
+}
+
+/// rows[i, :] *= s[i].
+inline void scale_rows(float* rows, std::size_t n, std::size_t cols, const float* s) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    float* r = rows + i * cols;
+    const float v = s[i];
+    for (std::size_t c = 0; c < cols; ++c) r[c] *= v;
+  }
 }
 
 /// The three weight gradients of a gated FFN (WeightGrad: frozen when data is null).
@@ -84,47 +136,43 @@ struct GatedFfnGrads {
   WeightGrad gate, up, down;
 };
 
-/// Throws ConfigError unless every gradient of a non-f32 weight is frozen and every non-frozen
-/// gradient has its weight's shape and layout.
+/// Throws unless every gradient fits its weight (ConfigError for a trainable non-f32 weight).
 template <class W>
 void check_ffn_grads(const W& gate, const W& up, const W& down, const GatedFfnGrads& gr,
                      std::string_view component) {
-  const W* w[3] = {&gate, &up, &down};
-  const WeightGrad* g[3] = {&gr.gate, &gr.up, &gr.down};
-  const char* names[3] = {"gate", "up", "down"};
-  for (int i = 0; i < 3; ++i) {
-    if (g[i]->frozen()) continue;
-    if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
-      throw ConfigError("[" + std::string(component) + "] weight '" + names[i] + "' is " +
-                        weight_type_name(*w[i]) +
-                        ": only f32 weights are trainable (pass a frozen WeightGrad)");
-    } else {
-      if (g[i]->in != w[i]->in || g[i]->out != w[i]->out || g[i]->layout != w[i]->layout) {
-        throw ShapeError("[" + std::string(component) + "] gradient of '" + names[i] +
-                         "' has shape " + shape_str({g[i]->in, g[i]->out}) + " " +
-                         std::string(layout_name(g[i]->layout)) + ", expected " +
-                         shape_str({w[i]->in, w[i]->out}) + " " +
-                         std::string(layout_name(w[i]->layout)));
-      }
-    }
-  }
+  check_weight_grad(gate, gr.gate, component, "gate");
+  check_weight_grad(up, gr.up, component, "up");
+  check_weight_grad(down, gr.down, component, "down");
 }
 
 /// Backward of n <= kFfnBlockRows rows, given x, the saved g, u [n, F] and dy [n, D]: dx += dL/dx,
-/// grads += dL/dW. s0, s1 are [n, F] scratch each.
+/// grads += dL/dW. s0, s1 are [n, F] scratch each. With row weights (MoELayer's combine weights)
+/// the block's output is w_i * FFN(x_i): dy is the unweighted output gradient and rw.gbar
+/// receives dL/dw_i = <dy_i, FFN(x_i)>. `drop` is the forward's hidden dropout.
 template <Activation A, class W>
 void gated_ffn_rows_backward(ThreadPool& pool, const W& gate, const W& up, const W& down,
                              MatrixView<const float> x, const float* g, const float* u,
                              MatrixView<const float> dy, MatrixView<float> dx,
-                             const GatedFfnGrads& grads, float* s0, float* s1) {
+                             const GatedFfnGrads& grads, float* s0, float* s1,
+                             const RowWeights& rw = {}, const HiddenDropout& drop = {}) {
   const std::size_t n = x.rows, f = gate.out;
   MOE_ASSERT(n <= kFfnBlockRows && dy.rows == n && dx.rows == n);
   MatrixView<float> h(s0, n, f), dh(s1, n, f);
-  // 1. down projection: dh = dy . Wdown^T; dWdown += h^T dy with h = act(g) * u recomputed.
+  // 1. down projection: dh = dy . Wdown^T; dWdown += h^T (w dy), h = act(g) * u (dropped out)
+  //    recomputed; dL/dw_i = <dy_i, h_i Wdown> = <dh_i, h_i>.
   gated_activation(A, g, u, h.data, n * f);
-  matmul_backward_weight(pool, h, dy, grads.down);
+  if (drop.active()) drop.apply(h.data, n, f);
   fill(dh.data, n * f, 0.0f);
   matmul_backward_input(pool, dy, down, dh);
+  if (rw.gbar != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) rw.gbar[i] = dot(dh.row(i), h.row(i), f);
+  }
+  if (rw.w != nullptr) {
+    scale_rows(h.data, n, f, rw.w);   // (w h)^T dy = h^T (w dy)
+    scale_rows(dh.data, n, f, rw.w);  // the gradient of this row's hidden activation
+  }
+  matmul_backward_weight(pool, h, dy, grads.down);
+  if (drop.active()) drop.apply(dh.data, n, f);  // the same mask and scale
   // 2. through the gated activation: dg into dh, du into h (no longer needed).
   gated_activation_backward(A, g, u, dh.data, dh.data, h.data, n * f);
   // 3. gate and up projections.
@@ -178,6 +226,8 @@ class GatedFfn {
   [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const noexcept {
     return 2 * Arena::bytes_for<float>(max_tokens * hidden());
   }
+  /// Throws unless `g` fits this FFN (ConfigError for a trainable non-f32 weight).
+  void check_grads(const Grads& g) const { detail::check_ffn_grads(gate_, up_, down_, g, "ffn"); }
   [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
     return workspace_bytes(max_tokens);
   }
@@ -207,7 +257,7 @@ class GatedFfn {
                 Arena& scratch, const BackwardOptions& /*opts*/ = {}) const {
     check_io(x, dx);
     check_io(dy, dx);
-    detail::check_ffn_grads(gate_, up_, down_, grads, "ffn");
+    check_grads(grads);
     const std::size_t t_count = x.rows, f = hidden();
     if (saved.gate.rows != t_count || saved.up.rows != t_count) {
       throw ShapeError("[ffn] backward() got " + std::to_string(t_count) +
@@ -255,7 +305,7 @@ class GatedFfn {
   W gate_, up_, down_;
 };
 
-/// E gated FFNs stored stacked: gate [E, D, F], up [E, D, F], down [E, F, D].
+/// E gated FFNs: gate [E, D, F], up [E, D, F], down [E, F, D], stacked or separately stored.
 template <class W, Activation A = Activation::kSilu>
 class Expert {
  public:
@@ -265,10 +315,10 @@ class Expert {
   Expert(const WeightStack<W>& gate, const WeightStack<W>& up, const WeightStack<W>& down)
       : gate_(gate), up_(up), down_(down) {
     static_assert(is_weight_v<W>, "Expert: W must be a weight view type (ops/weights.hpp)");
-    validate_weight(gate_.first, "expert", "gate");
     if (gate_.count == 0) throw ShapeError("[expert] tensor 'gate' has no experts (count 0)");
-    check_stack(up_, "up", gate_.count, gate_.in(), gate_.out());
-    check_stack(down_, "down", gate_.count, gate_.out(), gate_.in());
+    check_weight_stack(gate_, "expert", "gate", gate_.count, gate_.in(), gate_.out());
+    check_weight_stack(up_, "expert", "up", gate_.count, gate_.in(), gate_.out());
+    check_weight_stack(down_, "expert", "down", gate_.count, gate_.out(), gate_.in());
   }
 
   [[nodiscard]] std::size_t n_experts() const noexcept { return gate_.count; }
@@ -291,25 +341,53 @@ class Expert {
     return rows * hidden();
   }
 
-  /// y[n, D] = FFN_e(x[n, D]) for n <= kFfnBlockRows rows; g, u are [n, F] scratch each.
+  /// y[n, D] = FFN_e(x[n, D]) for n <= kFfnBlockRows rows; g, u are [n, F] scratch each. y may
+  /// alias x. `drop`: dropout on the hidden activation (training).
   void compute(ThreadPool& pool, std::size_t e, MatrixView<const float> x, MatrixView<float> y,
-               float* g, float* u) const {
+               float* g, float* u, const HiddenDropout& drop = {}) const {
     MOE_ASSERT(e < n_experts());
-    detail::gated_ffn_rows<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u);
+    detail::gated_ffn_rows<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u, drop);
+  }
+
+  // ---- training (MoELayer calls these per block of gathered rows) ----
+  /// Gradient stacks mirroring the weights (grad_like(); frozen stacks have no data).
+  struct Grads {
+    WeightStack<WeightGrad> gate, up, down;
+    /// Expert e's three gradients.
+    [[nodiscard]] detail::GatedFfnGrads operator[](std::size_t e) const noexcept {
+      return {gate[e], up[e], down[e]};
+    }
+  };
+
+  /// Throws unless `g` fits these experts (ConfigError for a trainable non-f32 weight).
+  void check_grads(const Grads& g) const {
+    check_stack_grad(gate_, g.gate, "expert", "gate");
+    check_stack_grad(up_, g.up, "expert", "up");
+    check_stack_grad(down_, g.down, "expert", "down");
+  }
+
+  /// compute() that keeps the gate and up projections in g, u [n, F] (the tape); h is [n, F]
+  /// scratch.
+  void compute_train(ThreadPool& pool, std::size_t e, MatrixView<const float> x,
+                     MatrixView<float> y, float* g, float* u, float* h,
+                     const HiddenDropout& drop = {}) const {
+    MOE_ASSERT(e < n_experts());
+    detail::gated_ffn_rows_train<A>(pool, gate_[e], up_[e], down_[e], x, y, g, u, h, drop);
+  }
+
+  /// Backward of compute_train for rows x [n, D] with their saved g, u and output gradient dy:
+  /// dx [n, D] += dL/dx, grads[e] += dL/dW, rw as in detail::gated_ffn_rows_backward; s0, s1 are
+  /// [n, F] scratch.
+  void backward_rows(ThreadPool& pool, std::size_t e, MatrixView<const float> x, const float* g,
+                     const float* u, MatrixView<const float> dy, MatrixView<float> dx,
+                     const Grads& grads, float* s0, float* s1, const RowWeights& rw,
+                     const HiddenDropout& drop = {}) const {
+    MOE_ASSERT(e < n_experts());
+    detail::gated_ffn_rows_backward<A>(pool, gate_[e], up_[e], down_[e], x, g, u, dy, dx, grads[e],
+                                       s0, s1, rw, drop);
   }
 
  private:
-  /// Throws ShapeError unless a weight stack is [count, in, out] (logical) and well formed.
-  static void check_stack(const WeightStack<W>& s, std::string_view name, std::size_t count,
-                          std::size_t in, std::size_t out) {
-    validate_weight(s.first, "expert", name);
-    if (s.count != count || s.first.in != in || s.first.out != out) {
-      throw ShapeError("[expert] tensor '" + std::string(name) + "' has shape " +
-                       shape_str({s.count, s.first.in, s.first.out}) + ", expected " +
-                       shape_str({count, in, out}) + " ([experts, in, out])");
-    }
-  }
-
   WeightStack<W> gate_, up_, down_;
 };
 

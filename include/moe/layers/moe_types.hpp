@@ -64,18 +64,28 @@ struct MoELosses {
   /// raw Switch load-balancing loss, E * sum_i f_i P_i (normalised as the policy says)
   float load_balance = 0.0f;
   float z_loss = 0.0f;                 ///< raw router z-loss, mean over real tokens of lse(z)^2
+  float importance = 0.0f;             ///< raw CV^2(Importance) (ImportanceLoadLoss)
+  float load = 0.0f;                   ///< raw CV^2(Load) (ImportanceLoadLoss)
   float load_balance_weighted = 0.0f;  ///< load_balance * the balance policy's coefficient
   float z_loss_weighted = 0.0f;        ///< z_loss * the z-loss policy's coefficient
+  float importance_weighted = 0.0f;    ///< importance * w_importance
+  float load_weighted = 0.0f;          ///< load * w_load
 
   /// What to add to the training loss for this layer.
-  [[nodiscard]] float total() const noexcept { return load_balance_weighted + z_loss_weighted; }
+  [[nodiscard]] float total() const noexcept {
+    return load_balance_weighted + z_loss_weighted + importance_weighted + load_weighted;
+  }
 
   /// Sums another layer's losses into this one (e.g. over the layers of a decoder).
   MoELosses& operator+=(const MoELosses& o) noexcept {
     load_balance += o.load_balance;
     z_loss += o.z_loss;
+    importance += o.importance;
+    load += o.load;
     load_balance_weighted += o.load_balance_weighted;
     z_loss_weighted += o.z_loss_weighted;
+    importance_weighted += o.importance_weighted;
+    load_weighted += o.load_weighted;
     return *this;
   }
 };
@@ -85,7 +95,7 @@ struct MoEStats {
   /// Largest expert count a layer supports (stats are a fixed-size array: no allocation).
   static constexpr std::size_t kMaxExperts = 512;
 
-  std::size_t n_experts = 0;  ///< E (entries of tokens_per_expert that are meaningful)
+  std::size_t n_experts = 0;    ///< E (entries of tokens_per_expert that are meaningful)
   std::size_t tokens = 0;       ///< real (unmasked) tokens routed
   std::size_t assignments = 0;  ///< (token, expert) pairs selected by the router = k * tokens
   std::size_t dropped = 0;      ///< pairs dropped by the capacity policy

@@ -9,11 +9,14 @@
 //   CapacityFactor      clamp to T, drop priority and renormalisation timing
 //   NoBalanceLoss /     Switch load-balancing loss with its normalisation (value 1 or k at
 //   LoadBalanceLoss     perfect balance), optionally per sequence (DeepSeek "seq aux")
+//   ImportanceLoadLoss  Shazeer et al. 2017's importance and load losses
 //   NoZLoss /           ST-MoE router z-loss (stable log-sum-exp)
 //   RouterZLoss
 //   NoNoise / Jitter /  training-only router noise, seeded by (seed, step, token, index)
 //   GaussianLogitNoise /
-//   RandomSecondExpert
+//   RandomSecondExpert /
+//   NoisyTopK
+//   ExpertDropout       dropout inside the experts (fine-tuning), a runtime rate
 //
 // A policy is a plain aggregate with the recommended defaults, so a custom layer reads
 // `CapacityFactor{.train = 1.25, .eval = 2.0}`. The template parameter chooses the code path;
@@ -21,7 +24,8 @@
 // V, which is how the presets (presets.hpp) pin every switch in a type alias:
 //
 //   using Capacity = Pinned<CapacityFactor{.train = 1.25, .eval = 2.0, .multiply_by_k = false}>;
-//   Capacity c;          // c.train == 1.25, ..., and c still converts to CapacityFactor
+//   Capacity c;          // c.train == 1.25, ..., and c is a CapacityFactor
+//   c.min_capacity = 8;  // the pinned values, with this one changed
 #pragma once
 
 #include <cmath>
@@ -40,11 +44,16 @@ namespace moe {
 
 /// A type whose default-constructed value is V (a policy aggregate). It derives from V's type,
 /// so it is accepted wherever that policy is, and its fields can still be changed at runtime.
+///
+/// Converting a whole policy value into a Pinned type is explicit: `LoadBalanceLoss{.coef = 1e-2f}`
+/// means "the library defaults with coef 1e-2", which would silently reset the preset's other
+/// fields, so it does not convert implicitly. Change one field of a preset through the layer's
+/// Policies instead (moe_layer.hpp): `L::Policies p; p.balance.coef = 1e-2f;`.
 template <auto V>
 struct Pinned : decltype(V) {
   using policy_type = decltype(V);
   constexpr Pinned() : policy_type(V) {}
-  constexpr Pinned(const policy_type& v) : policy_type(v) {}  // NOLINT(google-explicit-constructor)
+  constexpr explicit Pinned(const policy_type& v) : policy_type(v) {}
 };
 
 // ---- routing ------------------------------------------------------------------------------------
@@ -118,8 +127,7 @@ struct Routing {
   }
 };
 
-// ---- capacity
-// -------------------------------------------------------------------------------------
+// ---- capacity -----------------------------------------------------------------------------------
 
 /// Every selected (token, expert) pair is computed (MegaBlocks, Megatron default, Mixtral, vLLM).
 struct Dropless {};
@@ -172,8 +180,7 @@ struct CapacityFactor {
   }
 };
 
-// ---- auxiliary losses
-// -------------------------------------------------------------------------------
+// ---- auxiliary losses ---------------------------------------------------------------------------
 
 struct NoBalanceLoss {};
 
@@ -202,6 +209,26 @@ struct LoadBalanceLoss {
   }
 };
 
+/// The importance and load losses of Shazeer et al. 2017 ("Outrageously Large Neural Networks",
+/// §4 and Appendix A), as in tensor2tensor's expert_utils (CVSquared, _ProbInTopK):
+///   Importance_i = sum over real tokens of the router's weight for expert i (before capacity);
+///   Load_i       = sum over real tokens of P(t, i), the probability that expert i stays in the
+///                  top k under a fresh draw of the noise: Phi((z_i - threshold) / sigma_i), with
+///                  the threshold the k-th largest noisy logit (or the (k+1)-th one for a selected
+///                  expert). Smooth only with the NoisyTopK router in training; otherwise Load_i
+///                  counts the tokens routed to i (no gradient).
+///   L = w_importance * CV^2(Importance) + w_load * CV^2(Load), CV^2 = var / (mean^2 + 1e-10) with
+///   the population variance over the E experts.
+struct ImportanceLoadLoss {
+  float w_importance = 0.1f;  ///< a row of the paper's Table 6 ablation (tensor2tensor: 1e-2)
+  float w_load = 0.1f;
+  void validate() const {
+    check_config(std::isfinite(w_importance) && w_importance >= 0.0f && std::isfinite(w_load) &&
+                     w_load >= 0.0f,
+                 "balance_loss", "importance / load weights must be finite and >= 0");
+  }
+};
+
 struct NoZLoss {};
 
 /// ST-MoE router z-loss: mean over real tokens of logsumexp(z_t)^2 (computed stably).
@@ -212,8 +239,7 @@ struct RouterZLoss {
   }
 };
 
-// ---- training-only router noise
-// -----------------------------------------------------------------------
+// ---- training-only router noise -----------------------------------------------------------------
 
 /// No noise.
 struct NoNoise {};
@@ -251,18 +277,50 @@ struct RandomSecondExpert {
   }
 };
 
-// ---- shared experts
-// -----------------------------------------------------------------------------------
+/// Noisy top-k gating of Shazeer et al. 2017 (§2.1): in training, the selection and the weights
+/// use H = z + N(0, 1) * sigma with a learned, input-dependent scale sigma = softplus(x W_noise) +
+/// noise_epsilon (tensor2tensor's noisy_top_k_gating); the router then needs the [D, E] noise
+/// weight W_noise. Use it with ScoreFn::kSoftmaxOfSelected (softmax over the kept top-k of H, the
+/// paper's gate) and ImportanceLoadLoss. Inference uses the clean logits.
+struct NoisyTopK {
+  float noise_epsilon = 1e-2f;  ///< tensor2tensor NoisyTopKGatingParams
+  std::uint64_t seed = 0;
+  void validate() const {
+    check_config(std::isfinite(noise_epsilon) && noise_epsilon >= 0.0f, "router",
+                 "noise_epsilon must be finite and >= 0");
+  }
+};
 
-/// No always-on shared expert. (A shared expert is a GatedFfn<W, Act>, see expert.hpp.)
-struct NoSharedExperts {};
+// ---- expert dropout (fine-tuning) ---------------------------------------------------------------
 
-// ---- DeepSeek-V3 auxiliary-loss-free balancing (an optimizer-side rule)
-// ------------------------------
+/// Dropout inside the experts, on the hidden activation act(x W_gate) * (x W_up) before the down
+/// projection, in training only, at its own rate: Switch Transformer (Fedus et al. 2022, Table 4,
+/// "expert dropout" 0.4 inside the experts with 0.1 elsewhere) and ST-MoE's fine-tuning advice.
+/// The mask is a pure function of (seed, step, token, slot, hidden index). 0 = off.
+struct ExpertDropout {
+  float rate = 0.0f;
+  std::uint64_t seed = 0;
+  void validate() const {
+    check_config(std::isfinite(rate) && rate >= 0.0f && rate < 1.0f, "expert_dropout",
+                 "rate must be in [0, 1)");
+  }
+};
+
+// ---- shared experts -----------------------------------------------------------------------------
+
+/// No always-on shared expert. (A shared expert is a GatedFfn<W, Act>, see expert.hpp.) Its
+/// nested Grads and Saved are empty, so an MoE layer's training records name them uniformly.
+struct NoSharedExperts {
+  struct Grads {};
+  struct Saved {};
+};
+
+// ---- DeepSeek-V3 auxiliary-loss-free balancing (an optimizer-side rule) -------------------------
 
 /// b_i <- b_i + rate * sign(mean_load - load_i), with load_i = stats.tokens_per_expert[i]. Call it
 /// after each training step with the step's statistics (summed over layers' batches/ranks first if
-/// they are split). DeepSeek-V3: rate 1e-3.
+/// they are split). DeepSeek-V3: rate 1e-3. It is not a gradient: the backward pass never touches
+/// the bias (selection is a constant of the backward), the optimizer never sees it.
 struct AuxFreeBias {
   float update_rate = 1e-3f;
 
@@ -280,24 +338,23 @@ struct AuxFreeBias {
   }
 };
 
-// ---- policy concepts
-// -----------------------------------------------------------------------------------
+// ---- policy concepts ----------------------------------------------------------------------------
 
 template <class P>
 concept CapacityPolicy = std::derived_from<P, Dropless> || std::derived_from<P, CapacityFactor>;
 template <class P>
-concept BalancePolicy =
-    std::derived_from<P, NoBalanceLoss> || std::derived_from<P, LoadBalanceLoss>;
+concept BalancePolicy = std::derived_from<P, NoBalanceLoss> ||
+    std::derived_from<P, LoadBalanceLoss> || std::derived_from<P, ImportanceLoadLoss>;
 template <class P>
 concept ZLossPolicy = std::derived_from<P, NoZLoss> || std::derived_from<P, RouterZLoss>;
 template <class P>
 concept NoisePolicy = std::derived_from<P, NoNoise> || std::derived_from<P, Jitter> ||
-    std::derived_from<P, GaussianLogitNoise> || std::derived_from<P, RandomSecondExpert>;
+    std::derived_from<P, GaussianLogitNoise> || std::derived_from<P, RandomSecondExpert> ||
+    std::derived_from<P, NoisyTopK>;
 template <class P>
 concept RoutingPolicy = std::derived_from<P, Routing>;
 
-// ---- counter-based RNG for the noise policies
-// ---------------------------------------------------------
+// ---- counter-based RNG for the noise policies ---------------------------------------------------
 
 /// Counter-based random numbers for the noise policies (plain integer math, no state).
 namespace rng {

@@ -1,14 +1,17 @@
 // moe/layers/presets.hpp: MoE layers of published models, as type aliases pinning every switch.
 //
 // Each preset is an alias template over the expert weight type W (and the router weight type,
-// f32 by default: routers are kept in f32 everywhere, spec §1.9). Every semantic switch and
-// coefficient is pinned in the type with Pinned<value>; docs/policies.md has the table of
-// preset x setting x source. The pinned values are defaults: they can still be changed by
-// passing policy values to the MoELayer constructor.
+// f32 by default: routers are kept in f32 everywhere, as Switch Transformer recommends). Every
+// semantic switch and coefficient is pinned in the type with Pinned<value>; docs/policies.md has
+// the table of preset x setting x source. The pinned values are defaults; change one through the
+// layer's Policies record and the others keep the preset's values:
 //
-//   moe::presets::Grok1 layer(router /*F32Weight [D, E]*/, gate, up, down
-//   /*WeightStack<Int8Weight>*/); moe::presets::Mixtral<moe::BF16Weight, moe::BF16Weight>
-//   mixtral(router, w1, w3, w2);
+//   moe::presets::Grok1 grok(router, gate, up, down);  // F32Weight [D, E], WeightStack<Int8Weight>
+//
+//   using M = moe::presets::Mixtral<moe::BF16Weight>;
+//   M::Policies p;
+//   p.balance.coef = 1e-2f;  // counting stays the preset's kAllChoices
+//   const M mixtral({.router = wr, .gate = w1, .up = w3, .down = w2}, p);
 #pragma once
 
 #include <moe/config.hpp>
@@ -111,6 +114,38 @@ using DeepSeekV3 = MoELayer<
     Expert<W, Activation::kSilu>, Dropless,
     Pinned<LoadBalanceLoss{.coef = 1e-4f, .counting = BalanceCounting::kAllChoicesNormalized}>,
     NoZLoss, GatedFfn<W, Activation::kSilu>>;
+
+/// GLaM (Du et al. 2022, "GLaM: Efficient Scaling of Language Models with Mixture-of-Experts";
+/// public code: google/praxis layers/glam.py and gshard_utils.top2_gating_on_logits, paxml's
+/// GLaM configs): GShard-style top-2 of the softmax, both gates renormalised BEFORE capacity
+/// (legacy mesh-tf order), every second expert kept (second_expert_policy "all"), capacity
+/// factor 2 over the group without k (C = 2T / E), position priority, balance loss 1e-2 on top-1
+/// counts, no router z-loss (GLaM's z-loss 1e-4 is on the output softmax), gated GELU (tanh)
+/// experts. GLaM uses 64 experts and an MoE layer in every other block (the decoder's choice).
+template <class W, class RouterW = F32Weight>
+using GLaM = MoELayer<
+    Router<RouterW, Pinned<Routing{.top_k = 2, .score = ScoreFn::kSoftmax, .renormalize = true}>>,
+    Expert<W, Activation::kGeluTanh>,
+    Pinned<CapacityFactor{.train = 2.0,
+                          .eval = 2.0,
+                          .multiply_by_k = false,
+                          .min_capacity = 0,
+                          .priority = DropPriority::kPosition,
+                          .renorm = RenormTiming::kBeforeDrop}>,
+    Pinned<LoadBalanceLoss{.coef = 1e-2f, .counting = BalanceCounting::kTop1}>, NoZLoss>;
+
+/// The sparsely-gated MoE of Shazeer et al. 2017 ("Outrageously Large Neural Networks"; public
+/// code: tensor2tensor utils/expert_utils.py): noisy top-k gating H = x W_g + N(0, 1) *
+/// (softplus(x W_noise) + 1e-2) in training, softmax over the kept top-k of H (k = 4, the paper's
+/// flat language models), no capacity limit, the importance and load losses with w = 0.1 each.
+/// Build it with the noise weight: `{.router = wg, .noise = wn, .gate = ..., ...}` (Weights). The
+/// paper's experts are ReLU feed-forward networks; a gated GELU expert stands in for them.
+template <class W, class RouterW = F32Weight>
+using SparselyGated =
+    MoELayer<Router<RouterW, Pinned<Routing{.top_k = 4, .score = ScoreFn::kSoftmaxOfSelected}>,
+                    Pinned<NoisyTopK{.noise_epsilon = 1e-2f}>>,
+             Expert<W, Activation::kGeluTanh>, Dropless,
+             Pinned<ImportanceLoadLoss{.w_importance = 0.1f, .w_load = 0.1f}>, NoZLoss>;
 
 }  // namespace presets
 

@@ -1,7 +1,7 @@
 // moe/models/grok1_config.hpp: every Grok-1 hyperparameter, in one place.
 //
-// Values of the released 314B model come from xai-org/grok-1 run.py / model.py (spec: grok1.md
-// §1.1; usage: docs/decoder.md). Config::full() is that model; Config::tiny() and Config::demo()
+// Values of the released 314B model come from xai-org/grok-1 run.py / model.py (usage:
+// docs/decoder.md). Config::full() is that model; Config::tiny() and Config::demo()
 // are small configurations with the same structure for tests and the demo. The translation into
 // the components' configurations (attention, block, decoder, routing) is in models/grok1.hpp.
 #pragma once

@@ -5,13 +5,16 @@
 //   auto model = moe::grok1::make_model(ckpt.config(), w);   // no weight bytes are read
 //
 // This is where the file format (io/, models/grok1_checkpoint.hpp) meets the layers
-// (models/grok1.hpp): neither of those headers includes the other.
+// (models/grok1.hpp): neither of those headers includes the other. The binding is a loop over
+// the tensor table (grok1_tensors.hpp): each field gets the view of its file.
 #pragma once
 
 #include <cstddef>
 
 #include <moe/models/grok1.hpp>
 #include <moe/models/grok1_checkpoint.hpp>
+#include <moe/models/grok1_tensors.hpp>
+#include <moe/models/tensor_table.hpp>
 
 namespace moe::grok1 {
 
@@ -20,24 +23,19 @@ namespace moe::grok1 {
 /// checkpoint's config (throws ShapeError naming the tensor).
 inline Weights bind_weights(const Checkpoint& ckpt) {
   const Config& c = ckpt.config();
+  const FileIndex& index = ckpt.index();
   Weights w;
-  w.embedding = ckpt.embedding();
-  w.final_norm = ckpt.final_norm();
+  for (std::size_t g = 0; g < kGlobalTensors; ++g) {
+    global_tensors<>[g].field.visit(
+        w, [&](auto& view) { models::bind(view, ckpt.stored(index.of_global(g))); });
+  }
   w.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    L.wq = ckpt.attention(l, Slot::kQuery);
-    L.wk = ckpt.attention(l, Slot::kKey);
-    L.wv = ckpt.attention(l, Slot::kValue);
-    L.wo = ckpt.attention(l, Slot::kAttnOut);
-    L.norm_pre_attn = ckpt.norm(l, Slot::kNormPreAttn);
-    L.norm_post_attn = ckpt.norm(l, Slot::kNormPostAttn);
-    L.norm_pre_moe = ckpt.norm(l, Slot::kNormPreMoe);
-    L.norm_post_moe = ckpt.norm(l, Slot::kNormPostMoe);
-    L.router = ckpt.router(l);
-    L.expert_gate = ckpt.experts(l, Slot::kExpertGate);
-    L.expert_up = ckpt.experts(l, Slot::kExpertUp);
-    L.expert_down = ckpt.experts(l, Slot::kExpertDown);
+    for (std::size_t s = 0; s < kSlotsPerLayer; ++s) {
+      layer_tensors<>[s].field.visit(w.layers[l], [&](auto& view) {
+        models::bind(view, ckpt.stored(index.of(l, static_cast<Slot>(s))));
+      });
+    }
   }
   w.validate(c);
   return w;

@@ -17,12 +17,14 @@
 //       (AVX-512 VNNI). A distinct type, so every component templated over W gets it by type and
 //       exactness stays the default; see moe/ops/matmul.hpp.
 //
-// Stacks of experts ([E, in, out] weights, [E, blocks, out] scales) are WeightStack<W>: one view
-// of expert 0 plus the expert count; expert e is a pointer offset.
+// Stacks of experts are WeightStack<W>: either one [E, in, out] tensor (expert e is a pointer
+// offset from expert 0: Grok-1's files) or one view per separately stored expert (Hugging Face
+// files).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -171,21 +173,114 @@ void check_weight_shape(const W& w, std::string_view component, std::string_view
   check_shape(component, name, {w.in, w.out}, {in, out});
 }
 
-/// E experts stored back to back: weights [E, in, out] (or [E, out, in]), scales [E, blocks, out].
+/// Throws unless `g` can receive the gradient of `w`: a frozen `g` always can; otherwise `w` must
+/// be f32 (ConfigError: bf16 and int8 weights are frozen) and `g` must have its shape and layout
+/// (ShapeError). `component` and `name` go into the message.
+template <class W>
+void check_weight_grad(const W& w, const WeightGrad& g, std::string_view component,
+                       std::string_view name) {
+  if (g.frozen()) return;
+  const std::string where = "[" + std::string(component) + "] ";
+  if constexpr (!std::is_same_v<W, DenseWeight<float>>) {
+    throw ConfigError(where + "weight '" + std::string(name) + "' is " + weight_type_name(w) +
+                      ": only f32 weights are trainable (pass a frozen WeightGrad)");
+  } else {
+    if (g.in != w.in || g.out != w.out || g.layout != w.layout) {
+      throw ShapeError(where + "gradient of '" + std::string(name) + "' has shape " +
+                       shape_str({g.in, g.out}) + " " + std::string(layout_name(g.layout)) +
+                       ", expected " + shape_str({w.in, w.out}) + " " +
+                       std::string(layout_name(w.layout)));
+    }
+  }
+}
+
+/// E experts of one shape: either stored back to back (one [E, in, out] tensor, or [E, out, in],
+/// scales [E, blocks, out]: Grok-1's files) or as E separate tensors (Hugging Face checkpoints:
+/// `experts.E.w1.weight`, one [out, in] tensor per expert). Both are views; nothing is copied.
+///
+///   WeightStack<W>{expert0, n}        stacked: expert e is expert 0 plus a pointer offset
+///   WeightStack<W>::of(views)         separate: expert e is views[e] (the span must outlive
+///                                     the stack; every view must have expert 0's shape/layout)
+///
+/// The same type holds gradients (WeightStack<WeightGrad>, see grad_like()): a frozen stack has
+/// no data.
 template <class W>
 struct WeightStack {
-  W first{};              ///< expert 0
-  std::size_t count = 0;  ///< number of experts E
+  W first{};                 ///< expert 0 (its shape and layout are every expert's)
+  std::size_t count = 0;     ///< number of experts E
+  const W* views = nullptr;  ///< separate storage: one view per expert; nullptr = stacked
 
-  /// View of expert e (pointer arithmetic only).
+  /// A stack over separately stored experts (views[e] is expert e).
+  [[nodiscard]] static WeightStack of(std::span<const W> v) noexcept {
+    return {v.empty() ? W{} : v.front(), v.size(), v.empty() ? nullptr : v.data()};
+  }
+
+  /// View of expert e (pointer arithmetic, or the e-th separate view).
   [[nodiscard]] W operator[](std::size_t e) const noexcept {
+    if (views != nullptr) return views[e];
     W w = first;
-    w.data += e * first.in * first.out;
+    if (w.data != nullptr) w.data += e * first.in * first.out;
     if constexpr (is_int8_weight_v<W>) w.scales += e * first.blocks * first.out;
     return w;
   }
+  [[nodiscard]] bool separate() const noexcept { return views != nullptr; }
   [[nodiscard]] std::size_t in() const noexcept { return first.in; }
   [[nodiscard]] std::size_t out() const noexcept { return first.out; }
 };
+
+/// Throws unless every expert's gradient in `g` fits that expert of `w` (check_weight_grad). A
+/// stack without data or views is frozen; a separate stack may freeze single experts.
+template <class W>
+void check_stack_grad(const WeightStack<W>& w, const WeightStack<WeightGrad>& g,
+                      std::string_view component, std::string_view name) {
+  if (g.first.data == nullptr && g.views == nullptr) return;
+  if (g.count != w.count) {
+    throw ShapeError("[" + std::string(component) + "] gradient of '" + std::string(name) +
+                     "' has " + std::to_string(g.count) + " experts, expected " +
+                     std::to_string(w.count));
+  }
+  for (std::size_t e = 0; e < w.count; ++e) {
+    check_weight_grad(w[e], g[e], component, std::string(name) + "[" + std::to_string(e) + "]");
+  }
+}
+
+/// The gradient stack of an f32 weight stack, stored stacked at `d` ([E, in, out] in the
+/// weights' layout). `d == nullptr` gives a frozen stack.
+[[nodiscard]] inline WeightStack<WeightGrad> grad_like(float* d,
+                                                       const WeightStack<DenseWeight<float>>& w) {
+  return {WeightGrad{d, w.first.in, w.first.out, w.first.layout}, w.count};
+}
+
+/// Throws ShapeError unless every expert of `s` is a well-formed view of expert 0's shape, layout
+/// and scale blocks, and the stack holds `count` experts of logical shape [in, out].
+template <class W>
+void check_weight_stack(const WeightStack<W>& s, std::string_view component, std::string_view name,
+                        std::size_t count, std::size_t in, std::size_t out) {
+  const std::string where = "[" + std::string(component) + "] tensor '" + std::string(name) + "'";
+  if (s.count == 0) throw ShapeError(where + " has no experts (count 0)");
+  validate_weight(s.first, component, name);
+  if (s.count != count || s.first.in != in || s.first.out != out) {
+    throw ShapeError(where + " has shape " + shape_str({s.count, s.first.in, s.first.out}) +
+                     ", expected " + shape_str({count, in, out}) + " ([experts, in, out])");
+  }
+  if (!s.separate()) return;
+  for (std::size_t e = 0; e < s.count; ++e) {
+    const W& w = s.views[e];
+    const std::string ew = std::string(name) + "[" + std::to_string(e) + "]";
+    validate_weight(w, component, ew);
+    bool same = w.in == in && w.out == out;
+    if constexpr (is_int8_weight_v<W>) {
+      same = same && w.blocks == s.first.blocks;
+    } else {
+      same = same && w.layout == s.first.layout;
+    }
+    if (!same) {
+      throw ShapeError(where + " expert " + std::to_string(e) + " is " + weight_type_name(w) + " " +
+                       shape_str({w.in, w.out}) + ", expert 0 is " + weight_type_name(s.first) +
+                       " " + shape_str({in, out}) +
+                       " (every expert must have the same shape and layout)");
+    }
+  }
+}
 
 }  // namespace moe
