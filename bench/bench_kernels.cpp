@@ -49,6 +49,7 @@
 #include <moe/ops/weights.hpp>
 
 #include "bench_baselines.hpp"
+#include "support/grok1_random_weights.hpp"
 
 namespace {
 

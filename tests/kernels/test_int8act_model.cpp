@@ -17,6 +17,8 @@
 
 #include <moe/models/grok1.hpp>
 
+#include "support/grok1_random_weights.hpp"
+
 namespace {
 
 using moe::Int8ActWeight;
