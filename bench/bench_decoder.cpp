@@ -9,6 +9,13 @@
 //   attention_core/grok1/decode/kv:{f32,bf16}/context:C
 //                                              the attention core alone (48 query heads over 8
 //                                              cached KV heads), one query token, 2 threads
+//   decoder_train/dense/threads:2/recompute:R  one training step (forward_train + backward, no
+//                                              optimizer) of a small LM: D 256, 4 blocks, 4 heads
+//                                              of 64, dense SwiGLU FFN of width 512, V 256, 8
+//                                              sequences of 256 tokens; R = 1 recomputes each
+//                                              block in backward. Wall time. Counters: tok/s,
+//                                              peak_frac (FLOPs = 3x the forward's), tape_MB,
+//                                              scratch_MB
 //
 // Counters: tok/s; attn/ffn/norm/head/embed shares of the profiled time (DecoderProfile); for the
 // Grok layer also router_share (the router timed separately on the same input, as a share of the
@@ -33,6 +40,8 @@
 #include <vector>
 
 #include <moe/layers/attention.hpp>
+#include <moe/layers/decoder.hpp>
+#include <moe/layers/expert.hpp>
 #include <moe/layers/kv_cache.hpp>
 #include <moe/layers/presets.hpp>
 #include <moe/layers/transformer_block.hpp>
@@ -388,6 +397,106 @@ void attention_core(benchmark::State& st, moe::KvDtype dtype) {
   moe_bench::set_counters(st, bytes, flops, 2);
 }
 
+// ---- a training step of a small dense decoder -----------------------------------------------
+
+struct TrainModel {
+  static constexpr std::size_t V = 256, D = 256, L = 4, H = 4, DH = 64, F = 512, B = 8, T = 256;
+  using Ffn = moe::GatedFfn<moe::F32Weight, moe::Activation::kSilu>;
+  using Block = moe::TransformerBlock<moe::RotaryAttention<moe::F32Weight>, Ffn>;
+  using Model = moe::Decoder<Block>;
+  std::vector<moe::Buffer<float>> params, grads;  // one buffer per tensor
+  std::unique_ptr<Model> model;
+  Model::Grads g;
+
+  moe::Buffer<float>& tensor(std::size_t n, float scale, std::uint32_t seed) {
+    params.emplace_back(n);
+    grads.emplace_back(n, 0.0f);
+    for (std::size_t i = 0; i < n; ++i) {
+      seed = seed * 1664525u + 1013904223u;
+      params.back()[i] = scale * (static_cast<float>(seed >> 8) / 8388608.0f - 1.0f);
+    }
+    return params.back();
+  }
+  TrainModel() {
+    params.reserve(4 + 9 * L);
+    grads.reserve(4 + 9 * L);
+    const float s = 1.0f / std::sqrt(static_cast<float>(D));
+    auto& emb = tensor(V * D, 1.0f, 1);
+    auto& fin = tensor(D, 0.0f, 2);
+    for (auto& v : fin) v = 1.0f;
+    g.embedding = grads[0].span();
+    g.final_norm = grads[1].span();
+    moe::AttentionConfig ac;
+    ac.d_model = D;
+    ac.n_q_heads = H;
+    ac.n_kv_heads = H;
+    ac.head_dim = DH;
+    std::vector<Block> blocks;
+    for (std::size_t l = 0; l < L; ++l) {
+      const auto seed = static_cast<std::uint32_t>(10 * l + 3);
+      const std::size_t first = params.size();
+      tensor(D * D, s, seed);
+      tensor(D * D, s, seed + 1);
+      tensor(D * D, s, seed + 2);
+      tensor(D * D, s, seed + 3);
+      tensor(D * F, s, seed + 4);
+      tensor(D * F, s, seed + 5);
+      tensor(F * D, 1.0f / std::sqrt(static_cast<float>(F)), seed + 6);
+      auto& n0 = tensor(D, 0.0f, 0);
+      auto& n2 = tensor(D, 0.0f, 0);
+      for (auto& v : n0) v = 1.0f;
+      for (auto& v : n2) v = 1.0f;
+      const auto w = [&](std::size_t i, std::size_t in, std::size_t out) {
+        return moe::F32Weight{params[first + i].data(), in, out};
+      };
+      const auto gw = [&](std::size_t i, std::size_t in, std::size_t out) {
+        return moe::WeightGrad{grads[first + i].data(), in, out};
+      };
+      blocks.emplace_back(moe::RotaryAttention<moe::F32Weight>(
+                              ac, {w(0, D, D), w(1, D, D), w(2, D, D), w(3, D, D)}),
+                          Ffn(w(4, D, F), w(5, D, F), w(6, F, D)),
+                          moe::BlockNorms{n0.span(), {}, n2.span(), {}});
+      Block::Grads bg;
+      bg.attention = {gw(0, D, D), gw(1, D, D), gw(2, D, D), gw(3, D, D)};
+      bg.ffn = {gw(4, D, F), gw(5, D, F), gw(6, F, D)};
+      bg.pre_attn = grads[first + 7].span();
+      bg.pre_ffn = grads[first + 8].span();
+      g.blocks.push_back(bg);
+    }
+    model = std::make_unique<Model>(moe::DecoderConfig{V, D}, moe::EmbeddingTable(emb.data(), V, D),
+                                    std::move(blocks), fin.span());
+  }
+  /// Forward FLOPs per token (projections, causal attention at the mean context, FFN, head).
+  static double forward_flops_per_token() {
+    const double d = D, attn_core = 4.0 * (T + 1) / 2.0 * H * DH;
+    return static_cast<double>(L) * (2.0 * d * 4.0 * d + attn_core + 6.0 * d * F) +
+           2.0 * d * static_cast<double>(V);
+  }
+};
+
+void decoder_train(benchmark::State& st) {
+  static TrainModel m;
+  const bool recompute = st.range(1) != 0;
+  moe::ThreadPool& pool = moe_bench::pool(static_cast<std::size_t>(st.range(0)));
+  auto state = m.model->make_training_state(TrainModel::B, TrainModel::T, recompute);
+  std::vector<std::int32_t> tokens(TrainModel::B * TrainModel::T), targets(tokens.size());
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<std::int32_t>((i * 37 + 11) % TrainModel::V);
+    targets[i] = static_cast<std::int32_t>((i * 37 + 48) % TrainModel::V);
+  }
+  for (auto _ : st) {
+    m.model->forward_train(pool, tokens, targets, state);
+    m.model->backward(pool, state, m.g);
+  }
+  const double n = static_cast<double>(tokens.size());
+  st.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(st.iterations()) * n, benchmark::Counter::kIsRate);
+  st.counters["tape_MB"] = static_cast<double>(state.tape().capacity()) / 1e6;
+  st.counters["scratch_MB"] = static_cast<double>(state.bytes() - state.tape().capacity()) / 1e6;
+  moe_bench::set_counters(st, 0.0, 3.0 * n * TrainModel::forward_flops_per_token(),
+                          static_cast<std::size_t>(st.range(0)));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -437,6 +546,14 @@ int main(int argc, char** argv) {
         ->ArgNames({"context"})
         ->Arg(c)
         ->Unit(benchmark::kMicrosecond);
+  }
+  for (std::int64_t recompute : {0, 1}) {
+    benchmark::RegisterBenchmark("decoder_train/dense", decoder_train)
+        ->ArgNames({"threads", "recompute"})
+        ->Args({2, recompute})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(3);
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Float64 reference of a Grok-1-style MoE decoder, and the fixtures of tests/model/.
 
-Written from the specification (/work/shared/specs/grok1.md §1.3-1.6), independently of the
-C++ code. For each fixture it draws random weights with a seeded numpy generator (stored in the
+Written from the published model code and papers (xai-org/grok-1 model.py; Mistral's
+mistral-inference; Du et al. 2022, "GLaM", arXiv:2112.06905; Lepikhin et al. 2020, "GShard",
+arXiv:2006.16668), independently of the C++ code. For each fixture it draws random weights with a seeded numpy generator (stored in the
 weight formats the C++ side reads: int8 + bf16 scales, bf16, f32), runs the whole forward pass
 over a token sequence in float64 without a KV cache (one causal pass), and writes
 
@@ -11,7 +12,8 @@ over a token sequence in float64 without a KV cache (one causal pass), and write
                                       "tensor <name> <dtype> <offset> <dim0> <dim1> ..."
 
 dtypes: f32, f64, i32, i8, bf16 (raw uint16 bits). Outputs: `tokens` [T] i32, `hidden.<l>`
-[T, D] f64 (the residual stream after decoder layer l), `logits` [T, V] f64.
+[T, D] f64 (the residual stream after decoder layer l), `logits` [T, V] f64, and for fixtures
+with a capacity `dropped` [L] i32 (the (token, expert) pairs each layer dropped; 0 for dense).
 
 Fixtures:
   grok1_tiny     Grok-1 exactly (grok1::Config::tiny() shapes): sandwich norms, GQA 4/2,
@@ -24,9 +26,19 @@ Fixtures:
                  multipliers, logits / sqrt(head_dim), interleaved RoPE base 1e6, SiLU experts,
                  top-2 renormalised, untied head. Weights bf16 in the PyTorch [out, in] layout,
                  router f32 [E, D] ([out, in]).
+  glam_tiny      GLaM-shaped (Du et al. 2022): an MoE layer in every other block (blocks 0 and
+                 2 of 4; blocks 1 and 3 have a dense gated-GELU FFN), 64 experts with GLaM's
+                 GShard-style top-2 (softmax, the two gates renormalised before dropping,
+                 capacity factor 2 without k: ceil(2 T / E) per expert, all first choices before
+                 second choices, Lepikhin et al. 2020), pre-norm, MHA, half-split RoPE, no
+                 soft-cap, untied head.
+                 Weights f32 [in, out] (experts bf16 [in, out]); the whole sequence is one call,
+                 since capacity depends on the tokens per call.
 
-Run:  /usr/bin/python3 tools/decoder_reference.py            (rewrites the fixtures)
-      /usr/bin/python3 tools/decoder_reference.py --check    (recomputes, compares, no writes)
+Run:  /usr/bin/python3 tools/decoder_reference.py [names]    (rewrites the fixtures)
+      /usr/bin/python3 tools/decoder_reference.py --check    (recomputes, compares, no writes;
+                                                              outputs to 1e-12: BLAS rounding
+                                                              differs between CPUs)
 """
 import argparse
 import math
@@ -166,43 +178,78 @@ def attention(a, lw, cfg):
     return out.reshape(t_count, hq * dh) @ lw["wo"], max_logit
 
 
+def capacity(cfg, t_count):
+    """Per-expert capacity of a call with t_count tokens (None: dropless)."""
+    cap = cfg.get("capacity")
+    if cap is None:
+        return None
+    v = (cfg["top_k"] if cap["multiply_by_k"] else 1) * t_count * cap["cf"] / cfg["n_experts"]
+    c = max(0, math.ceil(v - 1e-9 * max(v, 1.0)))
+    return min(max(c, cap["min_capacity"]), t_count)
+
+
 def moe(m, lw, cfg):
-    """Router softmax over all experts, top-k (ties -> lower index), gated experts."""
+    """Router softmax over all experts, top-k (ties -> lower index), gates renormalised over the
+    chosen ones if configured (before any dropping), then the capacity: pairs in position order
+    (every first choice in token order, then every second choice, ...) and each expert keeps its
+    first C; a dropped pair contributes nothing. Returns y, the smallest top-k gap, the drops."""
     logits = m @ lw["router"]  # [T, E]
     probs = softmax(logits, axis=-1)
-    k = cfg["top_k"]
+    k, t_count = cfg["top_k"], m.shape[0]
     act = gelu_tanh if cfg["activation"] == "gelu_tanh" else silu
-    y = np.zeros_like(m)
-    min_gap = np.inf
-    for t in range(m.shape[0]):
+    chosen, gates, min_gap = [], [], np.inf
+    for t in range(t_count):
         order = sorted(range(probs.shape[1]), key=lambda e: (-probs[t, e], e))
-        chosen = order[:k]
+        chosen.append(order[:k])
         min_gap = min(min_gap, probs[t, order[k - 1]] - probs[t, order[k]])
-        gates = probs[t, chosen]
-        if cfg["renormalize"]:
-            gates = gates / np.sum(gates)
-        for gate, e in zip(gates, chosen):
-            hidden = act(m[t] @ lw["gate"][e]) * (m[t] @ lw["up"][e])
-            y[t] += gate * (hidden @ lw["down"][e])
-    return y, min_gap
+        g = probs[t, order[:k]]
+        gates.append(g / np.sum(g) if cfg["renormalize"] else g)
+    keep = np.ones((t_count, k), dtype=bool)
+    cap = capacity(cfg, t_count)
+    if cap is not None:
+        used = np.zeros(cfg["n_experts"], dtype=int)
+        for j in range(k):
+            for t in range(t_count):
+                e = chosen[t][j]
+                keep[t, j] = used[e] < cap
+                used[e] += 1
+    y = np.zeros_like(m)
+    for t in range(t_count):
+        for j in range(k):
+            if keep[t, j]:
+                e = chosen[t][j]
+                hidden = act(m[t] @ lw["gate"][e]) * (m[t] @ lw["up"][e])
+                y[t] += gates[t][j] * (hidden @ lw["down"][e])
+    return y, min_gap, int(np.sum(~keep))
+
+
+def dense_ffn(m, lw, cfg):
+    act = gelu_tanh if cfg["dense_activation"] == "gelu_tanh" else silu
+    return (act(m @ lw["dense_gate"]) * (m @ lw["dense_up"])) @ lw["dense_down"]
 
 
 def forward(tokens, weights, cfg):
     eps = cfg["rms_eps"]
     h = weights["embedding"][tokens] * cfg["embedding_multiplier"]
-    hidden, max_logit, min_gap = [], 0.0, np.inf
-    for lw in weights["layers"]:
+    hidden, max_logit, min_gap, dropped = [], 0.0, np.inf, []
+    moe_layers = cfg.get("moe_layers", list(range(cfg["n_layers"])))
+    for layer, lw in enumerate(weights["layers"]):
         o, ml = attention(rms_norm(h, lw["norm0"], eps), lw, cfg)
         max_logit = max(max_logit, ml)
         h = h + (rms_norm(o, lw["norm1"], eps) if cfg["sandwich"] else o)
-        y, gap = moe(rms_norm(h, lw["norm2"], eps), lw, cfg)
-        min_gap = min(min_gap, gap)
+        m = rms_norm(h, lw["norm2"], eps)
+        if layer in moe_layers:
+            y, gap, drops = moe(m, lw, cfg)
+            min_gap = min(min_gap, gap)
+        else:
+            y, drops = dense_ffn(m, lw, cfg), 0
+        dropped.append(drops)
         h = h + (rms_norm(y, lw["norm3"], eps) if cfg["sandwich"] else y)
         hidden.append(h.copy())
     hn = rms_norm(h, weights["final_norm"], eps)
     head = weights["embedding"].T if cfg["tied"] else weights["head"]  # [D, V]
     logits = hn @ head * cfg["output_multiplier"]
-    return hidden, logits, max_logit, min_gap
+    return hidden, logits, max_logit, min_gap, dropped
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
@@ -219,6 +266,48 @@ MIXTRAL_TINY = dict(
     top_k=2, d_ff=40, rope_base=1e6, rope_layout="interleaved", rms_eps=1e-5,
     embedding_multiplier=1.0, output_multiplier=1.0, attn_logit_multiplier=1 / math.sqrt(8),
     attn_softcap=0.0, sandwich=False, activation="silu", renormalize=True, tied=False)
+
+
+GLAM_TINY = dict(
+    vocab_size=72, d_model=24, n_layers=4, n_q_heads=3, n_kv_heads=3, head_dim=8, n_experts=64,
+    top_k=2, d_ff=16, dense_d_ff=48, rope_base=10000.0, rope_layout="half_split", rms_eps=1e-6,
+    embedding_multiplier=1.0, output_multiplier=1.0, attn_logit_multiplier=1 / math.sqrt(8),
+    attn_softcap=0.0, sandwich=False, activation="gelu_tanh", dense_activation="gelu_tanh",
+    renormalize=True, tied=False, moe_layers=[0, 2],
+    capacity=dict(cf=2.0, multiply_by_k=False, min_capacity=0))
+
+
+def build_glam(rng, cfg):
+    d, f, e, v = cfg["d_model"], cfg["d_ff"], cfg["n_experts"], cfg["vocab_size"]
+    fd = cfg["dense_d_ff"]
+    qd, kvd = cfg["n_q_heads"] * cfg["head_dim"], cfg["n_kv_heads"] * cfg["head_dim"]
+    tensors, weights = {}, {"layers": []}
+    emb = make_f32(rng, (v, d), std=1.0)
+    fnorm = make_f32(rng, (d,), lo=0.6, hi=1.4)
+    head = make_f32(rng, (d, v), std=1.0 / math.sqrt(d))  # [in, out]
+    tensors.update(embedding=emb, final_norm=fnorm, head=head)
+    weights.update(embedding=emb.value, final_norm=fnorm.value, head=head.value)
+    for layer in range(cfg["n_layers"]):
+        lw, p = {}, "layer%d." % layer
+        for name, (i, o) in {"wq": (d, qd), "wk": (d, kvd), "wv": (d, kvd), "wo": (qd, d)}.items():
+            t = make_f32(rng, (i, o), std=1.0 / math.sqrt(i))
+            tensors[p + name], lw[name] = t, t.value
+        for n in (0, 2):
+            t = make_f32(rng, (d,), lo=0.6, hi=1.4)
+            tensors[p + "norm%d" % n], lw["norm%d" % n] = t, t.value
+        if layer in cfg["moe_layers"]:
+            r = make_f32(rng, (d, e), std=2.0 / math.sqrt(d))  # [in, out]
+            tensors[p + "router"], lw["router"] = r, r.value
+            for name, (i, o) in {"gate": (d, f), "up": (d, f), "down": (f, d)}.items():
+                bits = bf16_bits(rng.normal(0.0, 1.0 / math.sqrt(i), size=(e, i, o)))
+                tensors[p + name], lw[name] = Tensor("bf16", bits, None), bf16_value(bits)
+        else:
+            for name, (i, o) in {"dense_gate": (d, fd), "dense_up": (d, fd),
+                                 "dense_down": (fd, d)}.items():
+                t = make_f32(rng, (i, o), std=1.0 / math.sqrt(i))
+                tensors[p + name], lw[name] = t, t.value
+        weights["layers"].append(lw)
+    return tensors, weights
 
 
 def build_grok(rng, cfg):
@@ -279,6 +368,7 @@ def build_mixtral(rng, cfg):
 FIXTURES = {
     "grok1_tiny": (GROK1_TINY, build_grok, 20240317, 12),
     "mixtral_tiny": (MIXTRAL_TINY, build_mixtral, 8, 10),
+    "glam_tiny": (GLAM_TINY, build_glam, 5, 16),
 }
 
 DTYPES = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i8": "i1", "bf16": "<u2"}
@@ -287,8 +377,16 @@ DTYPES = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i8": "i1", "bf16": "<u2"}
 def serialise(name, cfg, tensors):
     blob, lines = bytearray(), ["# written by tools/decoder_reference.py; do not edit"]
     for key in sorted(cfg):
-        lines.append("config %s %s" % (key, repr(cfg[key]) if isinstance(cfg[key], float)
-                                       else str(cfg[key]).lower()))
+        value = cfg[key]
+        if isinstance(value, float):
+            value = repr(value)
+        elif isinstance(value, list):
+            value = ",".join(str(x) for x in value)
+        elif isinstance(value, dict):
+            value = ",".join("%s=%s" % kv for kv in sorted(value.items()))
+        else:
+            value = str(value).lower()
+        lines.append("config %s %s" % (key, value))
     for tname, t in tensors.items():
         blob.extend(b"\0" * (-len(blob) % 64))
         arr = np.ascontiguousarray(t.data.astype(DTYPES[t.dtype]))
@@ -304,42 +402,73 @@ def make_fixture(name):
     tensors, weights = build(rng, cfg)
     # Token ids avoid 0 (Grok-1's padding id, which its reference masks as a key).
     tokens = rng.integers(1, cfg["vocab_size"], size=t_count).astype(np.int32)
-    hidden, logits, max_logit, min_gap = forward(tokens, weights, cfg)
+    hidden, logits, max_logit, min_gap, dropped = forward(tokens, weights, cfg)
     out = {"tokens": Tensor("i32", tokens, None)}
     for layer, h in enumerate(hidden):
         out["hidden.%d" % layer] = Tensor("f64", h, None)
     out["logits"] = Tensor("f64", logits, None)
+    if cfg.get("capacity") is not None:
+        out["dropped"] = Tensor("i32", np.array(dropped, dtype=np.int32), None)
     out.update(tensors)
     stats = dict(max_abs_attn_logit=max_logit, min_top_k_gap=min_gap,
                  logit_rms=float(np.sqrt(np.mean(logits ** 2))))
+    if cfg.get("capacity") is not None:
+        stats["dropped_pairs"] = sum(dropped)
     return cfg, out, stats
+
+
+def same_fixture(path, blob, manifest):
+    """The committed fixture equals (blob, manifest): inputs and the manifest exactly, the float64
+    outputs to 1e-12 of each tensor's largest magnitude (numpy's BLAS rounds differently on
+    different CPUs)."""
+    if open(path + ".txt").read() != manifest:
+        return False
+    old = open(path + ".bin", "rb").read()
+    if len(old) != len(blob):
+        return False
+    for line in manifest.splitlines():
+        if not line.startswith("tensor "):
+            continue
+        _, name, dtype, offset, *shape = line.split()
+        n = int(np.prod([int(x) for x in shape])) * np.dtype(DTYPES[dtype]).itemsize
+        a, b = old[int(offset):int(offset) + n], blob[int(offset):int(offset) + n]
+        if dtype != "f64":
+            if a != b:
+                return False
+            continue
+        x, y = np.frombuffer(a, "<f8"), np.frombuffer(b, "<f8")
+        if np.max(np.abs(x - y)) > 1e-12 * max(np.max(np.abs(y)), 1e-300):
+            return False
+    return True
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed fixtures")
+    ap.add_argument("names", nargs="*", help="fixtures to write or check (default: all)")
     args = ap.parse_args()
     ok = True
-    for name in FIXTURES:
+    for name in args.names or FIXTURES:
         cfg, out, stats = make_fixture(name)
         if name == "grok1_tiny" and stats["max_abs_attn_logit"] < 45.0:
             sys.exit("grok1_tiny: attention logits too small to engage the soft-cap")
+        if name == "glam_tiny" and stats["dropped_pairs"] == 0:
+            sys.exit("glam_tiny: no pair was dropped; the capacity is not exercised")
         if stats["min_top_k_gap"] < 1e-3:
             sys.exit("%s: a top-k choice is within %g of a tie; change the seed"
                      % (name, stats["min_top_k_gap"]))
         blob, manifest = serialise(name, cfg, out)
-        bin_path = os.path.join(OUT_DIR, name + ".bin")
-        txt_path = os.path.join(OUT_DIR, name + ".txt")
+        base = os.path.join(OUT_DIR, name)
         manifest += "# stats %s\n" % " ".join("%s=%.6g" % kv for kv in sorted(stats.items()))
         if args.check:
-            same = (open(bin_path, "rb").read() == blob and open(txt_path).read() == manifest)
+            same = same_fixture(base, blob, manifest)
             print("%s: %s" % (name, "identical" if same else "DIFFERENT"))
             ok &= same
         else:
             os.makedirs(OUT_DIR, exist_ok=True)
-            with open(bin_path, "wb") as fh:
+            with open(base + ".bin", "wb") as fh:
                 fh.write(blob)
-            with open(txt_path, "w") as fh:
+            with open(base + ".txt", "w") as fh:
                 fh.write(manifest)
             print("%s: %d bytes, %s" % (name, len(blob), stats))
     return 0 if ok else 1

@@ -2,6 +2,7 @@
 // GQA head mapping, RoPE relative positions, soft-cap, causality, caching, thread independence.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -11,6 +12,7 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/attention.hpp>
 #include <moe/layers/kv_cache.hpp>
+#include <moe/ops/attention.hpp>
 
 #include "common/test_util.hpp"
 #include "model/model_util.hpp"
@@ -36,7 +38,7 @@ std::vector<float> run_chunks(moe::ThreadPool& pool,
                               const std::vector<std::size_t>& chunks,
                               moe::KvDtype dtype = moe::KvDtype::kF32) {
   const auto& c = attn.config();
-  moe::KvCache cache(1, c.n_kv_heads, c.head_dim, 64, dtype);
+  moe::KvCache cache(1, c.n_kv_heads, c.head_dim, 80, dtype);
   moe::Arena arena(attn.workspace_bytes(T));
   std::vector<float> y(T * c.d_model, 0.0f);
   std::size_t t0 = 0;
@@ -120,6 +122,26 @@ TEST_CASE("attention: incremental decoding equals one prefill", "[model][attenti
   const auto d = moe_test::diff(step.data(), full.data(), full.size());
   INFO(d.str());
   CHECK(d.max_abs <= 1e-6 * moe_test::max_abs(full.data(), full.size()));
+}
+
+TEST_CASE("attention: a chunk starting off a token-block boundary crosses a key tile cleanly",
+          "[model][attention]") {
+  // A 60-token chunk at position 5: its last block of query rows (positions 61 .. 64) spans the
+  // key-tile boundary at 64, so the earlier rows of that block have no keys in the last tile.
+  moe::ThreadPool pool(2);
+  auto c = tiny_config();
+  const std::size_t dh = GENERATE(8, 32);
+  c.head_dim = dh;
+  moe_test::AttentionOwner w(c, 12);
+  moe::RotaryAttention<moe::F32Weight> attn(c, w.views);
+  const std::size_t T = 65;
+  auto x = moe_test::randn(T * c.d_model, 14);
+  auto ref = moe_test::attention_ref(c, w.views, x.data(), T);
+  for (auto dtype : {moe::KvDtype::kF32, moe::KvDtype::kBF16}) {
+    auto y = run_chunks(pool, attn, x, T, {5, 60}, dtype);
+    INFO("head_dim " << dh << " " << moe::kv_dtype_name(dtype) << ": " << rel_err(y, ref));
+    CHECK(rel_err(y, ref) < (dtype == moe::KvDtype::kF32 ? 2e-6 : 1e-2));
+  }
 }
 
 TEST_CASE("attention: a bf16 cache stays close to f32 and differs from it", "[model][attention]") {
@@ -312,5 +334,51 @@ TEST_CASE("attention: configuration, shape and capacity errors", "[model][attent
     CHECK_THROWS_WITH(
         attn.forward(small, {x.data(), 200, 32}, {y.data(), 200, 32}, cache, 0, arena),
         Catch::Contains("scratch"));
+  }
+}
+
+TEST_CASE("attention kernels: the tiled score and value kernels equal their scalar twins",
+          "[model][attention][kernels]") {
+  // dot_rows_tiled / axpy_rows_tiled (kLanes accumulators + transposing reduction; output head in
+  // registers) against dot_rows_simple / axpy_rows_simple (moe::dot / moe::axpy per row), over
+  // awkward key counts, head sizes of 1 .. 17 batches and row strides larger than the head;
+  // bf16 rows against the same rows widened to f32.
+  const std::size_t L = moe::simd::kLanes;
+  for (std::size_t batches : {1, 2, 3, 8, 9, 17}) {
+    const std::size_t dh = batches * L;
+    for (std::size_t n :
+         {std::size_t{0}, std::size_t{1}, L - 1, L, L + 1, 3 * L + 5, std::size_t{64}}) {
+      for (std::size_t pad : {std::size_t{0}, std::size_t{3}, std::size_t{64}}) {
+        const std::size_t stride = dh + pad;
+        INFO("dh " << dh << " keys " << n << " stride " << stride);
+        const auto q = moe_test::randn(dh, 1), w = moe_test::randn(std::max<std::size_t>(n, 1), 2);
+        auto rows = moe_test::randn(std::max<std::size_t>(n, 1) * stride, 3);
+        std::vector<moe::bf16> rows16(rows.size());
+        for (std::size_t i = 0; i < rows.size(); ++i) {
+          rows16[i] = moe::bf16(rows[i]);
+          rows[i] = rows16[i].to_float();  // the f32 twin reads the widened values
+        }
+        std::vector<float> s_tiled(n + 1), s16(n + 1), s_simple(n + 1);
+        moe::detail::dot_rows_tiled(q.data(), rows.data(), stride, n, dh, s_tiled.data());
+        moe::detail::dot_rows_tiled(q.data(), rows16.data(), stride, n, dh, s16.data());
+        moe::detail::dot_rows_simple(q.data(), rows.data(), stride, n, dh, s_simple.data());
+        for (std::size_t j = 0; j < n; ++j) {
+          double exact = 0, mag = 0;
+          for (std::size_t i = 0; i < dh; ++i) {
+            exact += static_cast<double>(q[i]) * rows[j * stride + i];
+            mag += std::abs(static_cast<double>(q[i]) * rows[j * stride + i]);
+          }
+          CHECK(std::abs(s_tiled[j] - exact) <= 1e-6 * mag);
+          CHECK(std::abs(s_simple[j] - exact) <= 1e-6 * mag);
+          CHECK(s16[j] == s_tiled[j]);  // the same arithmetic on the same values
+        }
+        std::vector<float> o_tiled(dh, 0.5f), o16(dh, 0.5f), o_simple(dh, 0.5f);
+        moe::detail::axpy_rows_tiled(w.data(), rows.data(), stride, n, dh, o_tiled.data());
+        moe::detail::axpy_rows_tiled(w.data(), rows16.data(), stride, n, dh, o16.data());
+        moe::detail::axpy_rows_simple(w.data(), rows.data(), stride, n, dh, o_simple.data());
+        CHECK(o16 == o_tiled);
+        CHECK(o_simple == o_tiled);  // both: one fma per row, in row order
+      }
+    }
   }
 }

@@ -1,12 +1,15 @@
 // The decoder against the float64 reference of tools/decoder_reference.py (fixtures in
 // tests/data/model/): per-layer residual streams and final logits, for Grok-1 itself (int8
-// weights, sandwich norms, soft-cap, multipliers, raw top-2 gates, tied head) and for a
+// weights, sandwich norms, soft-cap, multipliers, raw top-2 gates, tied head), for a
 // Mixtral-style model built from the same components by configuration (bf16 [out, in] weights,
-// pre-norm, SiLU, renormalised top-2, interleaved RoPE, untied head).
+// pre-norm, SiLU, renormalised top-2, interleaved RoPE, untied head), and for a GLaM-shaped one
+// (dense and MoE blocks alternating through DenseOrMoE, 64 experts, GShard top-2 with capacity).
 #include <catch2/catch.hpp>
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,10 +36,12 @@ std::span<const float> vec(const Fixture& f, const std::string& name) {
   return {f.data<float>(name), f.shape(name)[0]};
 }
 
-/// Runs `tokens` through `model` (in two chunks, so the KV cache is used) and compares every
-/// layer's residual stream and the logits with the fixture. Returns the worst relative error.
+/// Runs `tokens` through `model` (in two chunks, so the KV cache is used, unless `one_call`) and
+/// compares every layer's residual stream and the logits with the fixture. `results` (optional,
+/// one per layer) receives the FFN results of the last call. Returns the worst relative error.
 template <class Model>
-double compare(const Fixture& f, const Model& model, double tol) {
+double compare(const Fixture& f, const Model& model, double tol, bool one_call = false,
+               std::span<typename Model::result_slot> results = {}) {
   moe::ThreadPool pool(2);
   const auto& tshape = f.shape("tokens");
   const std::size_t T = tshape[0], D = model.dim(), V = model.vocab_size();
@@ -52,9 +57,11 @@ double compare(const Fixture& f, const Model& model, double tol) {
       std::copy(h.row(r), h.row(r) + D, hidden[l].data() + (t0 + r) * D);
     }
   };
-  for (std::size_t n : {T / 2 + 1, T - T / 2 - 1}) {
+  const std::vector<std::size_t> chunks =
+      one_call ? std::vector<std::size_t>{T} : std::vector<std::size_t>{T / 2 + 1, T - T / 2 - 1};
+  for (std::size_t n : chunks) {
     model.forward(pool, std::span<const std::int32_t>(tok + t0, n), state,
-                  moe::MatrixView<float>(logits.data() + t0 * V, n, V), opts);
+                  moe::MatrixView<float>(logits.data() + t0 * V, n, V), opts, results);
     t0 += n;
   }
   double worst = 0;
@@ -179,4 +186,80 @@ TEST_CASE("reference: a Mixtral-style model (bf16, pre-norm) matches the float64
                                      vec(f, "final_norm"), bf("head", D, V));
   const double worst = compare(f, model, 2e-5);
   WARN("mixtral_tiny: worst relative error vs float64 " << worst);
+}
+
+TEST_CASE("reference: a GLaM-shaped model (MoE every other block) matches the float64 reference",
+          "[model][reference]") {
+  const Fixture f("glam_tiny");
+  REQUIRE(f.config("moe_layers") == "0,2");
+  REQUIRE(f.config("capacity") == "cf=2.0,min_capacity=0,multiply_by_k=False");
+  REQUIRE(f.flag("renormalize"));
+  REQUIRE_FALSE(f.flag("tied"));
+  const std::size_t V = f.size("vocab_size"), D = f.size("d_model"), E = f.size("n_experts"),
+                    F = f.size("d_ff"), FD = f.size("dense_d_ff"), L = f.size("n_layers");
+  REQUIRE(E == 64);
+  moe::AttentionConfig ac;
+  ac.d_model = D;
+  ac.n_q_heads = f.size("n_q_heads");
+  ac.n_kv_heads = f.size("n_kv_heads");
+  ac.head_dim = f.size("head_dim");
+  ac.rope_base = f.real("rope_base");
+  REQUIRE(f.real("attn_logit_multiplier") == Approx(ac.multiplier()).epsilon(1e-15));
+
+  // presets::GLaM (GShard's top-2, capacity 2T/E, no random second expert), bf16 [in, out]
+  // experts; the dense blocks are gated-GELU FFNs.
+  using Moe = moe::presets::GLaM<moe::BF16Weight>;
+  using Dense = moe::GatedFfn<moe::F32Weight, moe::Activation::kGeluTanh>;
+  using Block =
+      moe::TransformerBlock<moe::RotaryAttention<moe::F32Weight>, moe::DenseOrMoE<Moe, Dense>>;
+  auto w32 = [&](const std::string& name, std::size_t in, std::size_t out) {
+    return moe::F32Weight{f.data<float>(name), in, out};
+  };
+  auto stack = [&](const std::string& name, std::size_t in, std::size_t out) {
+    return moe::WeightStack<moe::BF16Weight>{{f.data<moe::bf16>(name), in, out}, E};
+  };
+  std::vector<Block> blocks;
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::string p = "layer" + std::to_string(l) + ".";
+    moe::RotaryAttention<moe::F32Weight> attn(
+        ac, {w32(p + "wq", D, ac.q_dim()), w32(p + "wk", D, ac.kv_dim()),
+             w32(p + "wv", D, ac.kv_dim()), w32(p + "wo", ac.q_dim(), D)});
+    const moe::BlockNorms norms{vec(f, p + "norm0"), {}, vec(f, p + "norm2"), {}};
+    const moe::BlockConfig bc{moe::NormPlacement::kPre, f.real("rms_eps")};
+    if (l % 2 == 0) {
+      Moe layer(typename Moe::router_type(w32(p + "router", D, E)),
+                typename Moe::expert_type(stack(p + "gate", D, F), stack(p + "up", D, F),
+                                          stack(p + "down", F, D)));
+      blocks.emplace_back(std::move(attn), std::move(layer), norms, bc);
+    } else {
+      blocks.emplace_back(std::move(attn),
+                          Dense(w32(p + "dense_gate", D, FD), w32(p + "dense_up", D, FD),
+                                w32(p + "dense_down", FD, D)),
+                          norms, bc);
+    }
+    CHECK(blocks.back().ffn().is_moe() == (l % 2 == 0));
+  }
+  moe::DecoderConfig dc;
+  dc.vocab_size = V;
+  dc.d_model = D;
+  dc.rms_eps = f.real("rms_eps");
+  const moe::Decoder<Block> model(dc, {f.data<float>("embedding"), V, D}, std::move(blocks),
+                                  vec(f, "final_norm"), w32("head", D, V));
+  // One call: the capacity is a function of the tokens per call.
+  std::vector<std::optional<moe::MoEResult>> results(L);
+  const double worst = compare(f, model, 2e-5, true, std::span(results));
+  WARN("glam_tiny: worst relative error vs float64 " << worst);
+  const std::int32_t* dropped = f.data<std::int32_t>("dropped");
+  const std::size_t T = f.shape("tokens")[0];
+  for (std::size_t l = 0; l < L; ++l) {
+    INFO("layer " << l);
+    REQUIRE(results[l].has_value() == (l % 2 == 0));
+    if (results[l]) {
+      CHECK(results[l]->stats.n_experts == E);
+      CHECK(results[l]->stats.tokens == T);
+      CHECK(results[l]->stats.capacity == (2 * T + E - 1) / E);
+      CHECK(results[l]->stats.dropped == static_cast<std::size_t>(dropped[l]));
+      CHECK(dropped[l] > 0);
+    }
+  }
 }

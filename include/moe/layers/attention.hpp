@@ -17,27 +17,27 @@
 // over everything in it. Grok-1's masking of keys whose token id is 0 (its padding) is not
 // applied: moe never pads, so id 0 is an ordinary token.
 //
-// Work split: the projections are moe::matmul; the attention core runs one task per (KV head,
-// block of tokens) and computes every query head of the group together, reading each cached key
-// and value row once per block. Each output element is computed by exactly one task in a fixed
-// order, so results are bit-identical for every pool size. Scores live in the pool's per-thread
-// scratch (group * block * (pos + T) floats); the projections' outputs in the caller's Arena.
+// Training (forward_train / backward, the contract of moe/layers/moe_types.hpp with one extra
+// argument, the sequence length): x holds B sequences of T tokens each ([B*T, D], sequence b in
+// rows [b*T, (b+1)*T)); each attends causally within itself at positions 0 .. T-1, without a KV
+// cache. The tape keeps the rotated q and k, v, the head outputs o and the log-sum-exp of every
+// score row; backward recomputes the attention weights from them (ops/attention.hpp has the
+// formulas), un-rotates dq and dk (RoPE's transpose) and runs the four projections backward.
+//
+// Work split: the projections are moe::matmul (moe::matmul_backward_* in training); the attention
+// core (ops/attention.hpp) runs one task per (KV head, block of tokens) -- per (sequence, KV head)
+// in backward -- and computes every query head of the group together, reading each key and value
+// row once per block. Each output element is computed by exactly one task in a fixed order, so
+// results are bit-identical for every pool size. Scores live in the pool's per-thread scratch
+// (group * block * context floats); the projections' outputs in the caller's Arena.
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <type_traits>
-#include <utility>
-
-#include <xsimd/xsimd.hpp>
-
-#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX2
-#include <immintrin.h>
-#endif
 
 #include <moe/config.hpp>
 #include <moe/core/arena.hpp>
@@ -46,9 +46,10 @@
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/kv_cache.hpp>
+#include <moe/ops/attention.hpp>
 #include <moe/ops/matmul.hpp>
+#include <moe/ops/matmul_grad.hpp>
 #include <moe/ops/rope.hpp>
-#include <moe/ops/softmax.hpp>
 #include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
 
@@ -105,165 +106,6 @@ struct AttentionWeights {
 
 }  // namespace moe
 
-
-MOE_SIMD_DETAIL_BEGIN
-
-/// dst[i] = float(src[i]) (exact widening).
-inline void widen_bf16(const bf16* src, float* dst, std::size_t n) noexcept {
-  const auto* s = reinterpret_cast<const std::uint16_t*>(src);
-  for (std::size_t i = 0; i < n; ++i) {
-    dst[i] = std::bit_cast<float>(static_cast<std::uint32_t>(s[i]) << 16);
-  }
-}
-
-// Tile kernels of the attention core. They need head_dim % kLanes == 0 (every real model); the
-// core falls back to moe::dot / moe::axpy otherwise. GCC 12 warns about the _mm512_undefined_*
-// merge sources of some AVX-512 intrinsics (GCC bug 105593): silenced for these functions.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-using Batch = xsimd::batch<float>;
-inline constexpr std::size_t kLanes = Batch::size;
-
-/// The sums of kLanes batches as one batch: lane j = sum of the lanes of acc[j].
-inline Batch reduce_lanes(const Batch* acc) noexcept {
-#if XSIMD_WITH_AVX512F
-  // Own transposing reduction: xsimd 8.1's AVX-512 haddp returns the sums in a permuted lane
-  // order (0 1 4 5 2 3 6 7 ...) and needs AVX512DQ. Four levels, AVX512F only.
-  __m512 x[8], y[4], z[2];
-  for (int i = 0; i < 8; ++i) {  // per 128-bit quarter: [a0+a2, b0+b2, a1+a3, b1+b3]
-    const __m512 a = acc[2 * i], b = acc[2 * i + 1];
-    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  }
-  for (int i = 0; i < 4; ++i) {  // per quarter: partial sums of rows 4i .. 4i+3
-    y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  for (int i = 0; i < 2; ++i) {  // quarters (q0+q1, q2+q3) of two row groups
-    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-#else
-  return xsimd::haddp(acc);
-#endif
-}
-
-/// kLanes elements of a cached row as floats: f32 as is, bf16 widened exactly in registers.
-template <class KV>
-inline Batch load_kv(const KV* p) noexcept {
-  if constexpr (std::is_same_v<KV, float>) {
-    return Batch::load_unaligned(p);
-  } else {
-#if XSIMD_WITH_AVX512F
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#elif XSIMD_WITH_AVX2
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-#else
-    alignas(64) float buf[kLanes];
-    widen_bf16(p, buf, kLanes);
-    return Batch::load_aligned(buf);
-#endif
-  }
-}
-
-template <class KV, std::size_t... J>
-inline Batch dot_lanes_impl(const float* q, const KV* k, std::size_t dh,
-                            std::index_sequence<J...>) noexcept {
-  Batch acc[kLanes] = {(static_cast<void>(J), Batch(0.0f))...};
-  for (std::size_t c = 0; c < dh; c += kLanes) {
-    const Batch qv = Batch::load_unaligned(q + c);
-    ((acc[J] = xsimd::fma(qv, load_kv(k + J * dh + c), acc[J])), ...);
-  }
-  return reduce_lanes(acc);
-}
-
-/// out[j] = q . k[j] for j < n (k: n rows of dh elements, contiguous). Full groups of kLanes
-/// keys use kLanes independent accumulators and one transposing reduction.
-template <class KV>
-inline void dot_rows(const float* q, const KV* k, std::size_t n, std::size_t dh,
-                     float* out) noexcept {
-  std::size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    dot_lanes_impl(q, k + j * dh, dh, std::make_index_sequence<kLanes>{}).store_unaligned(out + j);
-  }
-  for (; j < n; ++j) {  // the last < kLanes keys, one at a time
-    if constexpr (std::is_same_v<KV, float>) {
-      out[j] = dot(q, k + j * dh, dh);
-    } else {
-      Batch acc(0.0f);
-      for (std::size_t c = 0; c < dh; c += kLanes) {
-        acc = xsimd::fma(Batch::load_unaligned(q + c), load_kv(k + j * dh + c), acc);
-      }
-      alignas(64) float lanes[kLanes];
-      acc.store_aligned(lanes);
-      float sum = 0.0f;
-      for (float x : lanes) sum += x;
-      out[j] = sum;
-    }
-  }
-}
-
-template <std::size_t NB, class KV>
-inline void axpy_rows_impl(const float* w, const KV* v, std::size_t n, std::size_t dh,
-                           float* o) noexcept {
-  Batch acc[NB];
-  for (std::size_t b = 0; b < NB; ++b) acc[b] = Batch::load_unaligned(o + b * kLanes);
-  for (std::size_t j = 0; j < n; ++j) {
-    const Batch wj(w[j]);
-    const KV* vr = v + j * dh;
-    for (std::size_t b = 0; b < NB; ++b) acc[b] = xsimd::fma(wj, load_kv(vr + b * kLanes), acc[b]);
-  }
-  for (std::size_t b = 0; b < NB; ++b) acc[b].store_unaligned(o + b * kLanes);
-}
-
-/// o[0..dh) += sum_j w[j] v[j] over n rows of dh elements, keeping up to 8 batches of o in
-/// registers for the whole pass over the rows.
-template <class KV>
-inline void axpy_rows(const float* w, const KV* v, std::size_t n, std::size_t dh,
-                      float* o) noexcept {
-  for (std::size_t c0 = 0; c0 < dh; c0 += 8 * kLanes) {
-    switch (std::min<std::size_t>(8, (dh - c0) / kLanes)) {
-      case 8:
-        axpy_rows_impl<8>(w, v + c0, n, dh, o + c0);
-        break;
-      case 7:
-        axpy_rows_impl<7>(w, v + c0, n, dh, o + c0);
-        break;
-      case 6:
-        axpy_rows_impl<6>(w, v + c0, n, dh, o + c0);
-        break;
-      case 5:
-        axpy_rows_impl<5>(w, v + c0, n, dh, o + c0);
-        break;
-      case 4:
-        axpy_rows_impl<4>(w, v + c0, n, dh, o + c0);
-        break;
-      case 3:
-        axpy_rows_impl<3>(w, v + c0, n, dh, o + c0);
-        break;
-      case 2:
-        axpy_rows_impl<2>(w, v + c0, n, dh, o + c0);
-        break;
-      default:
-        axpy_rows_impl<1>(w, v + c0, n, dh, o + c0);
-        break;
-    }
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-MOE_SIMD_DETAIL_END
-
 MOE_SIMD_NAMESPACE_BEGIN
 
 template <class W>
@@ -271,9 +113,6 @@ class RotaryAttention {
  public:
   using weight_type = W;
 
-  /// Keys/values per tile of the score and value loops (widened into scratch when the cache is
-  /// bf16 and head_dim is not a multiple of the SIMD width).
-  static constexpr std::size_t kTile = 64;
   /// Tokens per task (upper bound; shrunk when the scores would not fit the thread scratch).
   static constexpr std::size_t kTokenBlock = 8;
   /// Below this many score multiply-adds (T * context * Hq * dh) the core runs on one thread.
@@ -288,8 +127,8 @@ class RotaryAttention {
     check_weight_shape(w_.wv, "attention", "wv", cfg_.d_model, cfg_.kv_dim());
     check_weight_shape(w_.wo, "attention", "wo", cfg_.q_dim(), cfg_.d_model);
     rope_ = Rope(cfg_.head_dim, cfg_.rope_base, cfg_.rope_layout, cfg_.rotary_dims);
-    scale_ = static_cast<float>(cfg_.multiplier());
-    cap_ = static_cast<float>(cfg_.softcap);
+    core_ = AttentionCore{cfg_.n_q_heads, cfg_.n_kv_heads, cfg_.head_dim,
+                          static_cast<float>(cfg_.multiplier()), static_cast<float>(cfg_.softcap)};
   }
 
   [[nodiscard]] const AttentionConfig& config() const noexcept { return cfg_; }
@@ -305,8 +144,7 @@ class RotaryAttention {
   /// Bytes of the pool's per-thread scratch the attention core needs at a context of `context`
   /// positions (one token per task: the minimum).
   [[nodiscard]] std::size_t scratch_bytes(std::size_t context) const noexcept {
-    return Arena::round_up(cfg_.group() * context * sizeof(float)) +
-           2 * Arena::round_up(kTile * cfg_.head_dim * sizeof(float));
+    return attend_scratch_bytes(core_, 1, context);
   }
 
   /// Throws unless `cache` matches this layer's KV shape, has `layer`, and has room for `tokens`
@@ -320,14 +158,7 @@ class RotaryAttention {
                        std::to_string(cfg_.head_dim));
     }
     cache.check_room(layer, tokens);
-    const std::size_t need = scratch_bytes(cache.length(layer) + tokens);
-    if (need > pool.scratch_bytes()) {
-      throw CapacityError("[attention] the thread pool's scratch (" +
-                          std::to_string(pool.scratch_bytes()) + " bytes per thread) cannot hold " +
-                          std::to_string(need) + " bytes of attention scores for a context of " +
-                          std::to_string(cache.length(layer) + tokens) +
-                          " positions; construct the ThreadPool with more scratch");
-    }
+    check_scratch(pool, cache.length(layer) + tokens);
   }
 
   /// y [T, D] = attention over x [T, D] at positions cache.length(layer) + t; appends the T new
@@ -336,32 +167,19 @@ class RotaryAttention {
   void forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, KvCache& cache,
                std::size_t layer, Arena& arena) const {
     MOE_ASSERT(x.cols == cfg_.d_model && y.cols == cfg_.d_model && x.rows == y.rows);
-    const std::size_t T = x.rows;
-    if (T == 0) return;
-    check(pool, cache, layer, T);
+    const std::size_t t_count = x.rows;
+    if (t_count == 0) return;
+    check(pool, cache, layer, t_count);
     const std::size_t pos = cache.length(layer);
     const std::size_t qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
 
     Arena::Scope scope(arena);
-    MatrixView<float> q(arena.alloc<float>(T * qd), T, qd);
-    MatrixView<float> k(arena.alloc<float>(T * kvd), T, kvd);
-    MatrixView<float> v(arena.alloc<float>(T * kvd), T, kvd);
-    MatrixView<float> o(arena.alloc<float>(T * qd), T, qd);
+    MatrixView<float> q(arena.alloc<float>(t_count * qd), t_count, qd);
+    MatrixView<float> k(arena.alloc<float>(t_count * kvd), t_count, kvd);
+    MatrixView<float> v(arena.alloc<float>(t_count * kvd), t_count, kvd);
+    MatrixView<float> o(arena.alloc<float>(t_count * qd), t_count, qd);
 
-    matmul(pool, x, w_.wq, q);
-    matmul(pool, x, w_.wk, k);
-    matmul(pool, x, w_.wv, v);
-
-    // RoPE: keys first, then queries (the order does not matter: they are independent).
-    constexpr std::size_t kRopeRows = 16;
-    pool.parallel_for((T + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
-      const std::size_t t1 = std::min(T, (task + 1) * kRopeRows);
-      for (std::size_t t = task * kRopeRows; t < t1; ++t) {
-        rope_.apply(k.row(t), cfg_.n_kv_heads, pos + t);
-        rope_.apply(q.row(t), cfg_.n_q_heads, pos + t);
-      }
-    });
-
+    project_rotate(pool, x, q, k, v, pos, t_count);
     cache.append(layer, k, v);
     attend(pool, q, o, cache, layer, pos);
     matmul(pool, MatrixView<const float>(o), w_.wo, y);
@@ -372,33 +190,189 @@ class RotaryAttention {
   /// them). Exposed for tests and benchmarks.
   void attend(ThreadPool& pool, MatrixView<const float> q, MatrixView<float> o,
               const KvCache& cache, std::size_t layer, std::size_t pos) const {
-    const std::size_t T = q.rows;
-    const std::size_t group = cfg_.group();
-    const std::size_t context = pos + T;
-    MOE_ASSERT(cache.length(layer) >= context);
-    // Tokens per task: as many as fit the per-thread scratch (results do not depend on it).
-    const std::size_t tiles = 2 * Arena::round_up(kTile * cfg_.head_dim * sizeof(float));
-    const std::size_t per_token = group * context * sizeof(float);
-    std::size_t block = kTokenBlock;
-    while (block > 1 && Arena::round_up(block * per_token) + tiles > pool.scratch_bytes()) --block;
-    const std::size_t n_blocks = (T + block - 1) / block;
+    const std::size_t t_count = q.rows;
+    MOE_ASSERT(cache.length(layer) >= pos + t_count);
+    const std::size_t block = token_block(pool, pos + t_count);
+    const std::size_t n_blocks = (t_count + block - 1) / block;
     const std::size_t n_tasks = cfg_.n_kv_heads * n_blocks;
+    const std::size_t dh = cfg_.head_dim;
     const auto run = [&](std::size_t task, std::size_t thread) {
       const std::size_t g = task % cfg_.n_kv_heads;
       const std::size_t t0 = (task / cfg_.n_kv_heads) * block;
-      const std::size_t t1 = std::min(T, t0 + block);
+      const std::size_t t1 = std::min(t_count, t0 + block);
       auto* scratch = reinterpret_cast<float*>(pool.scratch(thread));
       if (cache.dtype() == KvDtype::kF32) {
-        attend_block<float>(q, o, cache.keys_f32(layer, g), cache.values_f32(layer, g), g, t0, t1,
-                            pos, scratch);
+        const KvRows<float> kv{cache.keys_f32(layer, g), cache.values_f32(layer, g), dh};
+        attend_causal(core_, q, o, kv, g, t0, t1, pos, scratch);
       } else {
-        attend_block<bf16>(q, o, cache.keys_bf16(layer, g), cache.values_bf16(layer, g), g, t0, t1,
-                           pos, scratch);
+        const KvRows<bf16> kv{cache.keys_bf16(layer, g), cache.values_bf16(layer, g), dh};
+        attend_causal(core_, q, o, kv, g, t0, t1, pos, scratch);
       }
     };
-    // Small problems (a decode step at a short context) run as one task on the calling thread:
-    // waking the workers would cost more than the work. Same tasks, same order, same results.
-    if (T * context * cfg_.q_dim() < kSerialMacs) {
+    run_tasks(pool, n_tasks, t_count * (pos + t_count) * cfg_.q_dim(), run);
+  }
+
+  // ---- training (the contract of moe/layers/moe_types.hpp, per sequence-batched call) ----
+
+  /// Gradients of the four projections (frozen = data null; bf16 / int8 weights are frozen).
+  struct Grads {
+    WeightGrad wq, wk, wv, wo;
+  };
+  /// What forward_train keeps for backward (views into the caller's tape).
+  struct Saved {
+    MatrixView<const float> q, k, v, o;  ///< rotated q [BT, Hq*dh], rotated k, v, head outputs
+    const float* lse = nullptr;          ///< [BT, Hq]: log-sum-exp of every score row
+    std::size_t seq_len = 0;             ///< T
+  };
+
+  /// Tape bytes forward_train() keeps for max_tokens rows (B * T).
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const noexcept {
+    return 2 * Arena::bytes_for<float>(max_tokens * cfg_.q_dim()) +
+           2 * Arena::bytes_for<float>(max_tokens * cfg_.kv_dim()) +
+           Arena::bytes_for<float>(max_tokens * cfg_.n_q_heads);
+  }
+  /// Scratch bytes of forward_train() and backward() for max_tokens rows (backward: dq, dk, dv and
+  /// the gradient of o).
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
+    return workspace_bytes(max_tokens);
+  }
+  /// Bytes of the pool's per-thread scratch forward_train() and backward() need for sequences of
+  /// seq_len tokens.
+  [[nodiscard]] std::size_t training_scratch_bytes(std::size_t seq_len) const noexcept {
+    return std::max(attend_scratch_bytes(core_, 1, seq_len),
+                    attend_backward_scratch_bytes(seq_len));
+  }
+
+  /// y [B*T, D] = attention over x [B*T, D], B sequences of seq_len tokens, each causal within
+  /// itself at positions 0 .. seq_len-1 (no KV cache). Keeps q, k, v, o and the log-sum-exps in
+  /// `tape` (tape_bytes) for backward(); x must stay alive and unchanged until then.
+  void forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                     std::size_t seq_len, Arena& scratch, Arena& tape, Saved& saved) const {
+    check_train_io(x, y, seq_len);
+    check_scratch(pool, seq_len, true);
+    (void)scratch;
+    const std::size_t n = x.rows, qd = cfg_.q_dim(), kvd = cfg_.kv_dim(), hq = cfg_.n_q_heads;
+    MatrixView<float> q(tape.alloc<float>(n * qd), n, qd);
+    MatrixView<float> k(tape.alloc<float>(n * kvd), n, kvd);
+    MatrixView<float> v(tape.alloc<float>(n * kvd), n, kvd);
+    MatrixView<float> o(tape.alloc<float>(n * qd), n, qd);
+    float* lse = tape.alloc<float>(n * hq);
+    saved = Saved{q, k, v, o, lse, seq_len};
+    if (n == 0) return;
+
+    project_rotate(pool, x, q, k, v, 0, seq_len);
+    const std::size_t block = token_block(pool, seq_len);
+    const std::size_t n_blocks = (seq_len + block - 1) / block;
+    const std::size_t n_seq = n / seq_len, dh = cfg_.head_dim;
+    const std::size_t n_tasks = n_seq * cfg_.n_kv_heads * n_blocks;
+    run_tasks(pool, n_tasks, n * seq_len * qd, [&](std::size_t task, std::size_t thread) {
+      const std::size_t g = task % cfg_.n_kv_heads;
+      const std::size_t rest = task / cfg_.n_kv_heads;
+      const std::size_t b = rest / n_blocks, t0 = (rest % n_blocks) * block;
+      const std::size_t t1 = std::min(seq_len, t0 + block);
+      const std::size_t r0 = b * seq_len;
+      const KvRows<float> kv{k.row(r0) + g * dh, v.row(r0) + g * dh, kvd};
+      attend_causal(core_, MatrixView<const float>(q.rows_slice(r0, seq_len)),
+                    o.rows_slice(r0, seq_len), kv, g, t0, t1, 0,
+                    reinterpret_cast<float*>(pool.scratch(thread)), lse + r0 * hq, hq);
+    });
+    matmul(pool, MatrixView<const float>(o), w_.wo, y);
+  }
+
+  /// dx += dL/dx and grads += dL/dW, given the x of forward_train(), its Saved record and dy.
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, const Grads& grads,
+                Arena& scratch) const {
+    check_train_io(x, dy, saved.seq_len);
+    check_train_io(x, dx, saved.seq_len);
+    if (saved.q.rows != x.rows) {
+      throw ShapeError("[attention] backward() got " + std::to_string(x.rows) +
+                       " rows, forward_train() saved " + std::to_string(saved.q.rows));
+    }
+    check_weight_grad(w_.wq, grads.wq, "attention", "wq");
+    check_weight_grad(w_.wk, grads.wk, "attention", "wk");
+    check_weight_grad(w_.wv, grads.wv, "attention", "wv");
+    check_weight_grad(w_.wo, grads.wo, "attention", "wo");
+    const std::size_t n = x.rows, seq_len = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
+    if (n == 0) return;
+    check_scratch(pool, seq_len, true);
+    Arena::Scope scope(scratch);
+    MatrixView<float> d_o(scratch.alloc<float>(n * qd), n, qd);
+    MatrixView<float> dq(scratch.alloc<float>(n * qd), n, qd);
+    MatrixView<float> dk(scratch.alloc<float>(n * kvd), n, kvd);
+    MatrixView<float> dv(scratch.alloc<float>(n * kvd), n, kvd);
+    fill(d_o.data, n * qd, 0.0f);
+    fill(dq.data, n * qd, 0.0f);
+    fill(dk.data, n * kvd, 0.0f);
+    fill(dv.data, n * kvd, 0.0f);
+
+    // 1. output projection: d_o = dy . Wo^T, dWo += o^T dy.
+    matmul_backward_weight(pool, saved.o, dy, grads.wo);
+    matmul_backward_input(pool, dy, w_.wo, d_o);
+    // 2. the attention core, one task per (sequence, KV head).
+    const std::size_t dh = cfg_.head_dim, hq = cfg_.n_q_heads;
+    run_tasks(
+        pool, (n / seq_len) * cfg_.n_kv_heads, n * seq_len * qd,
+        [&](std::size_t task, std::size_t th) {
+          const std::size_t g = task % cfg_.n_kv_heads, r0 = (task / cfg_.n_kv_heads) * seq_len;
+          const KvRows<float> kv{saved.k.row(r0) + g * dh, saved.v.row(r0) + g * dh, kvd};
+          const KvGradRows dkv{dk.row(r0) + g * dh, dv.row(r0) + g * dh, kvd};
+          attend_causal_backward(
+              core_, saved.q.rows_slice(r0, seq_len), saved.o.rows_slice(r0, seq_len),
+              MatrixView<const float>(d_o).rows_slice(r0, seq_len), saved.lse + r0 * hq, hq, kv,
+              dq.rows_slice(r0, seq_len), dkv, g, reinterpret_cast<float*>(pool.scratch(th)));
+        });
+    // 3. RoPE's transpose on dq and dk.
+    constexpr std::size_t kRopeRows = 16;
+    pool.parallel_for((n + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
+      const std::size_t t1 = std::min(n, (task + 1) * kRopeRows);
+      for (std::size_t t = task * kRopeRows; t < t1; ++t) {
+        rope_.apply_inverse(dk.row(t), cfg_.n_kv_heads, t % seq_len);
+        rope_.apply_inverse(dq.row(t), cfg_.n_q_heads, t % seq_len);
+      }
+    });
+    // 4. the input projections.
+    matmul_backward_weight(pool, x, dq, grads.wq);
+    matmul_backward_weight(pool, x, dk, grads.wk);
+    matmul_backward_weight(pool, x, dv, grads.wv);
+    matmul_backward_input(pool, MatrixView<const float>(dq), w_.wq, dx);
+    matmul_backward_input(pool, MatrixView<const float>(dk), w_.wk, dx);
+    matmul_backward_input(pool, MatrixView<const float>(dv), w_.wv, dx);
+  }
+
+ private:
+  /// q, k, v = x . W{q,k,v}, then RoPE on q and k; row t is at position pos0 + t % period.
+  void project_rotate(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> q,
+                      MatrixView<float> k, MatrixView<float> v, std::size_t pos0,
+                      std::size_t period) const {
+    matmul(pool, x, w_.wq, q);
+    matmul(pool, x, w_.wk, k);
+    matmul(pool, x, w_.wv, v);
+    const std::size_t n = x.rows;
+    constexpr std::size_t kRopeRows = 16;
+    pool.parallel_for((n + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
+      const std::size_t t1 = std::min(n, (task + 1) * kRopeRows);
+      for (std::size_t t = task * kRopeRows; t < t1; ++t) {
+        rope_.apply(k.row(t), cfg_.n_kv_heads, pos0 + t % period);
+        rope_.apply(q.row(t), cfg_.n_q_heads, pos0 + t % period);
+      }
+    });
+  }
+
+  /// Tokens per forward task: as many as fit the per-thread scratch (results do not depend on it).
+  [[nodiscard]] std::size_t token_block(const ThreadPool& pool,
+                                        std::size_t context) const noexcept {
+    std::size_t block = kTokenBlock;
+    while (block > 1 && attend_scratch_bytes(core_, block, context) > pool.scratch_bytes()) --block;
+    return block;
+  }
+
+  /// Runs n_tasks tasks on the pool; small problems (a decode step at a short context) run them
+  /// in order on the calling thread: waking the workers would cost more than the work. Same
+  /// tasks, same order, same results.
+  template <class F>
+  static void run_tasks(ThreadPool& pool, std::size_t n_tasks, std::size_t macs, const F& run) {
+    if (macs < kSerialMacs) {
       pool.parallel_for(1, [&](std::size_t, std::size_t thread) {
         for (std::size_t task = 0; task < n_tasks; ++task) run(task, thread);
       });
@@ -407,93 +381,36 @@ class RotaryAttention {
     }
   }
 
- private:
-  /// Tokens [t0, t1) of KV head g. K and V are [capacity, dh] (rows [0, pos + t1) valid).
-  template <class KV>
-  void attend_block(MatrixView<const float> q, MatrixView<float> o, const KV* keys,
-                    const KV* values, std::size_t g, std::size_t t0, std::size_t t1,
-                    std::size_t pos, float* scratch) const noexcept {
-    const std::size_t dh = cfg_.head_dim;
-    const std::size_t group = cfg_.group();
-    const bool fast = dh % detail::kLanes == 0;
-    const std::size_t ls = pos + t1;  // score row stride: the longest context in the block
-    const std::size_t n_rows = (t1 - t0) * group;
-    float* scores = scratch;  // [n_rows, ls], row (t - t0) * group + hi
-    float* tile = scratch + Arena::round_up(n_rows * ls * sizeof(float)) / sizeof(float);
-
-    // 1. scores s[t, hi, j] = q[t, h] . k[j] for j < pos + t + 1, one pass over the keys.
-    for (std::size_t j0 = 0; j0 < ls; j0 += kTile) {
-      const std::size_t j1 = std::min(ls, j0 + kTile);
-      const float* kt = fast ? nullptr : rows_f32(keys, j0, j1, tile);
-      for (std::size_t t = t0; t < t1; ++t) {
-        const std::size_t len = pos + t + 1;  // causal: keys [0, len)
-        const std::size_t je = std::min(j1, len);
-        for (std::size_t hi = 0; hi < group; ++hi) {
-          const float* qh = q.row(t) + (g * group + hi) * dh;
-          float* s = scores + ((t - t0) * group + hi) * ls;
-          if (fast) {  // straight from the cache (bf16 widened in registers)
-            detail::dot_rows(qh, keys + j0 * dh, je - j0, dh, s + j0);
-          } else {
-            for (std::size_t j = j0; j < je; ++j) s[j] = dot(qh, kt + (j - j0) * dh, dh);
-          }
-        }
-      }
-    }
-    // 2. multiplier, soft-cap, softmax per row over its own causal length.
-    for (std::size_t t = t0; t < t1; ++t) {
-      const std::size_t len = pos + t + 1;
-      for (std::size_t hi = 0; hi < group; ++hi) {
-        float* s = scores + ((t - t0) * group + hi) * ls;
-        scale(s, len, scale_);
-        if (cap_ > 0.0f) softcap(s, len, cap_);
-        softmax(s, len);
-      }
-    }
-    // 3. o[t, h] = sum_j w[t, hi, j] v[j], one pass over the values.
-    for (std::size_t t = t0; t < t1; ++t) {
-      for (std::size_t hi = 0; hi < group; ++hi) {
-        std::fill_n(o.row(t) + (g * group + hi) * dh, dh, 0.0f);
-      }
-    }
-    for (std::size_t j0 = 0; j0 < ls; j0 += kTile) {
-      const std::size_t j1 = std::min(ls, j0 + kTile);
-      const float* vt = fast ? nullptr : rows_f32(values, j0, j1, tile);
-      for (std::size_t t = t0; t < t1; ++t) {
-        const std::size_t je = std::min(j1, pos + t + 1);
-        for (std::size_t hi = 0; hi < group; ++hi) {
-          float* oh = o.row(t) + (g * group + hi) * dh;
-          const float* s = scores + ((t - t0) * group + hi) * ls;
-          if (fast) {
-            detail::axpy_rows(s + j0, values + j0 * dh, je - j0, dh, oh);
-          } else {
-            for (std::size_t j = j0; j < je; ++j) axpy(s[j], vt + (j - j0) * dh, oh, dh);
-          }
-        }
-      }
+  /// Throws CapacityError unless the pool's per-thread scratch holds one token's scores at a
+  /// context of `context` positions (in training: also the backward's rows).
+  void check_scratch(const ThreadPool& pool, std::size_t context, bool training = false) const {
+    const std::size_t need = training ? training_scratch_bytes(context) : scratch_bytes(context);
+    if (need > pool.scratch_bytes()) {
+      throw CapacityError("[attention] the thread pool's scratch (" +
+                          std::to_string(pool.scratch_bytes()) + " bytes per thread) cannot hold " +
+                          std::to_string(need) + " bytes of attention scores for a context of " +
+                          std::to_string(context) +
+                          " positions; construct the ThreadPool with more scratch");
     }
   }
 
-  /// Rows [j0, j1) of a [capacity, dh] cache block as f32: a pointer into the cache (f32) or
-  /// into `tile` after widening (bf16).
-  template <class KV>
-  const float* rows_f32(const KV* base, std::size_t j0, std::size_t j1,
-                        float* tile) const noexcept {
-    const std::size_t dh = cfg_.head_dim;
-    if constexpr (std::is_same_v<KV, float>) {
-      (void)j1;
-      (void)tile;
-      return base + j0 * dh;
-    } else {
-      detail::widen_bf16(base + j0 * dh, tile, (j1 - j0) * dh);
-      return tile;
+  void check_train_io(MatrixView<const float> x, MatrixView<const float> y,
+                      std::size_t seq_len) const {
+    if (x.cols != cfg_.d_model || y.cols != cfg_.d_model || x.rows != y.rows) {
+      throw ShapeError("[attention] input " + shape_str({x.rows, x.cols}) + " / output " +
+                       shape_str({y.rows, y.cols}) + " do not match [B*T, " +
+                       std::to_string(cfg_.d_model) + "]");
+    }
+    if (seq_len == 0 || x.rows % seq_len != 0) {
+      throw ShapeError("[attention] " + std::to_string(x.rows) +
+                       " rows are not whole sequences of seq_len = " + std::to_string(seq_len));
     }
   }
 
   AttentionConfig cfg_{};
   AttentionWeights<W> w_{};
   Rope rope_;
-  float scale_ = 1.0f;
-  float cap_ = 0.0f;
+  AttentionCore core_{};
 };
 
 MOE_SIMD_NAMESPACE_END

@@ -1,10 +1,12 @@
 // moe/layers/decoder.hpp: Decoder<Block, Head>, a decoder-only language model over token ids.
 //
-//   h      = embedding[token] * embedding_multiplier                 [T, D]   (f32 table [V, D])
+//   h      = embedding[token] * embedding_multiplier                 [T, D]   (table [V, D])
 //   h      = block_l(h)  for l = 0 .. L-1                              (TransformerBlock)
 //   logits = (RMSNorm(h, final_norm) . head) * output_multiplier      [T or 1, V]
 //
-// The head is tied to the embedding by default (logits = h . E^T, i.e. the F32Weight
+// The embedding is an EmbeddingTable (ops/embedding.hpp): f32 at any byte alignment, bf16, or
+// int8 with bf16 scales, read in place and widened exactly row by row. The head is tied to the
+// embedding by default (logits = h . E^T: the table's own weight view, e.g. the F32Weight
 // {E, in = D, out = V, Layout::kOutIn}) or a separate weight of type Head ([D, V]).
 //
 // A Decoder holds views only and is const during forward(): several DecoderStates (sequences) can
@@ -16,6 +18,22 @@
 // to the cache, and writes logits for every token (logits.rows == T) or only the last one
 // (logits.rows == 1, which skips T-1 rows of the largest GEMM). Every error (token id out of
 // range, cache full, T > max_tokens, wrong logits shape) throws before any work is done.
+//
+// Training (llm.c's structure: an explicit backward next to each forward, gradients accumulated
+// with +=, activations kept in caller-owned arenas):
+//
+//   TrainingState st = model.make_training_state(batch, seq_len, recompute);   // sized once
+//   TrainingLoss l = model.forward_train(pool, tokens /*[B*T]*/, targets /*[B*T]*/, st, opts);
+//   model.backward(pool, st, grads);                                          // grads +=
+//
+// forward_train runs B sequences of T tokens (each causal within itself at positions 0..T-1, no
+// KV cache) and returns the mean softmax cross-entropy over the targets that are not
+// opts.ignore_id plus the MoE layers' weighted auxiliary losses. backward adds the gradient of
+// loss_scale * that loss to every parameter gradient in `grads` (Grads mirrors the weights: the
+// embedding table, the final norm, an untied head, every block's; empty / frozen views are
+// skipped; the caller zeroes them once per step). The tied head adds its part to the embedding's
+// gradient. With `recompute`, forward_train keeps only each block's input and backward re-runs
+// the block's forward before its backward (less memory, one more forward; docs/training.md).
 #pragma once
 
 #include <algorithm>
@@ -36,9 +54,13 @@
 #include <moe/core/error.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
+#include <moe/layers/attention.hpp>
 #include <moe/layers/kv_cache.hpp>
 #include <moe/layers/transformer_block.hpp>
+#include <moe/ops/embedding.hpp>
+#include <moe/ops/loss.hpp>
 #include <moe/ops/matmul.hpp>
+#include <moe/ops/matmul_grad.hpp>
 #include <moe/ops/norm.hpp>
 #include <moe/ops/softmax.hpp>
 #include <moe/ops/weights.hpp>
@@ -68,6 +90,42 @@ struct DecoderOptions {
   /// When set, called after every block with the residual stream h [T, D] (tests, debugging).
   std::function<void(std::size_t layer, MatrixView<const float> h)> on_layer;
 };
+
+/// Per-step options of Decoder::forward_train (backward uses the same).
+struct TrainingOptions {
+  /// Targets equal to this id are not counted (PyTorch's ignore_index).
+  std::int32_t ignore_id = -1;
+  /// Factor on the whole loss, so on every gradient (e.g. 1 / n when n micro-batches are
+  /// accumulated into one step). The returned loss is not scaled.
+  float loss_scale = 1.0f;
+  /// ForwardOptions::step of the MoE layers (their router noise).
+  std::uint64_t step = 0;
+};
+
+/// What Decoder::forward_train returns.
+struct TrainingLoss {
+  float loss = 0.0f;        ///< ce + aux
+  float ce = 0.0f;          ///< mean cross-entropy over the counted targets
+  float aux = 0.0f;         ///< sum of the MoE layers' weighted auxiliary losses
+  std::size_t counted = 0;  ///< targets that are not ignore_id
+};
+
+namespace detail {
+/// The weighted auxiliary loss in an FFN result (0 for dense layers).
+inline float aux_loss(unsigned char) noexcept {
+  return 0.0f;
+}
+inline float aux_loss(const FfnResult&) noexcept {
+  return 0.0f;
+}
+inline float aux_loss(const MoEResult& r) noexcept {
+  return r.losses.total();
+}
+template <class R>
+float aux_loss(const std::optional<R>& r) noexcept {
+  return r ? aux_loss(*r) : 0.0f;
+}
+}  // namespace detail
 
 }  // namespace moe
 
@@ -112,9 +170,65 @@ class Decoder {
   using result_slot =
       std::conditional_t<std::is_void_v<ffn_result_type>, unsigned char, ffn_result_type>;
 
-  /// `embedding` [V, D] (row = token, contiguous), `final_norm` [D]; `head` [D, V] when the LM
-  /// head is not tied to the embedding (std::nullopt = tied).
-  Decoder(const DecoderConfig& config, MatrixView<const float> embedding, std::vector<Block> blocks,
+  /// Gradients of every parameter: views the caller owns and zeroes once per step (backward()
+  /// adds). An empty span / a frozen WeightGrad is not computed (a bf16 or int8 table or weight
+  /// must be frozen).
+  struct Grads {
+    std::span<float> embedding;   ///< [V, D] row-major; the tied head adds its part here too
+    std::span<float> final_norm;  ///< [D]
+    WeightGrad head;              ///< [D, V] in the head's layout (untied head only)
+    std::vector<typename Block::Grads> blocks;  ///< one per layer
+  };
+
+  /// What one training step keeps between forward_train() and backward(), and the scratch of
+  /// both: made once by make_training_state() for B sequences of T tokens.
+  class TrainingState {
+   public:
+    TrainingState() = default;
+    [[nodiscard]] std::size_t batch() const noexcept { return batch_; }
+    [[nodiscard]] std::size_t seq_len() const noexcept { return seq_len_; }
+    [[nodiscard]] bool recompute() const noexcept { return recompute_; }
+    /// The FFN results of the last forward_train(), one per layer (MoE statistics and losses).
+    [[nodiscard]] std::span<const result_slot> ffn_results() const noexcept { return results_; }
+    /// Bytes of the tape, the scratch and (recompute) the one-block tape.
+    [[nodiscard]] std::size_t bytes() const noexcept {
+      return tape_.capacity() + scratch_.capacity() + block_tape_.capacity();
+    }
+    [[nodiscard]] const Arena& tape() const noexcept { return tape_; }
+    [[nodiscard]] const Arena& scratch() const noexcept { return scratch_; }
+
+   private:
+    friend class Decoder;
+    TrainingState(std::size_t batch, std::size_t seq_len, bool recompute, std::size_t layers,
+                  std::size_t tape, std::size_t scratch, std::size_t block_tape)
+        : batch_(batch),
+          seq_len_(seq_len),
+          recompute_(recompute),
+          tape_(tape),
+          scratch_(scratch),
+          block_tape_(block_tape),
+          saved_(layers),
+          results_(layers),
+          h_(layers + 1) {}
+
+    std::size_t batch_ = 0, seq_len_ = 0;
+    bool recompute_ = false;
+    Arena tape_, scratch_, block_tape_;
+    std::vector<typename Block::Saved> saved_;
+    std::vector<result_slot> results_;
+    // the step in flight (views into tape_)
+    std::vector<MatrixView<float>> h_;  // block inputs h_0 .. h_L
+    MatrixView<float> hn_, logits_;
+    std::span<const std::int32_t> tokens_, targets_;
+    TrainingOptions options_;
+    std::size_t counted_ = 0;
+    bool ready_ = false;
+  };
+
+  /// `embedding` [V, D] (row = token, contiguous; a MatrixView<const float> converts to an f32
+  /// table), `final_norm` [D]; `head` [D, V] when the LM head is not tied to the embedding
+  /// (std::nullopt = tied).
+  Decoder(const DecoderConfig& config, EmbeddingTable embedding, std::vector<Block> blocks,
           std::span<const float> final_norm, std::optional<Head> head = std::nullopt)
       : cfg_(config),
         emb_(embedding),
@@ -123,9 +237,7 @@ class Decoder {
         head_(std::move(head)) {
     cfg_.validate();
     const std::size_t v = cfg_.vocab_size, d = cfg_.d_model;
-    if (emb_.data == nullptr) throw ShapeError("[decoder] tensor 'embedding' is missing");
-    check_shape("decoder", "embedding", {emb_.rows, emb_.cols}, {v, d});
-    if (!emb_.contiguous()) throw ShapeError("[decoder] tensor 'embedding' must be contiguous");
+    emb_.validate("decoder", "embedding", v, d);
     if (final_norm_.data() == nullptr) throw ShapeError("[decoder] tensor 'final_norm' is missing");
     check_shape("decoder", "final_norm", {final_norm_.size()}, {d});
     check_config(!blocks_.empty(), "decoder", "needs at least one block");
@@ -138,11 +250,7 @@ class Decoder {
       check_config(a.n_kv_heads == a0.n_kv_heads && a.head_dim == a0.head_dim, "decoder",
                    "block " + std::to_string(l) + " has a different KV shape than block 0");
     }
-    if (head_) {
-      check_weight_shape(*head_, "decoder", "head", d, v);
-    } else {
-      tied_ = F32Weight{emb_.data, d, v, Layout::kOutIn};
-    }
+    if (head_) check_weight_shape(*head_, "decoder", "head", d, v);
   }
 
   [[nodiscard]] const DecoderConfig& config() const noexcept { return cfg_; }
@@ -151,6 +259,7 @@ class Decoder {
   [[nodiscard]] std::size_t n_layers() const noexcept { return blocks_.size(); }
   [[nodiscard]] const std::vector<Block>& blocks() const noexcept { return blocks_; }
   [[nodiscard]] bool tied_head() const noexcept { return !head_.has_value(); }
+  [[nodiscard]] const EmbeddingTable& embedding() const noexcept { return emb_; }
 
   /// The shape of the KV cache this model needs for `capacity` positions.
   [[nodiscard]] KvCacheConfig kv_config(std::size_t capacity, KvDtype dtype = KvDtype::kF32) const {
@@ -176,17 +285,17 @@ class Decoder {
   /// run. Called by forward() before any work.
   void check(const ThreadPool& pool, std::span<const std::int32_t> tokens,
              const DecoderState& state, MatrixView<float> logits) const {
-    const std::size_t T = tokens.size();
-    if (T == 0) throw ShapeError("[decoder] forward() needs at least one token");
-    for (std::size_t t = 0; t < T; ++t) {
+    const std::size_t t_count = tokens.size();
+    if (t_count == 0) throw ShapeError("[decoder] forward() needs at least one token");
+    for (std::size_t t = 0; t < t_count; ++t) {
       if (tokens[t] < 0 || static_cast<std::size_t>(tokens[t]) >= cfg_.vocab_size) {
         throw TokenError("[decoder] token id " + std::to_string(tokens[t]) + " at index " +
                          std::to_string(t) + " is outside the vocabulary [0, " +
                          std::to_string(cfg_.vocab_size) + ")");
       }
     }
-    if (T > state.max_tokens()) {
-      throw CapacityError("[decoder] " + std::to_string(T) +
+    if (t_count > state.max_tokens()) {
+      throw CapacityError("[decoder] " + std::to_string(t_count) +
                           " tokens in one call, but the state was made for at most " +
                           std::to_string(state.max_tokens()) +
                           " (make_state(capacity, max_tokens)); feed them in chunks");
@@ -202,13 +311,14 @@ class Decoder {
                          std::to_string(l) + ": " + std::to_string(cache.length(l)) +
                          ", layer 0: " + std::to_string(cache.size()) + ")");
       }
-      blocks_[l].attention().check(pool, cache, l, T);
+      blocks_[l].attention().check(pool, cache, l, t_count);
     }
     if (logits.data == nullptr || logits.cols != cfg_.vocab_size ||
-        (logits.rows != T && logits.rows != 1)) {
+        (logits.rows != t_count && logits.rows != 1)) {
       throw ShapeError("[decoder] logits have shape " + shape_str({logits.rows, logits.cols}) +
-                       ", expected " + shape_str({T, cfg_.vocab_size}) + " (every token) or " +
-                       shape_str({1, cfg_.vocab_size}) + " (the last token)");
+                       ", expected " + shape_str({t_count, cfg_.vocab_size}) +
+                       " (every token) or " + shape_str({1, cfg_.vocab_size}) +
+                       " (the last token)");
     }
   }
 
@@ -224,6 +334,171 @@ class Decoder {
                        " entries, expected " + std::to_string(blocks_.size()));
     }
     run(pool, tokens, state, logits, options, ffn_results);
+  }
+
+  // ---- training -----------------------------------------------------------------------------
+
+  /// Tape bytes of one training step over n = B * T tokens (see docs/training.md).
+  [[nodiscard]] std::size_t training_tape_bytes(std::size_t n, bool recompute = false) const {
+    std::size_t blocks = 0;
+    if (!recompute) {
+      for (const auto& b : blocks_) blocks += b.tape_bytes(n);
+    }
+    return (blocks_.size() + 2) * Arena::bytes_for<float>(n * cfg_.d_model) +
+           Arena::bytes_for<float>(n * cfg_.vocab_size) + 2 * Arena::bytes_for<std::int32_t>(n) +
+           blocks;
+  }
+  /// Scratch bytes of forward_train() and backward() over n tokens (recompute: plus one block
+  /// output; the block tape is separate, block_tape_bytes).
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t n, bool recompute = false) const {
+    std::size_t blocks = 0;
+    for (const auto& b : blocks_) blocks = std::max(blocks, b.training_workspace_bytes(n));
+    const std::size_t rows = Arena::bytes_for<float>(n * cfg_.d_model);
+    return (recompute ? 3 : 2) * rows + 2 * Arena::bytes_for<float>(n) + blocks;
+  }
+  /// The largest tape of one block over n tokens (the recompute mode's per-block tape).
+  [[nodiscard]] std::size_t block_tape_bytes(std::size_t n) const {
+    std::size_t m = 0;
+    for (const auto& b : blocks_) m = std::max(m, b.tape_bytes(n));
+    return m;
+  }
+
+  /// A training state for `batch` sequences of `seq_len` tokens per step (allocated here, once).
+  [[nodiscard]] TrainingState make_training_state(std::size_t batch, std::size_t seq_len,
+                                                  bool recompute = false) const {
+    check_config(batch > 0 && seq_len > 0, "decoder", "batch and seq_len must be > 0");
+    const std::size_t n = batch * seq_len;
+    return TrainingState(batch, seq_len, recompute, blocks_.size(),
+                         training_tape_bytes(n, recompute), training_workspace_bytes(n, recompute),
+                         recompute ? block_tape_bytes(n) : 0);
+  }
+
+  /// Forward pass of a training step: tokens and targets hold B' <= B sequences of T tokens
+  /// (B' * T ids each, row b*T + t = token t of sequence b); targets equal to opts.ignore_id are
+  /// not counted. Returns the loss; keeps what backward() needs in `state`. Throws (before any
+  /// work) on an id out of range, a size that is not whole sequences, or too little scratch.
+  TrainingLoss forward_train(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                             std::span<const std::int32_t> targets, TrainingState& state,
+                             const TrainingOptions& opts = {}) const {
+    check_training(pool, tokens, targets, state, opts);
+    const std::size_t n = tokens.size(), d = cfg_.d_model, seq_len = state.seq_len_;
+    TrainingState& st = state;
+    st.ready_ = false;
+    st.tape_.reset();
+    st.scratch_.reset();
+    auto* tok = st.tape_.template alloc<std::int32_t>(n);
+    auto* tgt = st.tape_.template alloc<std::int32_t>(n);
+    std::copy(tokens.begin(), tokens.end(), tok);
+    std::copy(targets.begin(), targets.end(), tgt);
+    st.tokens_ = {tok, n};
+    st.targets_ = {tgt, n};
+    st.options_ = opts;
+    for (auto& h : st.h_) h = MatrixView<float>(st.tape_.template alloc<float>(n * d), n, d);
+
+    embed_rows(pool, emb_, st.tokens_, static_cast<float>(cfg_.embedding_multiplier), st.h_[0]);
+    ForwardOptions fo;
+    fo.training = true;
+    fo.step = opts.step;
+    float aux = 0.0f;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      Arena& tape = st.recompute_ ? st.block_tape_ : st.tape_;
+      if (st.recompute_) st.block_tape_.reset();
+      if constexpr (std::is_void_v<ffn_result_type>) {
+        blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], seq_len, st.scratch_, tape,
+                                 st.saved_[l], fo);
+      } else {
+        st.results_[l] = blocks_[l].forward_train(pool, st.h_[l], st.h_[l + 1], seq_len,
+                                                  st.scratch_, tape, st.saved_[l], fo);
+        aux += detail::aux_loss(st.results_[l]);
+      }
+    }
+    st.hn_ = MatrixView<float>(st.tape_.template alloc<float>(n * d), n, d);
+    detail::rms_norm_rows_parallel(pool, st.h_.back(), final_norm_.data(), st.hn_,
+                                   static_cast<float>(cfg_.rms_eps));
+    st.logits_ =
+        MatrixView<float>(st.tape_.template alloc<float>(n * cfg_.vocab_size), n, cfg_.vocab_size);
+    head_forward(pool, st.hn_, st.logits_);
+
+    Arena::Scope scope(st.scratch_);
+    float* row_loss = st.scratch_.template alloc<float>(n);
+    const CrossEntropySum ce =
+        softmax_cross_entropy(pool, st.logits_, st.targets_, opts.ignore_id, row_loss);
+    st.counted_ = ce.counted;
+    st.ready_ = true;
+    TrainingLoss r;
+    r.ce = static_cast<float>(ce.mean());
+    r.aux = aux;
+    r.loss = r.ce + aux;
+    r.counted = ce.counted;
+    return r;
+  }
+
+  /// Backward pass of the step forward_train() recorded in `state`: adds loss_scale * dL/dtheta
+  /// to every non-empty view in `grads`. Consumes the step (a second call throws).
+  void backward(ThreadPool& pool, TrainingState& state, Grads& grads) const {
+    TrainingState& st = state;
+    if (!st.ready_) {
+      throw ConfigError("[decoder] backward() needs a forward_train() first (once per step)");
+    }
+    check_grads(grads);
+    st.ready_ = false;
+    const std::size_t n = st.tokens_.size(), d = cfg_.d_model, v = cfg_.vocab_size;
+    const std::size_t seq_len = st.seq_len_;
+    const TrainingOptions& opts = st.options_;
+    const auto eps = static_cast<float>(cfg_.rms_eps);
+    Arena& scratch = st.scratch_;
+    scratch.reset();
+    MatrixView<float> da(scratch.template alloc<float>(n * d), n, d);
+    MatrixView<float> db(scratch.template alloc<float>(n * d), n, d);
+    float* r = scratch.template alloc<float>(n);
+
+    // 1. loss -> logits (softmax cross-entropy, mean over the counted targets, output multiplier).
+    const float g = st.counted_ ? opts.loss_scale * static_cast<float>(cfg_.output_multiplier) /
+                                      static_cast<float>(st.counted_)
+                                : 0.0f;
+    softmax_cross_entropy_backward(pool, st.logits_, st.targets_, opts.ignore_id, g);
+    // 2. head: db = dlogits . head^T; head (or tied table) gradient.
+    fill(db.data, n * d, 0.0f);
+    const MatrixView<const float> dlogits = st.logits_, hn = st.hn_;
+    if (head_) {
+      matmul_backward_weight(pool, hn, dlogits, grads.head);
+      matmul_backward_input(pool, dlogits, *head_, db);
+    } else {
+      if (!grads.embedding.empty()) {
+        tied_logits_backward_weight(pool, hn, dlogits, {grads.embedding.data(), v, d});
+      }
+      tied_logits_backward_input(pool, dlogits, emb_, db);
+    }
+    // 3. final norm.
+    fill(da.data, n * d, 0.0f);
+    detail::rms_norm_backward_rows(pool, st.h_.back(), final_norm_.data(), db, da,
+                                   grads.final_norm.empty() ? nullptr : grads.final_norm.data(),
+                                   eps, r);
+    // 4. blocks, last to first (da = dL/d(output of block l), db receives dL/d(its input)).
+    ForwardOptions fo;
+    fo.training = true;
+    fo.step = opts.step;
+    BackwardOptions bo;
+    bo.loss_scale = opts.loss_scale;
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      fill(db.data, n * d, 0.0f);
+      if (st.recompute_) {
+        Arena::Scope scope(scratch);
+        MatrixView<float> y(scratch.template alloc<float>(n * d), n, d);
+        st.block_tape_.reset();
+        blocks_[l].forward_train(pool, st.h_[l], y, seq_len, scratch, st.block_tape_, st.saved_[l],
+                                 fo);
+        blocks_[l].backward(pool, st.h_[l], st.saved_[l], da, db, grads.blocks[l], scratch, bo);
+      } else {
+        blocks_[l].backward(pool, st.h_[l], st.saved_[l], da, db, grads.blocks[l], scratch, bo);
+      }
+      std::swap(da, db);
+    }
+    // 5. embedding.
+    if (!grads.embedding.empty()) {
+      embed_backward(pool, st.tokens_, da, static_cast<float>(cfg_.embedding_multiplier),
+                     {grads.embedding.data(), v, d});
+    }
   }
 
   /// Convenience: one decode step; logits of the new token into `logits` [V].
@@ -242,20 +517,14 @@ class Decoder {
   void run(ThreadPool& pool, std::span<const std::int32_t> tokens, DecoderState& state,
            MatrixView<float> logits, const DecoderOptions& options,
            std::span<result_slot> ffn_results) const {
-    const std::size_t T = tokens.size(), d = cfg_.d_model;
+    const std::size_t t_count = tokens.size(), d = cfg_.d_model;
     DecoderProfile* prof = options.profile;
     auto t0 = std::chrono::steady_clock::now();
     Arena& arena = state.arena();
     Arena::Scope scope(arena);
-    MatrixView<float> h(arena.alloc<float>(T * d), T, d);
+    MatrixView<float> h(arena.alloc<float>(t_count * d), t_count, d);
 
-    // Embedding lookup (f32 table) times the multiplier.
-    const auto emul = static_cast<float>(cfg_.embedding_multiplier);
-    for (std::size_t t = 0; t < T; ++t) {
-      const float* e = emb_.row(static_cast<std::size_t>(tokens[t]));
-      float* r = h.row(t);
-      for (std::size_t i = 0; i < d; ++i) r[i] = e[i] * emul;
-    }
+    embed_rows(pool, emb_, tokens, static_cast<float>(cfg_.embedding_multiplier), h);
     if (prof) prof->embedding += detail::lap(t0);
 
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
@@ -271,33 +540,108 @@ class Decoder {
 
     // Final norm of the rows whose logits are wanted, then the head.
     const std::size_t rows = logits.rows;
-    MatrixView<const float> hs = h.rows_slice(T - rows, rows);
+    MatrixView<const float> hs = h.rows_slice(t_count - rows, rows);
     MatrixView<float> hn(arena.alloc<float>(rows * d), rows, d);
     detail::rms_norm_rows_parallel(pool, hs, final_norm_.data(), hn,
-                                         static_cast<float>(cfg_.rms_eps));
+                                   static_cast<float>(cfg_.rms_eps));
     if (prof) prof->norms += detail::lap(t0);
-    if (head_) {
-      matmul(pool, MatrixView<const float>(hn), *head_, logits);
-    } else {
-      matmul(pool, MatrixView<const float>(hn), tied_, logits);
-    }
-    const auto omul = static_cast<float>(cfg_.output_multiplier);
-    if (omul != 1.0f) {
-      for (std::size_t r = 0; r < rows; ++r) scale(logits.row(r), logits.cols, omul);
-    }
+    head_forward(pool, hn, logits);
     if (prof) {
       prof->head += detail::lap(t0);
       prof->calls += 1;
-      prof->tokens += T;
+      prof->tokens += t_count;
+    }
+  }
+
+  /// logits = (hn . head) * output_multiplier (tied: the table's own view).
+  void head_forward(ThreadPool& pool, MatrixView<const float> hn, MatrixView<float> logits) const {
+    if (head_) {
+      matmul(pool, hn, *head_, logits);
+    } else {
+      tied_logits(pool, hn, emb_, logits);
+    }
+    const auto omul = static_cast<float>(cfg_.output_multiplier);
+    if (omul != 1.0f) {
+      for (std::size_t r = 0; r < logits.rows; ++r) scale(logits.row(r), logits.cols, omul);
+    }
+  }
+
+  void check_training(const ThreadPool& pool, std::span<const std::int32_t> tokens,
+                      std::span<const std::int32_t> targets, const TrainingState& st,
+                      const TrainingOptions& opts) const {
+    const std::size_t n = tokens.size(), seq_len = st.seq_len_;
+    if (seq_len == 0)
+      throw ConfigError("[decoder] the training state is empty (make_training_state)");
+    if (n == 0 || n % seq_len != 0 || n > st.batch_ * seq_len) {
+      throw ShapeError("[decoder] forward_train() got " + std::to_string(n) +
+                       " tokens; the state takes whole sequences of " + std::to_string(seq_len) +
+                       ", at most " + std::to_string(st.batch_));
+    }
+    if (targets.size() != n) {
+      throw ShapeError("[decoder] targets have shape " + shape_str({targets.size()}) + ", tokens " +
+                       shape_str({n}));
+    }
+    for (std::size_t t = 0; t < n; ++t) {
+      if (tokens[t] < 0 || static_cast<std::size_t>(tokens[t]) >= cfg_.vocab_size) {
+        throw TokenError("[decoder] token id " + std::to_string(tokens[t]) + " at index " +
+                         std::to_string(t) + " is outside the vocabulary [0, " +
+                         std::to_string(cfg_.vocab_size) + ")");
+      }
+      if (targets[t] != opts.ignore_id &&
+          (targets[t] < 0 || static_cast<std::size_t>(targets[t]) >= cfg_.vocab_size)) {
+        throw TokenError("[decoder] target id " + std::to_string(targets[t]) + " at index " +
+                         std::to_string(t) + " is outside the vocabulary [0, " +
+                         std::to_string(cfg_.vocab_size) + ") and is not the ignore id " +
+                         std::to_string(opts.ignore_id));
+      }
+    }
+    for (const auto& b : blocks_) {
+      const std::size_t need = b.attention().training_scratch_bytes(seq_len);
+      if (need > pool.scratch_bytes()) {
+        throw CapacityError("[decoder] the thread pool's scratch (" +
+                            std::to_string(pool.scratch_bytes()) +
+                            " bytes per thread) cannot hold the attention rows of a sequence of " +
+                            std::to_string(seq_len) + " tokens (" + std::to_string(need) +
+                            " bytes); construct the ThreadPool with more scratch");
+      }
+    }
+    if (emb_.dtype == EmbeddingDtype::kInt8 && !head_ &&
+        pool.scratch_bytes() < cfg_.d_model * sizeof(float)) {
+      throw CapacityError("[decoder] the thread pool's scratch cannot hold one embedding row");
+    }
+  }
+
+  void check_grads(const Grads& g) const {
+    const std::size_t v = cfg_.vocab_size, d = cfg_.d_model;
+    if (!g.embedding.empty()) {
+      if (emb_.dtype != EmbeddingDtype::kF32) {
+        throw ConfigError("[decoder] the embedding table is " +
+                          std::string(embedding_dtype_name(emb_.dtype)) +
+                          ": only an f32 table is trainable (pass an empty span)");
+      }
+      check_shape("decoder", "gradient of embedding", {g.embedding.size()}, {v * d});
+    }
+    if (!g.final_norm.empty()) {
+      check_shape("decoder", "gradient of final_norm", {g.final_norm.size()}, {d});
+    }
+    if (head_) {
+      check_weight_grad(*head_, g.head, "decoder", "head");
+    } else if (!g.head.frozen()) {
+      throw ConfigError(
+          "[decoder] the head is tied to the embedding: its gradient goes to "
+          "Grads::embedding (leave Grads::head frozen)");
+    }
+    if (g.blocks.size() != blocks_.size()) {
+      throw ShapeError("[decoder] Grads::blocks has " + std::to_string(g.blocks.size()) +
+                       " entries, the model has " + std::to_string(blocks_.size()) + " blocks");
     }
   }
 
   DecoderConfig cfg_;
-  MatrixView<const float> emb_;
+  EmbeddingTable emb_;
   std::vector<Block> blocks_;
   std::span<const float> final_norm_;
   std::optional<Head> head_;
-  F32Weight tied_{};
 };
 
 MOE_SIMD_NAMESPACE_END

@@ -11,6 +11,11 @@
 // Attention is any type with RotaryAttention's forward(pool, x, y, cache, layer, arena); Ffn any
 // type with the FFN interface of moe/layers/moe_types.hpp (MoELayer, a dense gated FFN, ...).
 // The block's forward returns what the Ffn's forward returns (MoEResult for an MoE layer).
+//
+// Decoders that mix dense and MoE layers (GLaM: an MoE layer in every other block; DeepSeek and
+// Qwen-MoE: the first blocks dense) use DenseOrMoE<MoE, Dense> as their Ffn: each block holds
+// either its MoE layer or its dense FFN, chosen at construction, and returns
+// std::optional<MoEResult> (empty for a dense block).
 #pragma once
 
 #include <algorithm>
@@ -18,10 +23,12 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 
 #include <moe/config.hpp>
 #include <moe/core/arena.hpp>
@@ -83,7 +90,6 @@ concept FeedForwardLayer = requires(const F& f, ThreadPool& pool, MatrixView<con
 
 }  // namespace moe
 
-
 MOE_SIMD_DETAIL_BEGIN
 /// Seconds since `t0`, and resets t0 to now (for the opt-in profile).
 inline double lap(std::chrono::steady_clock::time_point& t0) noexcept {
@@ -115,9 +121,111 @@ inline void residual_add(MatrixView<float> h, MatrixView<float> u, const float* 
     add(h.row(r), u.row(r), h.row(r), h.cols);
   }
 }
+
+/// Backward of y = RMSNorm(x, scale) over rows: dx += dL/dx (rows split over the pool) and, when
+/// dscale is not null, dscale += sum over rows of dy * x * r (column slabs over the pool, rows in
+/// order: deterministic). r_scratch holds x.rows floats.
+inline void rms_norm_backward_rows(ThreadPool& pool, MatrixView<const float> x, const float* scale,
+                                   MatrixView<const float> dy, MatrixView<float> dx, float* dscale,
+                                   float eps, float* r_scratch) {
+  constexpr std::size_t kRows = 8, kSlab = 256;
+  const std::size_t n = x.rows, d = x.cols;
+  pool.parallel_for((n + kRows - 1) / kRows, [&](std::size_t c, std::size_t) {
+    const std::size_t r1 = std::min(n, (c + 1) * kRows);
+    for (std::size_t r = c * kRows; r < r1; ++r) {
+      r_scratch[r] = rms_norm_backward(x.row(r), scale, dy.row(r), dx.row(r), d, eps);
+    }
+  });
+  if (dscale == nullptr) return;
+  pool.parallel_for((d + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
+    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d - c0);
+    for (std::size_t r = 0; r < n; ++r) {
+      rms_norm_scale_backward(x.row(r) + c0, dy.row(r) + c0, r_scratch[r], dscale + c0, m);
+    }
+  });
+}
+
+/// y = a + b, row by row (y may alias a or b).
+inline void add_rows(MatrixView<const float> a, MatrixView<const float> b, MatrixView<float> y) {
+  for (std::size_t r = 0; r < y.rows; ++r) add(a.row(r), b.row(r), y.row(r), y.cols);
+}
 MOE_SIMD_DETAIL_END
 
 MOE_SIMD_NAMESPACE_BEGIN
+
+/// An FFN that is, per instance, either an MoE layer or a dense FFN (see the file comment): a
+/// decoder whose blocks all have type TransformerBlock<A, DenseOrMoE<M, D>> can choose MoE or
+/// dense layer by layer. Offers the FFN interface and the training contract of moe_types.hpp by
+/// forwarding to the layer it holds.
+template <class MoeT, class DenseT>
+requires FeedForwardLayer<MoeT> && FeedForwardLayer<DenseT>
+class DenseOrMoE {
+ public:
+  using moe_type = MoeT;
+  using dense_type = DenseT;
+  /// The MoE layer's result (losses, routing statistics), or std::nullopt for a dense layer.
+  using Result = std::optional<typename MoeT::Result>;
+
+  DenseOrMoE(MoeT moe) : layer_(std::in_place_index<1>, std::move(moe)) {}        // NOLINT
+  DenseOrMoE(DenseT dense) : layer_(std::in_place_index<0>, std::move(dense)) {}  // NOLINT
+
+  [[nodiscard]] bool is_moe() const noexcept { return layer_.index() == 1; }
+  /// The MoE layer (nullptr for a dense one) and the dense FFN (nullptr for an MoE one).
+  [[nodiscard]] const MoeT* moe() const noexcept { return std::get_if<1>(&layer_); }
+  [[nodiscard]] const DenseT* dense() const noexcept { return std::get_if<0>(&layer_); }
+
+  [[nodiscard]] std::size_t dim() const noexcept {
+    return std::visit([](const auto& l) -> std::size_t { return l.dim(); }, layer_);
+  }
+  [[nodiscard]] std::size_t workspace_bytes(std::size_t max_tokens) const {
+    return std::visit([&](const auto& l) -> std::size_t { return l.workspace_bytes(max_tokens); },
+                      layer_);
+  }
+  Result forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, Arena& arena,
+                 const ForwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) return m->forward(pool, x, y, arena, opts);
+    dense()->forward(pool, x, y, arena, opts);
+    return std::nullopt;
+  }
+
+  // ---- training: the layer's own Grads / Saved (only the one of the held layer is used) ----
+  struct Grads {
+    typename DenseT::Grads dense{};
+    typename MoeT::Grads moe{};
+  };
+  struct Saved {
+    typename DenseT::Saved dense{};
+    typename MoeT::Saved moe{};
+  };
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const {
+    return std::visit([&](const auto& l) -> std::size_t { return l.tape_bytes(max_tokens); },
+                      layer_);
+  }
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const {
+    return std::visit(
+        [&](const auto& l) -> std::size_t { return l.training_workspace_bytes(max_tokens); },
+        layer_);
+  }
+  Result forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                       Arena& scratch, Arena& tape, Saved& saved,
+                       const ForwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) return m->forward_train(pool, x, y, scratch, tape, saved.moe, opts);
+    dense()->forward_train(pool, x, y, scratch, tape, saved.dense, opts);
+    return std::nullopt;
+  }
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, Grads& grads, Arena& scratch,
+                const BackwardOptions& opts = {}) const {
+    if (const MoeT* m = moe()) {
+      m->backward(pool, x, saved.moe, dy, dx, grads.moe, scratch, opts);
+    } else {
+      dense()->backward(pool, x, saved.dense, dy, dx, grads.dense, scratch, opts);
+    }
+  }
+
+ private:
+  std::variant<DenseT, MoeT> layer_;
+};
 
 template <class Attention, class Ffn>
 requires FeedForwardLayer<Ffn>
@@ -159,15 +267,141 @@ class TransformerBlock {
                                  ffn_.workspace_bytes(max_tokens));
   }
 
+  // ---- training (the contract of moe/layers/moe_types.hpp, with the sequence length) ----
+
+  /// Gradients of the block: its attention, its FFN and its four norm scales (an empty span is
+  /// frozen; post_* are only used by kSandwich).
+  struct Grads {
+    typename Attention::Grads attention{};
+    typename Ffn::Grads ffn{};
+    std::span<float> pre_attn, post_attn, pre_ffn, post_ffn;
+  };
+  /// What forward_train keeps for backward (views into the tape): the normed sub-block inputs a
+  /// and m, the stream between the sub-blocks h1, the sub-block outputs u and f (kSandwich only:
+  /// their post-norms need them), and the attention's and FFN's own records.
+  struct Saved {
+    typename Attention::Saved attention{};
+    typename Ffn::Saved ffn{};
+    MatrixView<const float> a, h1, m, u, f;
+  };
+
+  /// Tape bytes forward_train() keeps for max_tokens rows (B * T).
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const {
+    const std::size_t rows = cfg_.norm == NormPlacement::kSandwich ? 5 : 3;
+    return rows * Arena::bytes_for<float>(max_tokens * dim()) + attn_.tape_bytes(max_tokens) +
+           ffn_.tape_bytes(max_tokens);
+  }
+  /// Scratch bytes of forward_train() and backward() for max_tokens rows.
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const {
+    const std::size_t rows = Arena::bytes_for<float>(max_tokens * dim());
+    return 3 * rows + Arena::bytes_for<float>(max_tokens) +
+           std::max<std::size_t>(attn_.training_workspace_bytes(max_tokens),
+                                 ffn_.training_workspace_bytes(max_tokens));
+  }
+
+  /// y [B*T, D] = block(x) over B sequences of seq_len tokens (attention causal within each, no
+  /// KV cache); keeps what backward() needs in `tape`. x must stay alive and unchanged until
+  /// backward(); x and y must not alias. Returns the FFN's result (its forward_train's).
+  ffn_result_type forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                                std::size_t seq_len, Arena& scratch, Arena& tape, Saved& saved,
+                                const ForwardOptions& ffn_options = {}) const {
+    check_rows(x, y);
+    const std::size_t n = x.rows, d = dim();
+    const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
+    MatrixView<float> a(tape.alloc<float>(n * d), n, d);
+    MatrixView<float> h1(tape.alloc<float>(n * d), n, d);
+    MatrixView<float> m(tape.alloc<float>(n * d), n, d);
+    Arena::Scope scope(scratch);
+    MatrixView<float> u(sandwich ? tape.alloc<float>(n * d) : scratch.alloc<float>(n * d), n, d);
+    MatrixView<float> f(sandwich ? tape.alloc<float>(n * d) : scratch.alloc<float>(n * d), n, d);
+    saved.a = a;
+    saved.h1 = h1;
+    saved.m = m;
+    saved.u = sandwich ? MatrixView<const float>(u) : MatrixView<const float>();
+    saved.f = sandwich ? MatrixView<const float>(f) : MatrixView<const float>();
+
+    // h1 = x + [N1](Attn(N0(x)))
+    detail::rms_norm_rows_parallel(pool, x, norms_.pre_attn.data(), a, eps_);
+    attn_.forward_train(pool, a, u, seq_len, scratch, tape, saved.attention);
+    post_norm_add(pool, x, u, sandwich ? norms_.post_attn.data() : nullptr, h1, scratch);
+    // y = h1 + [N3](Ffn(N2(h1)))
+    detail::rms_norm_rows_parallel(pool, h1, norms_.pre_ffn.data(), m, eps_);
+    ForwardOptions fo = ffn_options;
+    fo.training = true;
+    if constexpr (std::is_void_v<ffn_result_type>) {
+      ffn_.forward_train(pool, m, f, scratch, tape, saved.ffn, fo);
+      post_norm_add(pool, h1, f, sandwich ? norms_.post_ffn.data() : nullptr, y, scratch);
+    } else {
+      ffn_result_type r = ffn_.forward_train(pool, m, f, scratch, tape, saved.ffn, fo);
+      post_norm_add(pool, h1, f, sandwich ? norms_.post_ffn.data() : nullptr, y, scratch);
+      return r;
+    }
+  }
+
+  /// dx += dL/dx and grads += dL/dparameters, given the x of forward_train(), its Saved record
+  /// and dy = dL/dy. `options` go to the FFN's backward (the factor on its auxiliary losses).
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, Grads& grads, Arena& scratch,
+                const BackwardOptions& options = {}) const {
+    check_rows(x, dy);
+    check_rows(x, dx);
+    const std::size_t n = x.rows, d = dim();
+    if (saved.h1.rows != n) {
+      throw ShapeError("[block] backward() got " + std::to_string(n) +
+                       " rows, forward_train() saved " + std::to_string(saved.h1.rows));
+    }
+    check_norm_grad(grads.pre_attn, "pre_attn");
+    check_norm_grad(grads.pre_ffn, "pre_ffn");
+    const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
+    if (sandwich) {
+      check_norm_grad(grads.post_attn, "post_attn");
+      check_norm_grad(grads.post_ffn, "post_ffn");
+    }
+    Arena::Scope scope(scratch);
+    MatrixView<float> dh1(scratch.alloc<float>(n * d), n, d);  // dL/dh1
+    MatrixView<float> g(scratch.alloc<float>(n * d), n, d);    // dL/d(sub-block output)
+    MatrixView<float> dn(scratch.alloc<float>(n * d), n, d);   // dL/d(normed sub-block input)
+    float* r = scratch.alloc<float>(n);
+
+    // FFN branch: y = h1 + [N3](f), f = Ffn(m), m = N2(h1).
+    for (std::size_t t = 0; t < n; ++t) copy(dy.row(t), dh1.row(t), d);
+    MatrixView<const float> df = dy;
+    if (sandwich) {
+      fill(g.data, n * d, 0.0f);
+      detail::rms_norm_backward_rows(pool, saved.f, norms_.post_ffn.data(), dy, g,
+                                     span_data(grads.post_ffn), eps_, r);
+      df = g;
+    }
+    fill(dn.data, n * d, 0.0f);
+    ffn_.backward(pool, saved.m, saved.ffn, df, dn, grads.ffn, scratch, options);
+    detail::rms_norm_backward_rows(pool, saved.h1, norms_.pre_ffn.data(), dn, dh1,
+                                   span_data(grads.pre_ffn), eps_, r);
+
+    // Attention branch: h1 = x + [N1](u), u = Attn(a), a = N0(x).
+    MatrixView<const float> du = dh1;
+    if (sandwich) {
+      fill(g.data, n * d, 0.0f);
+      detail::rms_norm_backward_rows(pool, saved.u, norms_.post_attn.data(), dh1, g,
+                                     span_data(grads.post_attn), eps_, r);
+      du = g;
+    }
+    fill(dn.data, n * d, 0.0f);
+    attn_.backward(pool, saved.a, saved.attention, du, dn, grads.attention, scratch);
+    for (std::size_t t = 0; t < n; ++t) add(dx.row(t), dh1.row(t), dx.row(t), d);
+    detail::rms_norm_backward_rows(pool, x, norms_.pre_attn.data(), dn, dx,
+                                   span_data(grads.pre_attn), eps_, r);
+  }
+
   /// Updates the residual stream h [T, D] in place; layer `layer` of `cache` gets T positions.
   ffn_result_type forward(ThreadPool& pool, MatrixView<float> h, KvCache& cache, std::size_t layer,
                           Arena& arena, DecoderProfile* profile = nullptr,
                           const ForwardOptions& ffn_options = {}) const {
-    const std::size_t T = h.rows, d = dim();
+    const std::size_t t_count = h.rows, d = dim();
     MOE_ASSERT(h.cols == d);
     Arena::Scope scope(arena);
-    MatrixView<float> a(arena.alloc<float>(T * d), T, d);  // normed input of a sub-block
-    MatrixView<float> u(arena.alloc<float>(T * d), T, d);  // output of a sub-block
+    MatrixView<float> a(arena.alloc<float>(t_count * d), t_count,
+                        d);  // normed input of a sub-block
+    MatrixView<float> u(arena.alloc<float>(t_count * d), t_count, d);  // output of a sub-block
     const bool sandwich = cfg_.norm == NormPlacement::kSandwich;
     auto t0 = std::chrono::steady_clock::now();
     auto charge = [&](double DecoderProfile::*field) {
@@ -196,6 +430,32 @@ class TransformerBlock {
   }
 
  private:
+  /// y = base + (post ? RMSNorm(u, post) : u); u is rewritten only through a scratch copy.
+  void post_norm_add(ThreadPool& pool, MatrixView<const float> base, MatrixView<const float> u,
+                     const float* post, MatrixView<float> y, Arena& scratch) const {
+    if (post == nullptr) {
+      detail::add_rows(base, u, y);
+      return;
+    }
+    Arena::Scope scope(scratch);
+    MatrixView<float> un(scratch.alloc<float>(u.rows * u.cols), u.rows, u.cols);
+    detail::rms_norm_rows_parallel(pool, u, post, un, eps_);
+    detail::add_rows(base, un, y);
+  }
+
+  void check_rows(MatrixView<const float> x, MatrixView<const float> y) const {
+    if (x.cols != dim() || y.cols != dim() || x.rows != y.rows) {
+      throw ShapeError("[block] input " + shape_str({x.rows, x.cols}) + " / output " +
+                       shape_str({y.rows, y.cols}) + " do not match [B*T, " +
+                       std::to_string(dim()) + "]");
+    }
+  }
+
+  void check_norm_grad(std::span<float> g, const char* name) const {
+    if (!g.empty()) check_shape("block", std::string("gradient of ") + name, {g.size()}, {dim()});
+  }
+  static float* span_data(std::span<float> g) noexcept { return g.empty() ? nullptr : g.data(); }
+
   static void check_norm(std::span<const float> s, const char* name, std::size_t d) {
     if (s.data() == nullptr) {
       throw ShapeError(std::string("[block] norm scale '") + name + "' is missing");

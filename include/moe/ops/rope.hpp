@@ -20,6 +20,10 @@
 // computes the values on the fly into a stack buffer (32 pairs at a time; no allocation). Both
 // paths produce bit-identical results.
 //
+// Backward (training): RoPE is a rotation per pair, so its transpose is the rotation by -theta:
+// apply_inverse() computes (a', b') -> (a' cos + b' sin, b' cos - a' sin) with the same tables,
+// which maps dL/d(rotated) to dL/d(input) (and undoes apply() up to rounding).
+//
 // Thread safety: apply* are const and may run concurrently; precompute() must not run concurrently
 // with them (call it during setup).
 #pragma once
@@ -84,18 +88,11 @@ class Rope {
 
   /// Rotates x = [n_heads, head_dim] (heads contiguous) in place for position `pos`.
   void apply(float* x, std::size_t n_heads, std::size_t pos) const noexcept {
-    if (pos < table_positions_) {
-      const float* r = table_.data() + pos * 2 * table_width();
-      rotate(x, n_heads, r, r + table_width(), 0, pairs());
-      return;
-    }
-    alignas(64) float c[2 * kChunk];
-    alignas(64) float s[2 * kChunk];
-    for (std::size_t j0 = 0; j0 < pairs(); j0 += kChunk) {
-      const std::size_t j1 = std::min(pairs(), j0 + kChunk);
-      fill_cos_sin(pos, j0, j1, c, s);
-      rotate(x, n_heads, c, s, j0, j1);
-    }
+    apply_impl<false>(x, n_heads, pos);
+  }
+  /// The transpose of apply() (rotation by -theta), in place: the backward pass of RoPE.
+  void apply_inverse(float* x, std::size_t n_heads, std::size_t pos) const noexcept {
+    apply_impl<true>(x, n_heads, pos);
   }
 
   /// Rotates every row of x = [T, >= n_heads * head_dim] (row stride x.stride): row t is the token
@@ -120,6 +117,22 @@ class Rope {
 
  private:
   static constexpr std::size_t kChunk = 32;  // pairs per on-the-fly cos/sin chunk
+
+  template <bool Inverse>
+  void apply_impl(float* x, std::size_t n_heads, std::size_t pos) const noexcept {
+    if (pos < table_positions_) {
+      const float* r = table_.data() + pos * 2 * table_width();
+      rotate<Inverse>(x, n_heads, r, r + table_width(), 0, pairs());
+      return;
+    }
+    alignas(64) float c[2 * kChunk];
+    alignas(64) float s[2 * kChunk];
+    for (std::size_t j0 = 0; j0 < pairs(); j0 += kChunk) {
+      const std::size_t j1 = std::min(pairs(), j0 + kChunk);
+      fill_cos_sin(pos, j0, j1, c, s);
+      rotate<Inverse>(x, n_heads, c, s, j0, j1);
+    }
+  }
 
   std::size_t pairs() const noexcept { return rotary_dims_ / 2; }
   /// Floats per cos (or sin) table row: one per pair (half-split) or one per dim (interleaved).
@@ -151,7 +164,9 @@ class Rope {
 
   /// Rotates pairs [j0, j1) of every head with cos/sin c, s (table layout, starting at pair j0).
   /// Both layouts compute a' = a c - round(b s) and b' = b c + round(a s) with one fma each, so
-  /// they are bit-identical up to the dimension permutation.
+  /// they are bit-identical up to the dimension permutation. Inverse: a' = a c + round(b s),
+  /// b' = b c - round(a s).
+  template <bool Inverse>
   void rotate(float* x, std::size_t n_heads, const float* c, const float* s, std::size_t j0,
               std::size_t j1) const noexcept {
     using simd::fbatch;
@@ -165,8 +180,13 @@ class Rope {
           const std::size_t cnt = std::min(W, len - j);
           const fbatch cb = simd::load_n(c + j, cnt), sb = simd::load_n(s + j, cnt);
           const fbatch a = simd::load_n(va + j, cnt), b = simd::load_n(vb + j, cnt);
-          simd::store_n(va + j, simd::fms(a, cb, b * sb), cnt);
-          simd::store_n(vb + j, simd::fma(b, cb, a * sb), cnt);
+          if constexpr (Inverse) {
+            simd::store_n(va + j, simd::fma(a, cb, b * sb), cnt);
+            simd::store_n(vb + j, simd::fms(b, cb, a * sb), cnt);
+          } else {
+            simd::store_n(va + j, simd::fms(a, cb, b * sb), cnt);
+            simd::store_n(vb + j, simd::fma(b, cb, a * sb), cnt);
+          }
         }
       }
     } else {
@@ -177,7 +197,11 @@ class Rope {
           const std::size_t cnt = std::min(W, len - d);
           const fbatch xv = simd::load_n(v + d, cnt);
           const fbatch cb = simd::load_n(c + d, cnt), sb = simd::load_n(s + d, cnt);
-          simd::store_n(v + d, simd::fma(xv, cb, simd::swap_pairs(xv) * sb), cnt);
+          if constexpr (Inverse) {
+            simd::store_n(v + d, simd::fms(xv, cb, simd::swap_pairs(xv) * sb), cnt);
+          } else {
+            simd::store_n(v + d, simd::fma(xv, cb, simd::swap_pairs(xv) * sb), cnt);
+          }
         }
       }
     }

@@ -19,7 +19,6 @@
 #include <moe/config.hpp>
 #include <moe/simd/simd.hpp>
 
-
 MOE_SIMD_DETAIL_BEGIN
 
 /// max over x[0..n) by SIMD lanes (NaN lanes may be dropped; callers see NaNs through the sum or

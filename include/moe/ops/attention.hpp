@@ -1,0 +1,415 @@
+// moe/ops/attention.hpp: the attention core, forward and backward, one KV head at a time.
+//
+// For query head h of KV group g (g = h / group, group = Hq / Hkv) and query row t at position
+// p_t, over the key and value rows j = 0 .. p_t (causal):
+//
+//   z_j = scale * (q_t,h . k_j)                           scale: the logit multiplier
+//   c_j = cap * tanh(z_j / cap)  when cap > 0, else z_j    the logit soft-cap (Grok-1: 30)
+//   w   = softmax(c)     o_t,h = sum_j w_j v_j     lse_t,h = log sum_j exp(c_j)
+//
+// Backward, given do = dL/do_t,h. The weights are recomputed from q, k and the saved lse
+// (w_j = exp(c_j - lse), as in FlashAttention's backward pass, Dao et al. 2022, arXiv:2205.14135):
+//
+//   dw_j = do . v_j     dc_j = w_j (dw_j - do . o_t,h)      (sum_j w_j dw_j = do . o: softmax')
+//   dz_j = dc_j (1 - (c_j / cap)^2)  when cap > 0           (tanh' = 1 - tanh^2)
+//   dq_t,h += scale sum_j dz_j k_j     dk_j += scale dz_j q_t,h     dv_j += w_j do
+//
+// Keys and values are rows of head_dim elements with a row stride (KvRows): one KV head of a
+// KvCache ([position][head_dim], stride head_dim) or one head's columns of a [T, Hkv*dh]
+// projection (stride Hkv*dh). Their element type is f32 or bf16 (widened exactly).
+//
+// Kernels: when head_dim is a multiple of the SIMD width (every real model), the scores of kLanes
+// keys come from kLanes independent accumulators and one transposing reduction (dot_rows_tiled),
+// and the weighted value sum keeps up to 8 batches of the output head in registers for a whole
+// tile of keys (axpy_rows_tiled). Otherwise the scalar-order twins run: moe::dot and moe::axpy per
+// row (bf16 rows widened into a scratch tile first). Every summation order depends on the shapes
+// only, so results are a function of the inputs for any thread count.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include <moe/config.hpp>
+#include <moe/core/arena.hpp>
+#include <moe/core/bf16.hpp>
+#include <moe/core/tensor.hpp>
+#include <moe/ops/softmax.hpp>
+#include <moe/ops/vector.hpp>
+#include <moe/simd/simd.hpp>
+
+namespace moe {
+
+/// Shape and logit transform of an attention core.
+struct AttentionCore {
+  std::size_t n_q_heads = 0;   ///< Hq
+  std::size_t n_kv_heads = 0;  ///< Hkv (divides Hq)
+  std::size_t head_dim = 0;    ///< dh
+  float scale = 1.0f;          ///< logit multiplier
+  float cap = 0.0f;            ///< soft-cap (0 = off)
+
+  [[nodiscard]] std::size_t group() const noexcept { return n_q_heads / n_kv_heads; }
+  [[nodiscard]] std::size_t q_dim() const noexcept { return n_q_heads * head_dim; }
+};
+
+/// The key and value rows of one KV head: row j at keys + j * stride (values likewise).
+template <class KV>
+struct KvRows {
+  const KV* keys = nullptr;
+  const KV* values = nullptr;
+  std::size_t stride = 0;
+};
+
+/// Keys / values per tile of the score and value loops.
+inline constexpr std::size_t kAttentionTile = 64;
+
+/// Bytes of scratch attend_causal() needs for `tokens` query rows at a context of `context`
+/// positions (the scores of every query head of the group, plus one widening tile).
+[[nodiscard]] inline std::size_t attend_scratch_bytes(const AttentionCore& c, std::size_t tokens,
+                                                      std::size_t context) noexcept {
+  return Arena::round_up(tokens * c.group() * context * sizeof(float)) +
+         Arena::round_up(kAttentionTile * c.head_dim * sizeof(float));
+}
+
+/// Bytes of scratch attend_causal_backward() needs for a sequence of T tokens.
+[[nodiscard]] inline std::size_t attend_backward_scratch_bytes(std::size_t seq_len) noexcept {
+  return 2 * Arena::round_up(seq_len * sizeof(float));
+}
+
+}  // namespace moe
+
+// GCC 12 warns about the _mm512_undefined_* merge sources of some AVX-512 intrinsics (GCC bug
+// 105593): silenced for the kernels below.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+MOE_SIMD_DETAIL_BEGIN
+
+// The register-level pieces below are forced inline: GCC otherwise keeps dot_lanes out of line in
+// some callers, which costs the bf16 decode path ~10% (measured).
+//
+// Two register-level primitives the tiled kernels need and simd/simd.hpp does not offer yet. They
+// are written with intrinsics because the portable forms cost the kernels their speed: xsimd 8.1's
+// AVX-512 haddp returns its sums in a permuted lane order and needs AVX512DQ, and widening bf16
+// through memory adds a store and a reload per element.
+
+/// The sums of kLanes batches as one batch: lane j = sum of the lanes of acc[j].
+[[gnu::always_inline]] inline simd::fbatch reduce_lanes(const simd::fbatch* acc) noexcept {
+#if XSIMD_WITH_AVX512F
+  // Transposing reduction in four levels, AVX512F only.
+  __m512 x[8], y[4], z[2];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit quarter: [a0+a2, b0+b2, a1+a3, b1+b3]
+    const __m512 a = acc[2 * i], b = acc[2 * i + 1];
+    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 4; ++i) {  // per quarter: partial sums of rows 4i .. 4i+3
+    y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int i = 0; i < 2; ++i) {  // quarters (q0+q1, q2+q3) of two row groups
+    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+#else
+  return xsimd::haddp(acc);
+#endif
+}
+
+/// kLanes elements of a key or value row as floats: f32 loaded, bf16 widened exactly.
+template <class KV>
+[[gnu::always_inline]] inline simd::fbatch load_row(const KV* p) noexcept {
+  if constexpr (std::is_same_v<KV, float>) {
+    return simd::load(p);
+  } else {
+#if XSIMD_WITH_AVX512F
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif XSIMD_WITH_AVX2
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    alignas(64) float buf[simd::kLanes];
+    bf16_to_f32(p, buf, simd::kLanes);
+    return simd::fbatch::load_aligned(buf);
+#endif
+  }
+}
+
+template <class KV, std::size_t... J>
+[[gnu::always_inline]] inline simd::fbatch dot_lanes(const float* q, const KV* k,
+                                                     std::size_t stride, std::size_t dh,
+                                                     std::index_sequence<J...>) noexcept {
+  simd::fbatch acc[simd::kLanes] = {(static_cast<void>(J), simd::fbatch(0.0f))...};
+  for (std::size_t c = 0; c < dh; c += simd::kLanes) {
+    const simd::fbatch qv = simd::load(q + c);
+    ((acc[J] = simd::fma(qv, load_row(k + J * stride + c), acc[J])), ...);
+  }
+  return reduce_lanes(acc);
+}
+
+/// out[j] = q . k_j for j < n (row j at k + j * stride). Needs dh % kLanes == 0. Full groups of
+/// kLanes keys use kLanes independent accumulators and one transposing reduction.
+template <class KV>
+inline void dot_rows_tiled(const float* q, const KV* k, std::size_t stride, std::size_t n,
+                           std::size_t dh, float* out) noexcept {
+  std::size_t j = 0;
+  for (; j + simd::kLanes <= n; j += simd::kLanes) {
+    simd::store(out + j,
+                dot_lanes(q, k + j * stride, stride, dh, std::make_index_sequence<simd::kLanes>{}));
+  }
+  for (; j < n; ++j) {  // the last < kLanes keys, one at a time (same order for f32 and bf16)
+    const KV* kj = k + j * stride;
+    simd::fbatch acc(0.0f);
+    for (std::size_t c = 0; c < dh; c += simd::kLanes) {
+      acc = simd::fma(simd::load(q + c), load_row(kj + c), acc);
+    }
+    out[j] = simd::reduce_add(acc);
+  }
+}
+
+template <std::size_t NB, class KV>
+[[gnu::always_inline]] inline void axpy_rows_block(const float* w, const KV* v, std::size_t stride,
+                                                   std::size_t n, float* o) noexcept {
+  simd::fbatch acc[NB];
+  for (std::size_t b = 0; b < NB; ++b) acc[b] = simd::load(o + b * simd::kLanes);
+  for (std::size_t j = 0; j < n; ++j) {
+    const simd::fbatch wj(w[j]);
+    const KV* vr = v + j * stride;
+    for (std::size_t b = 0; b < NB; ++b) {
+      acc[b] = simd::fma(wj, load_row(vr + b * simd::kLanes), acc[b]);
+    }
+  }
+  for (std::size_t b = 0; b < NB; ++b) simd::store(o + b * simd::kLanes, acc[b]);
+}
+
+/// o[0..dh) += sum_j w[j] v_j over n rows (row j at v + j * stride), keeping up to 8 batches of o
+/// in registers for the whole pass over the rows. Needs dh % kLanes == 0.
+template <class KV>
+inline void axpy_rows_tiled(const float* w, const KV* v, std::size_t stride, std::size_t n,
+                            std::size_t dh, float* o) noexcept {
+  constexpr std::size_t lanes = simd::kLanes;
+  for (std::size_t c0 = 0; c0 < dh; c0 += 8 * lanes) {
+    switch (std::min<std::size_t>(8, (dh - c0) / lanes)) {
+      case 8:
+        axpy_rows_block<8>(w, v + c0, stride, n, o + c0);
+        break;
+      case 7:
+        axpy_rows_block<7>(w, v + c0, stride, n, o + c0);
+        break;
+      case 6:
+        axpy_rows_block<6>(w, v + c0, stride, n, o + c0);
+        break;
+      case 5:
+        axpy_rows_block<5>(w, v + c0, stride, n, o + c0);
+        break;
+      case 4:
+        axpy_rows_block<4>(w, v + c0, stride, n, o + c0);
+        break;
+      case 3:
+        axpy_rows_block<3>(w, v + c0, stride, n, o + c0);
+        break;
+      case 2:
+        axpy_rows_block<2>(w, v + c0, stride, n, o + c0);
+        break;
+      default:
+        axpy_rows_block<1>(w, v + c0, stride, n, o + c0);
+        break;
+    }
+  }
+}
+
+/// The scalar-order twin of dot_rows_tiled (f32 rows): out[j] = dot(q, k_j).
+inline void dot_rows_simple(const float* q, const float* k, std::size_t stride, std::size_t n,
+                            std::size_t dh, float* out) noexcept {
+  for (std::size_t j = 0; j < n; ++j) out[j] = dot(q, k + j * stride, dh);
+}
+
+/// The scalar-order twin of axpy_rows_tiled (f32 rows): o += w[j] v_j, one row at a time.
+inline void axpy_rows_simple(const float* w, const float* v, std::size_t stride, std::size_t n,
+                             std::size_t dh, float* o) noexcept {
+  for (std::size_t j = 0; j < n; ++j) axpy(w[j], v + j * stride, o, dh);
+}
+
+/// Rows [j0, j1) of a KV head as f32 rows: a pointer into the rows themselves (f32; row stride
+/// `stride`) or into `tile` after widening (bf16; row stride dh). Returns the pointer and sets
+/// `tile_stride`.
+template <class KV>
+inline const float* rows_as_f32(const KV* base, std::size_t stride, std::size_t j0, std::size_t j1,
+                                std::size_t dh, float* tile, std::size_t& tile_stride) noexcept {
+  if constexpr (std::is_same_v<KV, float>) {
+    (void)j1;
+    (void)dh;
+    (void)tile;
+    tile_stride = stride;
+    return base + j0 * stride;
+  } else {
+    for (std::size_t j = j0; j < j1; ++j) bf16_to_f32(base + j * stride, tile + (j - j0) * dh, dh);
+    tile_stride = dh;
+    return tile;
+  }
+}
+
+/// c = cap(scale * z) over n scores in place.
+inline void attention_logits(float* s, std::size_t n, float scale, float cap) noexcept {
+  scale_softcap(s, n, scale, cap);
+}
+
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+/// The forward core for query rows [t0, t1) of q / o ([T, Hq*dh]; row t at position pos0 + t) and
+/// the query heads of KV group g, over the rows [0, pos0 + t + 1) of `kv` (causal). `scratch`
+/// holds attend_scratch_bytes(c, t1 - t0, pos0 + t1) bytes (64-byte aligned). When `lse` is not
+/// null, lse[t * lse_stride + h] receives log sum_j exp(c_j) for backward.
+template <class KV>
+void attend_causal(const AttentionCore& c, MatrixView<const float> q, MatrixView<float> o,
+                   const KvRows<KV>& kv, std::size_t g, std::size_t t0, std::size_t t1,
+                   std::size_t pos0, float* scratch, float* lse = nullptr,
+                   std::size_t lse_stride = 0) noexcept {
+  const std::size_t dh = c.head_dim, group = c.group();
+  const bool tiled = dh % simd::kLanes == 0;
+  const std::size_t ls = pos0 + t1;  // score row stride: the longest context in the block
+  const std::size_t n_rows = (t1 - t0) * group;
+  float* scores = scratch;  // [n_rows, ls], row (t - t0) * group + hi
+  float* tile = scratch + Arena::round_up(n_rows * ls * sizeof(float)) / sizeof(float);
+  const auto score_row = [&](std::size_t t, std::size_t hi) {
+    return scores + ((t - t0) * group + hi) * ls;
+  };
+
+  // 1. scores s[t, hi, j] = q[t, h] . k_j for j < pos0 + t + 1, one pass over the keys.
+  for (std::size_t j0 = 0; j0 < ls; j0 += kAttentionTile) {
+    const std::size_t j1 = std::min(ls, j0 + kAttentionTile);
+    std::size_t ts = 0;
+    const float* kt =
+        tiled ? nullptr : detail::rows_as_f32(kv.keys, kv.stride, j0, j1, dh, tile, ts);
+    for (std::size_t t = t0; t < t1; ++t) {
+      const std::size_t je = std::min(j1, pos0 + t + 1);
+      if (je <= j0) continue;
+      for (std::size_t hi = 0; hi < group; ++hi) {
+        const float* qh = q.row(t) + (g * group + hi) * dh;
+        float* s = score_row(t, hi);
+        if (tiled) {  // straight from the rows (bf16 widened in registers)
+          detail::dot_rows_tiled(qh, kv.keys + j0 * kv.stride, kv.stride, je - j0, dh, s + j0);
+        } else {
+          detail::dot_rows_simple(qh, kt, ts, je - j0, dh, s + j0);
+        }
+      }
+    }
+  }
+  // 2. multiplier, soft-cap, softmax per row over its own causal length.
+  for (std::size_t t = t0; t < t1; ++t) {
+    const std::size_t len = pos0 + t + 1;
+    for (std::size_t hi = 0; hi < group; ++hi) {
+      float* s = score_row(t, hi);
+      detail::attention_logits(s, len, c.scale, c.cap);
+      if (lse) lse[t * lse_stride + g * group + hi] = logsumexp(s, len);
+      softmax(s, len);
+    }
+  }
+  // 3. o[t, h] = sum_j w[t, hi, j] v_j, one pass over the values.
+  for (std::size_t t = t0; t < t1; ++t) {
+    for (std::size_t hi = 0; hi < group; ++hi) fill(o.row(t) + (g * group + hi) * dh, dh, 0.0f);
+  }
+  for (std::size_t j0 = 0; j0 < ls; j0 += kAttentionTile) {
+    const std::size_t j1 = std::min(ls, j0 + kAttentionTile);
+    std::size_t ts = 0;
+    const float* vt =
+        tiled ? nullptr : detail::rows_as_f32(kv.values, kv.stride, j0, j1, dh, tile, ts);
+    for (std::size_t t = t0; t < t1; ++t) {
+      const std::size_t je = std::min(j1, pos0 + t + 1);
+      if (je <= j0) continue;
+      for (std::size_t hi = 0; hi < group; ++hi) {
+        float* oh = o.row(t) + (g * group + hi) * dh;
+        const float* w = score_row(t, hi) + j0;
+        if (tiled) {
+          detail::axpy_rows_tiled(w, kv.values + j0 * kv.stride, kv.stride, je - j0, dh, oh);
+        } else {
+          detail::axpy_rows_simple(w, vt, ts, je - j0, dh, oh);
+        }
+      }
+    }
+  }
+}
+
+/// Where attend_causal_backward() adds the key and value gradients of one KV head: row j at
+/// keys + j * stride (values likewise).
+struct KvGradRows {
+  float* keys = nullptr;
+  float* values = nullptr;
+  std::size_t stride = 0;
+};
+
+/// Backward of attend_causal over one whole sequence (query row t at position t, t < T =
+/// q.rows) for the query heads of KV group g: dq (same layout as q, this group's columns) += ...,
+/// dkv rows [0, T) += ... (see the file comment). q, o, d_o: [T, Hq*dh]; lse: the forward's,
+/// lse[t * lse_stride + h]. scratch: attend_backward_scratch_bytes(T) bytes. Keys and values are
+/// f32 (training keeps them in f32).
+inline void attend_causal_backward(const AttentionCore& c, MatrixView<const float> q,
+                                   MatrixView<const float> o, MatrixView<const float> d_o,
+                                   const float* lse, std::size_t lse_stride,
+                                   const KvRows<float>& kv, MatrixView<float> dq,
+                                   const KvGradRows& dkv, std::size_t g, float* scratch) noexcept {
+  const std::size_t dh = c.head_dim, group = c.group(), n_tokens = q.rows;
+  const bool tiled = dh % simd::kLanes == 0;
+  float* ds = scratch;  // scores, then scale * dz
+  float* dw = scratch + Arena::round_up(n_tokens * sizeof(float)) / sizeof(float);  // dw, then w
+  const simd::fbatch scale(c.scale), cap(c.cap), inv_cap(c.cap > 0 ? 1.0f / c.cap : 0.0f);
+  const bool capped = c.cap > 0.0f;
+  for (std::size_t t = 0; t < n_tokens; ++t) {
+    const std::size_t len = t + 1;
+    for (std::size_t hi = 0; hi < group; ++hi) {
+      const std::size_t h = g * group + hi;
+      const float* qh = q.row(t) + h * dh;
+      const float* doh = d_o.row(t) + h * dh;
+      if (tiled) {
+        detail::dot_rows_tiled(qh, kv.keys, kv.stride, len, dh, ds);
+        detail::dot_rows_tiled(doh, kv.values, kv.stride, len, dh, dw);
+      } else {
+        detail::dot_rows_simple(qh, kv.keys, kv.stride, len, dh, ds);
+        detail::dot_rows_simple(doh, kv.values, kv.stride, len, dh, dw);
+      }
+      const simd::fbatch big_d(dot(doh, o.row(t) + h * dh, dh));
+      const simd::fbatch l(lse[t * lse_stride + h]);
+      for (std::size_t j = 0; j < len; j += simd::kLanes) {
+        const std::size_t n = std::min(simd::kLanes, len - j);
+        simd::fbatch z = simd::load_n(ds + j, n) * scale;
+        simd::fbatch factor(1.0f);
+        if (capped) {
+          const simd::fbatch th = simd::tanh(z * inv_cap);
+          z = cap * th;
+          factor = simd::fnma(th, th, simd::fbatch(1.0f));
+        }
+        const simd::fbatch w = simd::exp(z - l);
+        const simd::fbatch dz = w * (simd::load_n(dw + j, n) - big_d) * factor;
+        simd::store_n(ds + j, dz * scale, n);
+        simd::store_n(dw + j, w, n);
+      }
+      float* dqh = dq.row(t) + h * dh;
+      if (tiled) {
+        detail::axpy_rows_tiled(ds, kv.keys, kv.stride, len, dh, dqh);
+      } else {
+        detail::axpy_rows_simple(ds, kv.keys, kv.stride, len, dh, dqh);
+      }
+      for (std::size_t j = 0; j < len; ++j) {
+        axpy(ds[j], qh, dkv.keys + j * dkv.stride, dh);
+        axpy(dw[j], doh, dkv.values + j * dkv.stride, dh);
+      }
+    }
+  }
+}
+
+MOE_SIMD_NAMESPACE_END
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
