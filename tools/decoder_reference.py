@@ -26,6 +26,10 @@ Fixtures:
                  multipliers, logits / sqrt(head_dim), interleaved RoPE base 1e6, SiLU experts,
                  top-2 renormalised, untied head. Weights bf16 in the PyTorch [out, in] layout,
                  router f32 [E, D] ([out, in]).
+  mixtral_dense_first
+                 mixtral_tiny with a dense first block (a SiLU FFN of width 56, bf16 [out, in])
+                 and MoE blocks 1 and 2, as DeepSeek-MoE and Qwen-MoE configure their first
+                 layers; tests/model/test_separate_experts.cpp stores its experts separately.
   glam_tiny      GLaM-shaped (Du et al. 2022): an MoE layer in every other block (blocks 0 and
                  2 of 4; blocks 1 and 3 have a dense gated-GELU FFN), 64 experts with GLaM's
                  GShard-style top-2 (softmax, the two gates renormalised before dropping,
@@ -267,6 +271,10 @@ MIXTRAL_TINY = dict(
     embedding_multiplier=1.0, output_multiplier=1.0, attn_logit_multiplier=1 / math.sqrt(8),
     attn_softcap=0.0, sandwich=False, activation="silu", renormalize=True, tied=False)
 
+# Mixtral-style with a dense first block (as DeepSeek-MoE and Qwen-MoE configure their first
+# layers): block 0 has a dense SiLU FFN, blocks 1 and 2 the MoE layer.
+MIXTRAL_DENSE_FIRST = dict(MIXTRAL_TINY, n_layers=3, dense_d_ff=56, dense_activation="silu",
+                           moe_layers=[1, 2])
 
 GLAM_TINY = dict(
     vocab_size=72, d_model=24, n_layers=4, n_q_heads=3, n_kv_heads=3, head_dim=8, n_experts=64,
@@ -356,6 +364,14 @@ def build_mixtral(rng, cfg):
         for n in (0, 2):
             t = make_f32(rng, (d,), lo=0.6, hi=1.4)
             tensors[p + "norm%d" % n], lw["norm%d" % n] = t, t.value
+        if layer not in cfg.get("moe_layers", range(cfg["n_layers"])):
+            fd = cfg["dense_d_ff"]  # a dense SiLU FFN, [out, in] like the experts
+            for name, (i, o) in {"dense_gate": (d, fd), "dense_up": (d, fd),
+                                 "dense_down": (fd, d)}.items():
+                t, w = make_bf16_out_in(rng, i, o, 1.0 / math.sqrt(i))
+                tensors[p + name], lw[name] = t, w
+            weights["layers"].append(lw)
+            continue
         r = make_f32(rng, (e, d), std=1.0 / math.sqrt(d))  # gate.weight [E, D]
         tensors[p + "router"], lw["router"] = r, r.value.T
         for name, (i, o) in {"gate": (d, f), "up": (d, f), "down": (f, d)}.items():
@@ -369,6 +385,7 @@ FIXTURES = {
     "grok1_tiny": (GROK1_TINY, build_grok, 20240317, 12),
     "mixtral_tiny": (MIXTRAL_TINY, build_mixtral, 8, 10),
     "glam_tiny": (GLAM_TINY, build_glam, 5, 16),
+    "mixtral_dense_first": (MIXTRAL_DENSE_FIRST, build_mixtral, 12, 11),
 }
 
 DTYPES = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i8": "i1", "bf16": "<u2"}
