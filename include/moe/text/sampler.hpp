@@ -4,10 +4,10 @@
 //   temperature > 0          z = logits / temperature, then the nucleus filter, then a draw from
 //                            softmax(z) over the kept tokens
 //
-// The nucleus (top-p) filter follows xai-org/grok-1 runners.py `top_p_filter` exactly
-// (grok1.md §1.9): sort z ascending, p = softmax(sorted z), find the FIRST index i where the
-// cumulative sum of p from the least likely end reaches 1 - top_p, and keep every token whose z
-// is >= sorted_z[i] (ties with the threshold are kept). top_p = 1 keeps everything. When rounding
+// The nucleus (top-p) filter follows xai-org/grok-1 runners.py `top_p_filter` exactly: sort z
+// ascending, p = softmax(sorted z), find the FIRST index i where the cumulative sum of p from the
+// least likely end reaches 1 - top_p, and keep every token whose z is >= sorted_z[i] (ties with
+// the threshold are kept). top_p = 1 keeps everything. When rounding
 // keeps the cumulative sum below 1 - top_p everywhere (tiny top_p), the threshold is the largest
 // logit, i.e. only the argmax (and its ties) survive; this is what the formula means (JAX's argmax
 // over an all-false mask would return 0 and keep everything instead). Sums are in double.
