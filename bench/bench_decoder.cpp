@@ -360,8 +360,7 @@ void grok_layer_prefill(benchmark::State& st) {
   grok_layer_run(st, static_cast<std::size_t>(st.range(1)), 0);
 }
 
-// ---- the attention core at long contexts
-// ---------------------------------------------------------
+// ---- the attention core at long contexts --------------------------------------------------------
 
 void attention_core(benchmark::State& st, moe::KvDtype dtype) {
   const auto context = static_cast<std::size_t>(st.range(0));

@@ -231,8 +231,7 @@ void run_layer(benchmark::State& state, const Layer& layer, std::size_t t_count,
   state.counters["tokens"] = static_cast<double>(t_count);
 }
 
-// ---- Grok-1 shape
-// --------------------------------------------------------------------------------
+// ---- Grok-1 shape -------------------------------------------------------------------------------
 
 struct GrokWeights {
   static constexpr std::size_t kD = 6144, kF = 32768, kE = 8, kSets = 4;
@@ -303,8 +302,7 @@ void BM_grok_gemvs(benchmark::State& state) {
   state.counters["experts"] = 2;
 }
 
-// ---- small shape
-// ----------------------------------------------------------------------------------
+// ---- small shape --------------------------------------------------------------------------------
 
 template <class T>
 struct SmallWeights {

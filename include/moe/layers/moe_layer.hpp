@@ -812,8 +812,7 @@ class MoELayer {
     }
   }
 
-  // ---- backward of 5-4: the experts and the shared expert
-  // ----------------------------------------
+  // ---- backward of 5-4: the experts and the shared expert ---------------------------------------
 
   /// For every expert block of forward_train: dx += dL/dx through the expert, grads += dL/dW,
   /// gbar[pair] = dL/dw of the pair's combine weight. Padding and dropped pairs get nothing.
@@ -872,8 +871,7 @@ class MoELayer {
     shared_.backward(pool, x, s.shared, dys, dx, grads, arena);
   }
 
-  // ---- backward of 3-1: combine weights and auxiliary losses to the router logits
-  // ----------------
+  // ---- backward of 3-1: combine weights and auxiliary losses to the router logits ---------------
 
   /// dz (and da) of every real token: the combine-weight gradients through the renormalisation
   /// and the score function, plus the auxiliary losses times loss_scale.

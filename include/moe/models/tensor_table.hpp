@@ -107,8 +107,7 @@ inline std::string tensor_path(std::string_view pattern, std::size_t layer) {
          std::string(pattern.substr(at + kLayer.size()));
 }
 
-// ---- binding: a stored tensor -> a view
-// ----------------------------------------------------------
+// ---- binding: a stored tensor -> a view ---------------------------------------------------------
 
 /// A tensor as a reader found it, with its data aligned for its element type.
 struct StoredTensor {

@@ -120,8 +120,7 @@ inline void f32_to_bf16(const float* src, bf16* dst, std::size_t n) noexcept {
 /// x[i] = float(bf16(x[i])): emulates a cast to bf16 and back (e.g. Grok-1's bf16 activations).
 inline void round_bf16_inplace(float* x, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
-    x[i] =
-        std::bit_cast<float>(static_cast<std::uint32_t>(detail::f32_to_bf16_bits(x[i])) << 16);
+    x[i] = std::bit_cast<float>(static_cast<std::uint32_t>(detail::f32_to_bf16_bits(x[i])) << 16);
   }
 }
 
