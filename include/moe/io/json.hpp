@@ -190,7 +190,7 @@ class JsonParser {
     p_ += word.size();
   }
 
-  JsonValue value(int depth) {
+  JsonValue value(int depth) {  // NOLINT(misc-no-recursion): depth <= kMaxDepth
     if (eof()) fail("unexpected end of input, expected a value");
     JsonValue v;
     const char c = peek();

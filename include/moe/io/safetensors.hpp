@@ -82,10 +82,10 @@ enum class DType : std::uint8_t {
 
 /// The name safetensors writes ("BF16", "F32", ...).
 inline constexpr std::string_view dtype_name(DType t) noexcept {
-  constexpr std::string_view names[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3",
-                                        "I16",  "U16", "F16", "BF16",    "I32",
-                                        "U32",  "F32", "I64", "U64",     "F64"};
-  return names[static_cast<std::size_t>(t)];
+  constexpr std::string_view kNames[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3",
+                                         "I16",  "U16", "F16", "BF16",    "I32",
+                                         "U32",  "F32", "I64", "U64",     "F64"};
+  return kNames[static_cast<std::size_t>(t)];
 }
 
 /// Bytes per element.

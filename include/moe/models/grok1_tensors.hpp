@@ -233,12 +233,12 @@ class FileIndex {
     std::vector<std::pair<std::string, TensorRef>> all;
     all.reserve(kGlobalTensors + kSlotsPerLayer * n_layers);
     for (std::size_t g = 0; g < kGlobalTensors; ++g) {
-      all.push_back({std::string(global_tensors<>[g].path), TensorRef{false, g, 0, Slot{}}});
+      all.emplace_back(std::string(global_tensors<>[g].path), TensorRef{false, g, 0, Slot{}});
     }
     for (std::size_t l = 0; l < n_layers; ++l) {
       for (std::size_t s = 0; s < kSlotsPerLayer; ++s) {
         const TensorRef r{true, 0, l, static_cast<Slot>(s)};
-        all.push_back({r.name(), r});
+        all.emplace_back(r.name(), r);
       }
     }
     std::sort(all.begin(), all.end(),
@@ -327,8 +327,7 @@ inline std::size_t layer_rank(std::size_t layer, std::size_t n_layers) {
   return (file_index(layer, Slot{}, n_layers) - kGlobalTensors) / kSlotsPerLayer;
 }
 
-// ---- validation
-// -----------------------------------------------------------------------------------
+// ---- validation ---------------------------------------------------------------------------------
 
 template <class W>
 void WeightsT<W>::validate(const Config& c) const {

@@ -247,7 +247,7 @@ class Fields {
 };
 
 inline Family family_of(const Fields& f) {
-  constexpr Family all[] = {Family::kMixtral, Family::kQwen2Moe, Family::kOlmoe};
+  constexpr Family kAll[] = {Family::kMixtral, Family::kQwen2Moe, Family::kOlmoe};
   const std::string supported =
       "supported: MixtralForCausalLM, Qwen2MoeForCausalLM, "
       "OlmoeForCausalLM";
@@ -255,13 +255,13 @@ inline Family family_of(const Fields& f) {
     if (!a->is_array() || a->size() != 1 || !a->at(0).is_string()) {
       f.fail("architectures", "must list one class name, got " + a->describe());
     }
-    for (Family fam : all) {
+    for (Family fam : kAll) {
       if (a->at(0).as_string() == architecture_name(fam)) return fam;
     }
     f.fail("architectures", "'" + a->at(0).as_string() + "' is not supported (" + supported + ")");
   }
   const std::string type = f.text("model_type", "");
-  for (Family fam : all) {
+  for (Family fam : kAll) {
     if (type == model_type_name(fam)) return fam;
   }
   if (type.empty()) f.fail("architectures", "is missing, and so is model_type (" + supported + ")");

@@ -404,8 +404,10 @@ class WeightResidency {
       for (const Expert& x : experts_[l]) sizes.push_back(x.bytes);
       std::sort(sizes.rbegin(), sizes.rend());
       const std::size_t k = std::min(plan_.top_k, sizes.size());
-      max_working = std::max(max_working,
-                             std::accumulate(sizes.begin(), sizes.begin() + k, std::uint64_t{0}));
+      max_working =
+          std::max(max_working,
+                   std::accumulate(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(k),
+                                   std::uint64_t{0}));
       max_layer_experts = std::max(max_layer_experts,
                                    std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0}));
     }

@@ -196,9 +196,8 @@ template <std::size_t NB, class KV>
 template <class KV>
 inline void axpy_rows_tiled(const float* w, const KV* v, std::size_t stride, std::size_t n,
                             std::size_t dh, float* o) noexcept {
-  constexpr std::size_t lanes = simd::kLanes;
-  for (std::size_t c0 = 0; c0 < dh; c0 += 8 * lanes) {
-    switch (std::min<std::size_t>(8, (dh - c0) / lanes)) {
+  for (std::size_t c0 = 0; c0 < dh; c0 += 8 * simd::kLanes) {
+    switch (std::min<std::size_t>(8, (dh - c0) / simd::kLanes)) {
       case 8:
         axpy_rows_block<8>(w, v + c0, stride, n, o + c0);
         break;

@@ -486,7 +486,8 @@ void matmul(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<
 
 /// y[out] = x[in] . W (one token).
 template <class W>
-void matvec(ThreadPool& pool, const float* x, const W& w, float* y) {
+void matvec(ThreadPool& pool, const float* x, const W& w,
+            float* y) {  // NOLINT(readability-non-const-parameter): written via the view
   matmul(pool, MatrixView<const float>(x, 1, w.in), w, MatrixView<float>(y, 1, w.out));
 }
 

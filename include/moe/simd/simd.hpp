@@ -226,6 +226,7 @@ inline void widen(const bf16* src, float* dst, std::size_t n) noexcept {
 
 inline void prefetch_l1(std::uintptr_t addr) noexcept {
 #if defined(__GNUC__)
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): an address, not a pointer (see above)
   __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 3);
 #else
   (void)addr;
@@ -233,6 +234,7 @@ inline void prefetch_l1(std::uintptr_t addr) noexcept {
 }
 inline void prefetch_l2(std::uintptr_t addr) noexcept {
 #if defined(__GNUC__)
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): an address, not a pointer (see above)
   __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 2);
 #else
   (void)addr;

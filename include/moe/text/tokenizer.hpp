@@ -291,7 +291,7 @@ class Tokenizer {
 /// Keeps its tokenizer's model alive (shared). Not thread-safe: one stream per thread/sequence.
 class DecodeStream {
  public:
-  explicit DecodeStream(const Tokenizer& tokenizer) : tok_(tokenizer) {}
+  explicit DecodeStream(Tokenizer tokenizer) : tok_(std::move(tokenizer)) {}
 
   /// Appends one id; returns the text that became final (often one word, possibly empty).
   /// Throws TokenError for an id outside the vocabulary (the stream is then unchanged).

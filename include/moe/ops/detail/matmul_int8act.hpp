@@ -192,7 +192,7 @@ inline void int8act_kernel(std::size_t rows, const std::int8_t* xq, std::size_t 
       for (std::size_t j = 0; j < 4; ++j) v[j] = _mm512_loadu_si512(w + 256 * g + 64 * j);
     }
     for (std::size_t t = 0; t < MR; ++t) {
-      std::int32_t x4;
+      std::int32_t x4 = 0;
       std::memcpy(&x4, xq + t * ldxq + 4 * g, 4);
       const __m512i xb = _mm512_set1_epi32(x4);
       for (std::size_t j = 0; j < 4; ++j) acc.v[t][j] = _mm512_dpbusd_epi32(acc.v[t][j], v[j], xb);

@@ -396,7 +396,7 @@ struct RowReader {
   std::size_t block_rows = 1;    ///< int8 only
 
   float at(std::size_t r, std::size_t c) const noexcept {
-    float v;
+    float v = 0.0f;
     if constexpr (std::is_same_v<E, float>) {
       v = data[r * ld + c];
     } else if constexpr (std::is_same_v<E, bf16>) {
