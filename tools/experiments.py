@@ -14,8 +14,9 @@ Usage (scripts/experiments wraps it: builds `train`, fetches the corpus):
       [--jobs 2] [--steps 600] [--only NAME...] [--docs docs]
 
 Each run writes OUT/NAME/metrics.jsonl (train --json); a run whose metrics end at its last step
-is not repeated, so an interrupted invocation continues where it stopped. --docs writes
-DOCS/images/training/*.png and DOCS/training-experiments.md (the table the docs include).
+is not repeated, so an interrupted invocation continues where it stopped. Then it measures each
+configuration's speed one after the other (OUT/speed.json). --docs writes
+DOCS/images/training/*.png and the table into DOCS/training.md (between its two markers).
 """
 
 import argparse
@@ -78,24 +79,28 @@ def complete(name, args):
     return bool(evals) and evals[-1]["step"] == run_steps(name, args)
 
 
-def train(name, args):
+def command(name, args, out, steps, val_windows=32):
     label, config, flags, init, (corpus, val) = RUNS[name]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.ckpt").unlink(missing_ok=True)  # an incomplete run starts over
+    (out / "config.json").write_text(json.dumps(config) + "\n")
+    cmd = [str(args.train), "--corpus", str(args.data / corpus), "--val", str(args.data / val),
+           "--tokenizer", str(args.data / "austen.model"), "--config", str(out / "config.json"),
+           "--out", str(out), "--seq", "128", "--batch", "8", "--steps", str(steps),
+           "--eval-every", str(min(steps, args.eval_every)), "--val-windows", str(val_windows),
+           "--threads", str(args.threads), "--seed", "1", "--save-every", str(steps),
+           "--no-export", "--json"]
+    if init:
+        cmd += ["--init", str(args.out / init), "--lr", "1e-3", "--warmup", "20"]
+    return cmd + flags
+
+
+def train(name, args):
     out = args.out / name
     if complete(name, args):
         print(f"experiments: {name}: done already", file=sys.stderr)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.ckpt").unlink(missing_ok=True)  # an incomplete run starts over
-    (out / "config.json").write_text(json.dumps(config) + "\n")
-    steps = run_steps(name, args)
-    cmd = [str(args.train), "--corpus", str(args.data / corpus), "--val", str(args.data / val),
-           "--tokenizer", str(args.data / "austen.model"), "--config", str(out / "config.json"),
-           "--out", str(out), "--seq", "128", "--batch", "8", "--steps", str(steps),
-           "--eval-every", str(args.eval_every), "--val-windows", "32", "--threads",
-           str(args.threads), "--seed", "1", "--save-every", str(steps), "--no-export", "--json"]
-    if init:
-        cmd += ["--init", str(args.out / init), "--lr", "1e-3", "--warmup", "20"]
-    cmd += flags
+    cmd = command(name, args, out, run_steps(name, args))
     t0 = time.time()
     print(f"experiments: {name}: {' '.join(cmd)}", file=sys.stderr)
     with open(out / "metrics.jsonl.tmp", "w") as f, open(out / "train.log", "w") as log:
@@ -104,6 +109,27 @@ def train(name, args):
         raise SystemExit(f"experiments: {name} failed (exit {r.returncode}); see {out}/train.log")
     os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
     print(f"experiments: {name}: {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def speed(args):
+    """tokens/s of every run's configuration, measured one after the other in the same window
+    (the runs themselves share the machine two at a time, with whatever else runs): 40 steps,
+    one thread, three rounds in alternating order; the median."""
+    rates = {n: [] for n in RUNS}
+    for r in range(3):
+        for name in (list(RUNS) if r % 2 == 0 else list(reversed(RUNS))):
+            out = args.out / "speed" / name
+            cmd = command(name, args, out, 40, val_windows=1)
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise SystemExit(f"experiments: speed of {name} failed: {p.stderr[-500:]}")
+            last = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")][-1]
+            rates[name].append(40 * 8 * 128 / last["elapsed_seconds"])
+    load = os.getloadavg()[0]
+    result = {n: sorted(v)[1] for n, v in rates.items()}
+    result["load_average"] = load
+    (args.out / "speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"experiments: speed measured (load average {load:.1f})", file=sys.stderr)
 
 
 def mean(xs):
@@ -125,12 +151,16 @@ def summary(name, args):
         "cv": tail_mean("load_cv"), "max_over_mean": tail_mean("load_max_over_mean"),
         "dropped": tail_mean("dropped"), "lse": tail_mean("router_lse"),
         "entropy": tail_mean("router_entropy"),
-        "tokens_per_second": mean([e["tokens_per_second"] for e in tail]),
+        "tokens_per_second": json.loads((args.out / "speed.json").read_text())[name],
     }
 
 
 def fmt(x, spec):
     return "-" if x != x else format(x, spec)
+
+
+def moe(s):
+    return s["cv"] == s["cv"]  # not NaN: a model with MoE layers
 
 
 def table(args):
@@ -142,7 +172,7 @@ def table(args):
             lines.append(
                 f"| {group if i == 0 else ''} | {RUNS[name][0]} | {s['val_loss']:.3f} | "
                 f"{s['train_eval_loss']:.3f} | {fmt(s['cv'], '.2f')} | "
-                f"{fmt(s['max_over_mean'], '.2f')} | {fmt(100 * s['dropped'], '.1f')}% | "
+                f"{fmt(s['max_over_mean'], '.2f')} | {fmt(100 * s['dropped'], '.1f')}{'%' * moe(s)} | "
                 f"{fmt(s['lse'], '.2f')} | {fmt(s['entropy'], '.2f')} | "
                 f"{s['tokens_per_second']:,.0f} |")
     return "\n".join(lines) + "\n"
@@ -196,6 +226,19 @@ def plots(args, images):
         ("validation loss", "val_loss", fts, "loss")])
 
 
+BEGIN, END = "<!-- experiments table: tools/experiments.py -->", "<!-- end of table -->"
+
+
+def write_table(doc, text):
+    """Replaces the table between the two markers of docs/training.md."""
+    old = doc.read_text()
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"experiments: {doc} lacks the table markers {BEGIN!r} / {END!r}")
+    head, rest = old.split(BEGIN, 1)
+    doc.write_text(head + BEGIN + "\n" + text + rest[rest.index(END):])
+    print(f"experiments: wrote the table into {doc}", file=sys.stderr)
+
+
 def kjv_slice(data):
     path = data / "kjv.slice.txt"
     lines = (data / "kjv.train.txt").read_text().splitlines(keepends=True)[:KJV_SLICE_LINES]
@@ -235,8 +278,10 @@ def main():
         list(pool.map(lambda n: train(n, args), second))
 
     if args.docs and not args.only:
+        if not (args.out / "speed.json").exists():
+            speed(args)
         text = table(args)
-        (args.docs / "training-experiments.md").write_text(text)
+        write_table(args.docs / "training.md", text)
         plots(args, args.docs / "images" / "training")
         print(text)
 
