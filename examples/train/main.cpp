@@ -610,8 +610,9 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
         j.key("event").string("eval").key("step").integer(step);
         j.key("epoch").number(sampler.epochs(step)).key("lr").number(lr);
         j.key("loss").number(line.loss).key("val_loss").number(line.val_loss);
-        j.key("train_eval_loss").number(validation_loss(
-            s.train_eval, h.batch, [&](const moe::Batch& b) { return s.model->loss(pool, b); }));
+        j.key("train_eval_loss")
+            .number(validation_loss(s.train_eval, h.batch,
+                                    [&](const moe::Batch& b) { return s.model->loss(pool, b); }));
         j.key("grad_norm").number(grad_norm);
         j.key("tokens_per_second").number(line.tokens_per_second);
         j.key("aux_loss").number(aux_sum / static_cast<double>(loss_n));
