@@ -8,7 +8,7 @@ if(NOT MOE_PYTHON3)
 endif()
 set(_work "${CMAKE_CURRENT_BINARY_DIR}/e2e")
 set(_script "${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grok1_cli.py")
-foreach(case logits greedy errors demo)
+foreach(case logits greedy errors demo trained)
   add_test(NAME "grok1.${case}"
            COMMAND "${MOE_PYTHON3}" "${_script}" --grok1 $<TARGET_FILE:grok1>
                    --source "${PROJECT_SOURCE_DIR}" --work "${_work}/${case}"

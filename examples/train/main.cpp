@@ -360,6 +360,7 @@ struct Setup {
   moe::TokenStream train_stream;
   std::vector<std::int32_t> train_ids;  ///< the training part (all of train_stream with --val)
   moe::Batch val;
+  moe::Batch train_eval;  ///< --json: windows of the training text, evaluated like `val`
   std::uint64_t val_hash = 0;
   std::unique_ptr<Model> model;
   moe::AdamW opt;
@@ -409,6 +410,7 @@ Setup prepare(const Args& a, moe::ThreadPool& pool, Progress& log) {
                 " tokens of the corpus (no --val)");
   }
   s.val = moe::validation_windows(val_ids, a.hyper.seq, a.val_windows);
+  if (a.json) s.train_eval = moe::validation_windows(s.train_ids, a.hyper.seq, a.val_windows);
   moe::BatchSampler probe(s.train_ids, {a.hyper.batch, a.hyper.seq, a.hyper.seed});  // checks size
 
   s.model = std::make_unique<GrokMoE>(s.config, a.routing, a.hyper.seed);
@@ -608,6 +610,8 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
         j.key("event").string("eval").key("step").integer(step);
         j.key("epoch").number(sampler.epochs(step)).key("lr").number(lr);
         j.key("loss").number(line.loss).key("val_loss").number(line.val_loss);
+        j.key("train_eval_loss").number(validation_loss(
+            s.train_eval, h.batch, [&](const moe::Batch& b) { return s.model->loss(pool, b); }));
         j.key("grad_norm").number(grad_norm);
         j.key("tokens_per_second").number(line.tokens_per_second);
         j.key("aux_loss").number(aux_sum / static_cast<double>(loss_n));

@@ -23,6 +23,7 @@ Cases:
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,6 +167,31 @@ def case_demo(args):
     print(f"demo: {info['generated_tokens']} -> {info['text']!r}")
 
 
+# The 100 most frequent words of Austen's novels that are also common English at large: text from
+# random weights hits almost none of them; English prose has 40-50% of its words in such a list.
+COMMON_WORDS = set("""the to and of a her i in was it she that not you he be his had as for with
+but is have at my him on all so by no which they this been were me very from would could what
+an mr there said your or will their one must if more when much any such elizabeth we do than
+them some only am should own may being did time can how every might herself never before
+little think out know well good see made great man say himself first again upon nothing
+though after""".split())
+
+
+def case_trained(args):
+    """The model moe trained (examples/data/austen-moe, scripts/demo's): it loads through the
+    release-format reader and continues a prompt in English words."""
+    ck = os.path.join(args.source, "examples/data/austen-moe")
+    p = run([args.grok1, "--checkpoint", ck, "--tokenizer", os.path.join(ck, "tokenizer.model"),
+             "--prompt", "It is a truth universally acknowledged, that a single man",
+             "--max-new-tokens", "64", "--temperature", "0", "--json"])
+    info = json.loads(p.stdout)
+    words = re.findall(r"[a-z]+", info["text"].lower())
+    common = sum(w in COMMON_WORDS for w in words) / max(len(words), 1)
+    print(f"trained: {len(words)} words, {100 * common:.0f}% common English: {info['text']!r}")
+    assert len(words) >= 20, info["text"]
+    assert common >= 0.25, f"only {100 * common:.0f}% common English words: {info['text']!r}"
+
+
 def case_sparse314b(args):
     """The real 314B shapes (770 files, 318 GB apparent, payloads are file holes = zeros): one
     token through all 64 layers and the 131072-row head, within the machine's RAM."""
@@ -283,7 +309,8 @@ def case_budget(args):
             shutil.rmtree(ck, ignore_errors=True)
 
 
-CASES = {"logits": case_logits, "greedy": case_greedy, "errors": case_errors, "demo": case_demo}
+CASES = {"logits": case_logits, "greedy": case_greedy, "errors": case_errors, "demo": case_demo,
+         "trained": case_trained}
 SLOW_CASES = {"sparse314b": case_sparse314b, "budget": case_budget}
 
 if __name__ == "__main__":
