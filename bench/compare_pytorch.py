@@ -21,7 +21,7 @@ PyTorch's OpenMP pool and OpenBLAS's pthread pool never nest or oversubscribe th
 and the fastest setting is PyTorch's figure ("best"). OPENBLAS_CORETYPE=SkylakeX is set on Intel
 CPUs unless given (Debian's OpenBLAS misdetects recent CPUs and falls back to slow kernels).
 
-Usage (Debian's python3 has torch; install libopenblas0-pthread, see scripts/deps):
+Usage (Debian's python3 with python3-torch and libopenblas0-pthread: scripts/deps --bench):
   /usr/bin/python3 bench/compare_pytorch.py [--bench build/release/bench/bench_moe] [--rounds 5] \
       [--tokens 1,16,256] [--dtypes f32,bf16,bf16noamx,bf16w]
 

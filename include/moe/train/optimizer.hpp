@@ -87,6 +87,57 @@ inline constexpr std::size_t kOptimChunk = std::size_t{1} << 16;
 
 }  // namespace moe
 
+MOE_SIMD_DETAIL_BEGIN
+
+/// The per-step constants of AdamW's element-wise update (AdamW::step).
+struct AdamWStep {
+  float keep, b1, b2, eps, step_size, inv_sqrt_bc2;
+};
+
+/// AdamW's update of the elements [i0, i1) (AdamW::step has the equations), in SIMD batches
+/// with a scalar tail: the same operations in the same order in both.
+inline void adamw_update(float* p, const float* g, float* m, float* v, std::size_t i0,
+                         std::size_t i1, const AdamWStep& c) noexcept {
+  using B = xsimd::batch<float>;
+  const B keep(c.keep), b1(c.b1), b2(c.b2), a1(1.0f - c.b1), a2(1.0f - c.b2), eps(c.eps),
+      step(c.step_size), isb(c.inv_sqrt_bc2);
+  std::size_t i = i0;
+  for (; i + B::size <= i1; i += B::size) {
+    const B gi = B::load_unaligned(g + i);
+    const B mi = b1 * B::load_unaligned(m + i) + a1 * gi;
+    const B vi = b2 * B::load_unaligned(v + i) + a2 * gi * gi;
+    const B pi = B::load_unaligned(p + i) * keep;
+    (pi - step * mi / (xsimd::sqrt(vi) * isb + eps)).store_unaligned(p + i);
+    mi.store_unaligned(m + i);
+    vi.store_unaligned(v + i);
+  }
+  for (; i < i1; ++i) {
+    const float gi = g[i];
+    p[i] *= c.keep;
+    m[i] = c.b1 * m[i] + (1.0f - c.b1) * gi;
+    v[i] = c.b2 * v[i] + (1.0f - c.b2) * gi * gi;
+    p[i] -= c.step_size * m[i] / (std::sqrt(v[i]) * c.inv_sqrt_bc2 + c.eps);
+  }
+}
+
+/// sum of g[i]^2 over [i0, i1) in float64: 8 interleaved partial sums (element i into sum
+/// i % 8, counted from i0), added in a fixed order, so the result depends only on the range.
+inline double sum_squares(const float* g, std::size_t i0, std::size_t i1) noexcept {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    for (std::size_t j = 0; j < 8; ++j) {
+      acc[j] += static_cast<double>(g[i + j]) * static_cast<double>(g[i + j]);
+    }
+  }
+  for (std::size_t j = 0; i < i1; ++i, ++j) {
+    acc[j] += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+MOE_SIMD_DETAIL_END
+
 MOE_SIMD_NAMESPACE_BEGIN
 
 class AdamW {
@@ -128,15 +179,8 @@ class AdamW {
       pool.parallel_for(n_tasks, [&](std::size_t task, std::size_t) {
         const std::size_t i0 = info.offset + task * detail::kOptimChunk;
         const std::size_t i1 = std::min(info.offset + info.size, i0 + detail::kOptimChunk);
-        float* m = m_.data();
-        float* v = v_.data();
-        for (std::size_t i = i0; i < i1; ++i) {
-          const float gi = g[i];
-          p[i] *= keep;
-          m[i] = b1 * m[i] + (1.0f - b1) * gi;
-          v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-          p[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-        }
+        detail::adamw_update(p, g, m_.data(), v_.data(), i0, i1,
+                             {keep, b1, b2, eps, step_size, inv_sqrt_bc2});
       });
     }
   }
@@ -155,9 +199,7 @@ inline double grad_norm(ThreadPool& pool, const ParameterStore& store) {
   pool.parallel_for(n_tasks, [&](std::size_t task, std::size_t) {
     const std::size_t i0 = task * detail::kOptimChunk;
     const std::size_t i1 = std::min(g.size(), i0 + detail::kOptimChunk);
-    double s = 0.0;
-    for (std::size_t i = i0; i < i1; ++i) s += static_cast<double>(g[i]) * g[i];
-    partial[task] = s;
+    partial[task] = detail::sum_squares(g.data(), i0, i1);
   });
   double s = 0.0;
   for (double x : partial) s += x;
