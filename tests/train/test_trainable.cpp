@@ -2,6 +2,7 @@
 // freezing the MoE layers, determinism, and a small model memorising a sequence.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -38,7 +39,7 @@ double train_steps(Net& net, moe::ThreadPool& pool, const std::vector<std::int32
                    const std::vector<std::int32_t>& targets, std::size_t batch, std::size_t seq,
                    std::size_t steps, float lr, double* first = nullptr) {
   auto st = net.model().make_training_state(batch, seq);
-  moe::AdamW opt(net.parameters().n_elements(), {.beta2 = 0.99f});
+  moe::AdamW opt(net.parameters().n_elements(), {.beta2 = 0.99f, .weight_decay = 0.1f});
   double loss = 0;
   for (std::size_t s = 1; s <= steps; ++s) {
     net.parameters().zero_grads();
@@ -130,6 +131,20 @@ TEST_CASE("TrainableDecoder: frozen MoE layers keep zero gradients, the rest sti
       CHECK(norm > 0);
     }
   }
+  // AdamW (with weight decay) leaves the frozen tensors exactly as they were; the rest moves.
+  const std::vector<float> before(net.parameters().params().begin(),
+                                  net.parameters().params().end());
+  train_steps(net, pool, tokens, targets, 2, 16, 3, 1e-2f);
+  for (std::size_t i = 0; i < net.parameters().n_tensors(); ++i) {
+    const auto& info = net.parameters().info(i);
+    const auto p = net.parameters().param(i);
+    const bool same =
+        std::equal(p.begin(), p.end(), before.begin() + static_cast<std::ptrdiff_t>(info.offset));
+    INFO(info.name);
+    CHECK(same == (info.name.find("/moe/") != std::string::npos));
+  }
+  net.freeze_moe(false);
+  for (const auto& info : net.parameters().infos()) CHECK_FALSE(info.frozen);
 }
 
 TEST_CASE("TrainableDecoder: training is bit-identical for 1, 2 and 3 threads",

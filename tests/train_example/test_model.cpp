@@ -46,7 +46,7 @@ moe::Batch make_batch(std::size_t B, std::size_t T, std::size_t vocab, std::uint
 
 /// A few AdamW steps on random batches.
 void train(GrokMoE& m, moe::ThreadPool& pool, std::size_t steps, std::size_t vocab) {
-  moe::AdamW opt(m.parameters().n_elements(), {});
+  moe::AdamW opt(m.parameters().n_elements(), {.weight_decay = 0.1f});  // as the example's
   for (std::size_t s = 1; s <= steps; ++s) {
     m.parameters().zero_grads();
     m.train_step(pool, make_batch(4, 16, vocab, s), s);

@@ -12,6 +12,7 @@
 // with the same order of operations so that both give the same numbers:
 //
 //   theta <- theta * (1 - lr * wd)                          (only tensors flagged `decay`)
+//   (tensors flagged `frozen` are skipped altogether: no update, no decay, moments unchanged)
 //   m <- b1 m + (1 - b1) g,      v <- b2 v + (1 - b2) g^2
 //   theta <- theta - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //
@@ -174,6 +175,7 @@ class AdamW {
     float* p = store.params().data();
     const float* g = store.grads().data();
     for (const ParameterInfo& info : store.infos()) {
+      if (info.frozen) continue;
       const float keep = info.decay ? 1.0f - lr * cfg_.weight_decay : 1.0f;
       const std::size_t n_tasks = (info.size + detail::kOptimChunk - 1) / detail::kOptimChunk;
       pool.parallel_for(n_tasks, [&](std::size_t task, std::size_t) {

@@ -44,6 +44,7 @@ struct ParameterInfo {
   std::size_t offset = 0;  ///< first element in the flat buffers
   std::size_t size = 0;    ///< number of elements
   bool decay = true;       ///< weight decay applies (AdamW)
+  bool frozen = false;     ///< the optimizer leaves it alone (no update, no decay): set_frozen()
 };
 
 }  // namespace moe
@@ -93,6 +94,10 @@ class ParameterStore {
     return n;
   }
   [[nodiscard]] const ParameterInfo& info(Id id) const { return infos_.at(id); }
+  /// Freezes (or unfreezes) a tensor: AdamW then neither updates nor decays it, and its moments
+  /// stay as they are (fine-tuning part of a model). Its gradient is still whatever the
+  /// backward wrote (a frozen layer's backward writes none).
+  void set_frozen(Id id, bool frozen) { infos_.at(id).frozen = frozen; }
   [[nodiscard]] const std::vector<ParameterInfo>& infos() const noexcept { return infos_; }
 
   static constexpr Id npos = static_cast<Id>(-1);

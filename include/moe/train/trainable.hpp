@@ -132,11 +132,18 @@ class TrainableDecoder {
   [[nodiscard]] const LayerViews& layer(std::size_t l) const { return views_.at(l); }
   [[nodiscard]] std::span<const float> embedding() const { return store_.param(ids_.embedding); }
   [[nodiscard]] std::span<const float> final_norm() const { return store_.param(ids_.final_norm); }
-  /// Freezes (or unfreezes) every MoE layer's weights: backward() then leaves their gradients
-  /// alone but still passes the gradient to the layers' inputs (ST-MoE's fine-tuning advice).
+  /// Freezes (or unfreezes) every MoE layer's weights (ST-MoE's fine-tuning advice): backward()
+  /// leaves their gradients alone but still passes the gradient to the layers' inputs, and the
+  /// store marks them frozen, so AdamW neither updates nor decays them.
   void freeze_moe(bool frozen) {
     for (std::size_t l = 0; l < cfg_.n_layers; ++l) {
-      if (cfg_.is_moe(l)) grads_.blocks[l].ffn.moe = frozen ? typename Moe::Grads{} : moe_grads_[l];
+      if (!cfg_.is_moe(l)) continue;
+      grads_.blocks[l].ffn.moe = frozen ? typename Moe::Grads{} : moe_grads_[l];
+      const LayerIds& t = ids_.layers[l];
+      for (Id id : {t.router, t.noise, t.bias, t.gate, t.up, t.down, t.shared_gate, t.shared_up,
+                    t.shared_down}) {
+        if (id != ParameterStore::npos) store_.set_frozen(id, frozen);
+      }
     }
   }
 
