@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <time.h>
 #include <vector>
 
 #include <moe/config.hpp>
@@ -223,6 +224,61 @@ inline void set_counters(benchmark::State& state, double bytes, double flops, st
   state.counters["bytes_per_call"] = bytes;
   state.counters["flop_per_call"] = flops;
   state.counters["threads"] = static_cast<double>(threads);
+}
+
+/// CPU time of the calling thread (seconds).
+inline double thread_cpu_seconds() noexcept {
+#if defined(__linux__)
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+#else
+  return 0.0;
+#endif
+}
+
+/// Limits probed right before a benchmark (a short FMA loop and a 128 MiB read, best of 3 each):
+/// on a shared machine the load changes within a run, so `peak_frac_local` / `bw_frac_local`
+/// (the benchmark's rates over these) follow it better than the limits measured once at start.
+struct LocalLimits {
+  double fma = 0, dram = 0;
+};
+inline LocalLimits probe(std::size_t threads) {
+  LocalLimits l;
+  const auto* p = reinterpret_cast<const float*>(arena().data());
+  const std::size_t n = (std::size_t{128} << 20) / sizeof(float);
+  for (int rep = 0; rep < 3; ++rep) {
+    float sums[2] = {0, 0};
+    auto t0 = std::chrono::steady_clock::now();
+    pool(threads).parallel_for(
+        threads, [&](std::size_t i, std::size_t) { sums[i] = fma_chains(kFmaIters / 20); });
+    auto t1 = std::chrono::steady_clock::now();
+    l.fma = std::max(l.fma, fma_flops_per_thread() / 20.0 * static_cast<double>(threads) /
+                                std::chrono::duration<double>(t1 - t0).count());
+    t0 = std::chrono::steady_clock::now();
+    pool(threads).parallel_for(threads, [&](std::size_t i, std::size_t) {
+      sums[i] +=
+          read_sum(p + (std::size_t{1} << 28) / sizeof(float) + i * (n / threads), n / threads);
+    });
+    t1 = std::chrono::steady_clock::now();
+    l.dram = std::max(l.dram, static_cast<double>(n * sizeof(float)) /
+                                  std::chrono::duration<double>(t1 - t0).count());
+    benchmark::DoNotOptimize(sums);
+  }
+  return l;
+}
+
+/// set_counters plus peak_frac_local / bw_frac_local against limits probed before the run.
+inline void set_counters_local(benchmark::State& state, double bytes, double flops,
+                               std::size_t threads, const LocalLimits& local) {
+  set_counters(state, bytes, flops, threads);
+  const double it = static_cast<double>(state.iterations());
+  state.counters["peak_frac_local"] =
+      benchmark::Counter(it * flops / local.fma, benchmark::Counter::kIsRate);
+  state.counters["bw_frac_local"] =
+      benchmark::Counter(it * bytes / local.dram, benchmark::Counter::kIsRate);
+  state.counters["fma_local_GFLOPs"] = local.fma * 1e-9;
+  state.counters["dram_local_GBps"] = local.dram * 1e-9;
 }
 
 /// Registers baseline/read_bw/threads:{1,2} and baseline/fma_peak/threads:{1,2}.

@@ -2,9 +2,18 @@
 // Eigen, at Grok-1's shapes and a small one.
 //
 //   baseline/read_bw/threads:N       DRAM read bandwidth (1 GiB sum)       -> bw_frac limit
+//   (threads:1 matmuls also report peak_frac_cpu: FLOP/s over the thread's CPU time, over the
+//   1-thread FMA peak: what a core achieves while other jobs preempt it)
 //   baseline/fma_peak/threads:N      f32 FMA peak (register-only loop)     -> peak_frac limit
 //   matmul/<weight>/<in>x<out>/T:<T>/threads:N   moe::matmul
 //   eigen/f32/<in>x<out>/T:<T>/threads:N         Eigen 3.4 on the same f32 [in, out] data
+//   matmul/int8act_b<B>/<in>x<out>/T:<T>/threads:N   Int8ActWeight (int8 activations, VNNI)
+//   zen5plan/<weight>/<in>x<out>/T:<T>/threads:N  moe::matmul with the Zen 5 host's blocking
+//                                                 (to compare with this host's, same run)
+//   grad_input/<weight>/<in>x<out>/T:<T>           matmul_backward_input  (dx += dy W^T)
+//   grad_weight/<layout>/<in>x<out>/T:<T>          matmul_backward_weight (g += x^T dy)
+//   decoder/grok1_demo/<exact|int8act>/T:<T>      Grok-shaped demo decoder prefill; the int8act
+//                                                 run reports its logit error vs the exact one
 //
 // Every benchmark reports bytes_per_second (weight bytes incl. int8 scales), FLOP/s (2 T in out),
 // bw_frac (bytes/s over the same-run DRAM limit for its thread count) and peak_frac (FLOP/s over
@@ -34,14 +43,17 @@
 
 #include <moe/core/buffer.hpp>
 #include <moe/core/tensor.hpp>
+#include <moe/models/grok1.hpp>
 #include <moe/ops/matmul.hpp>
+#include <moe/ops/matmul_grad.hpp>
 #include <moe/ops/weights.hpp>
 
 #include "bench_baselines.hpp"
+#include "support/grok1_random_weights.hpp"
 
 namespace {
 
-enum class WType { kF32, kF32OutIn, kBf16, kBf16OutIn, kInt8 };
+enum class WType { kF32, kF32OutIn, kBf16, kBf16OutIn, kInt8, kInt8Act };
 
 const char* wtype_name(WType w) {
   switch (w) {
@@ -55,11 +67,16 @@ const char* wtype_name(WType w) {
       return "bf16_outin";
     case WType::kInt8:
       return "int8";
+    case WType::kInt8Act:
+      return "int8act";
   }
   return "?";
 }
+bool is_int8(WType w) {
+  return w == WType::kInt8 || w == WType::kInt8Act;
+}
 std::size_t elem_bytes(WType w) {
-  return w == WType::kF32 || w == WType::kF32OutIn ? 4 : w == WType::kInt8 ? 1 : 2;
+  return w == WType::kF32 || w == WType::kF32OutIn ? 4 : is_int8(w) ? 1 : 2;
 }
 
 struct Shape {
@@ -89,53 +106,66 @@ Io& io() {
 }
 
 std::size_t weight_bytes(WType wt, Shape s, std::size_t blocks) {
-  return s.in * s.out * elem_bytes(wt) + (wt == WType::kInt8 ? blocks * s.out * 2 : 0);
+  return s.in * s.out * elem_bytes(wt) + (is_int8(wt) ? blocks * s.out * 2 : 0);
 }
 
+/// moe::matmul, or with `blocking` (nullptr: this host's) through the detail entry points.
 void run_matmul(WType wt, const std::uint8_t* p, Shape s, std::size_t blocks, std::size_t T,
-                moe::ThreadPool& pool) {
+                moe::ThreadPool& pool, const moe::detail::Blocking* blocking = nullptr) {
   const moe::MatrixView<const float> x(io().x.data(), T, s.in);
   const moe::MatrixView<float> y(io().y.data(), T, s.out);
+  auto mm = [&](const auto& w) {
+    if (blocking == nullptr) {
+      moe::matmul(pool, x, w, y);
+    } else {
+      moe::detail::gemm(pool, moe::detail::Activations(x), w, y, false, *blocking);
+    }
+  };
   switch (wt) {
     case WType::kF32:
-    case WType::kF32OutIn: {
-      const moe::F32Weight w{reinterpret_cast<const float*>(p), s.in, s.out,
-                             wt == WType::kF32 ? moe::Layout::kInOut : moe::Layout::kOutIn};
-      moe::matmul(pool, x, w, y);
+    case WType::kF32OutIn:
+      mm(moe::F32Weight{reinterpret_cast<const float*>(p), s.in, s.out,
+                        wt == WType::kF32 ? moe::Layout::kInOut : moe::Layout::kOutIn});
       break;
-    }
     case WType::kBf16:
-    case WType::kBf16OutIn: {
-      const moe::BF16Weight w{reinterpret_cast<const moe::bf16*>(p), s.in, s.out,
-                              wt == WType::kBf16 ? moe::Layout::kInOut : moe::Layout::kOutIn};
-      moe::matmul(pool, x, w, y);
+    case WType::kBf16OutIn:
+      mm(moe::BF16Weight{reinterpret_cast<const moe::bf16*>(p), s.in, s.out,
+                         wt == WType::kBf16 ? moe::Layout::kInOut : moe::Layout::kOutIn});
       break;
-    }
-    case WType::kInt8: {
-      moe::Int8Weight w;
-      w.data = reinterpret_cast<const std::int8_t*>(p);
-      w.scales = io().scales.data();
-      w.in = s.in;
-      w.out = s.out;
-      w.blocks = blocks;
-      moe::matmul(pool, x, w, y);
+    case WType::kInt8:
+    case WType::kInt8Act: {
+      const moe::Int8Weight w{reinterpret_cast<const std::int8_t*>(p), io().scales.data(), s.in,
+                              s.out, blocks};
+      if (wt == WType::kInt8) {
+        mm(w);
+      } else {
+        moe::matmul(pool, x, moe::Int8ActWeight(w), y);
+      }
       break;
     }
   }
 }
 
 void bm_matmul(benchmark::State& state, WType wt, Shape s, std::size_t blocks, std::size_t T,
-               std::size_t threads) {
+               std::size_t threads, const moe::detail::Blocking* blocking = nullptr) {
   moe::ThreadPool& pool = moe_bench::pool(threads);
   const std::size_t bytes = weight_bytes(wt, s, blocks);
+  const moe_bench::LocalLimits local = moe_bench::probe(threads);
   std::size_t i = 0;
+  const double cpu0 = moe_bench::thread_cpu_seconds();
   for (auto _ : state) {
-    run_matmul(wt, moe_bench::arena().cycle(i++, bytes), s, blocks, T, pool);
+    run_matmul(wt, moe_bench::arena().cycle(i++, bytes), s, blocks, T, pool, blocking);
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters(state, static_cast<double>(bytes),
-                          2.0 * static_cast<double>(T * s.in * s.out), threads);
-  state.counters["kind"] = wt == WType::kInt8                                ? 13
+  const double cpu = moe_bench::thread_cpu_seconds() - cpu0;
+  const double flops = 2.0 * static_cast<double>(T * s.in * s.out);
+  moe_bench::set_counters_local(state, static_cast<double>(bytes), flops, threads, local);
+  if (threads == 1) {  // the CPU time of the only thread: preemption by other jobs not counted
+    state.counters["peak_frac_cpu"] =
+        flops * static_cast<double>(state.iterations()) / cpu / moe_bench::limits().fma(1);
+  }
+  state.counters["kind"] = wt == WType::kInt8Act                             ? 14
+                           : wt == WType::kInt8                              ? 13
                            : (wt == WType::kBf16 || wt == WType::kBf16OutIn) ? 12
                                                                              : 11;
 }
@@ -173,16 +203,176 @@ std::string shape_name(Shape s) {
   return std::to_string(s.in) + "x" + std::to_string(s.out);
 }
 
-void add_matmul(WType wt, Shape s, std::size_t T, std::size_t threads, double min_time = 0.2) {
-  const std::size_t blocks = wt == WType::kInt8 && s.in == kGrokDown.in ? 8 : 1;
-  std::string name = std::string("matmul/") + wtype_name(wt);
-  if (wt == WType::kInt8) name += "_b" + std::to_string(blocks);
+void add_matmul(WType wt, Shape s, std::size_t T, std::size_t threads, double min_time = 0.2,
+                const moe::detail::Blocking* blocking = nullptr, const char* prefix = "matmul/") {
+  const std::size_t blocks = is_int8(wt) && s.in == kGrokDown.in ? 8 : 1;
+  std::string name = std::string(prefix) + wtype_name(wt);
+  if (is_int8(wt)) name += "_b" + std::to_string(blocks);
   name += "/" + shape_name(s) + "/T:" + std::to_string(T) + "/threads:" + std::to_string(threads);
   benchmark::RegisterBenchmark(
-      name.c_str(), [=](benchmark::State& st) { bm_matmul(st, wt, s, blocks, T, threads); })
+      name.c_str(),
+      [=](benchmark::State& st) { bm_matmul(st, wt, s, blocks, T, threads, blocking); })
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond)
       ->MinTime(min_time);
+}
+
+// ---- backward products (training): expert blocks of 64 rows --------------------------------
+
+/// dx[T, in] += dy[T, out] W^T, W cold (arena), dy and dx in io().
+void bm_grad_input(benchmark::State& state, WType wt, Shape s, std::size_t T) {
+  moe::ThreadPool& pool = moe_bench::pool(2);
+  const std::size_t bytes = weight_bytes(wt, s, 1);
+  const moe::MatrixView<const float> dy(io().x.data(), T, s.out);
+  const moe::MatrixView<float> dx(io().y.data(), T, s.in);
+  const moe_bench::LocalLimits local = moe_bench::probe(2);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    const std::uint8_t* p = moe_bench::arena().cycle(i++, bytes);
+    switch (wt) {
+      case WType::kF32:
+      case WType::kF32OutIn:
+        moe::matmul_backward_input(
+            pool, dy,
+            moe::F32Weight{reinterpret_cast<const float*>(p), s.in, s.out,
+                           wt == WType::kF32 ? moe::Layout::kInOut : moe::Layout::kOutIn},
+            dx);
+        break;
+      case WType::kBf16:
+      case WType::kBf16OutIn:
+        moe::matmul_backward_input(
+            pool, dy,
+            moe::BF16Weight{reinterpret_cast<const moe::bf16*>(p), s.in, s.out,
+                            wt == WType::kBf16 ? moe::Layout::kInOut : moe::Layout::kOutIn},
+            dx);
+        break;
+      default:
+        moe::matmul_backward_input(pool, dy,
+                                   moe::Int8Weight{reinterpret_cast<const std::int8_t*>(p),
+                                                   io().scales.data(), s.in, s.out, 1},
+                                   dx);
+        break;
+    }
+    benchmark::ClobberMemory();
+  }
+  moe_bench::set_counters_local(state, static_cast<double>(bytes),
+                                2.0 * static_cast<double>(T * s.in * s.out), 2, local);
+  state.counters["kind"] = 30;
+}
+
+/// g[in, out] += x^T dy in g's layout; x, dy in io(), g a fixed buffer (hot, as in training).
+void bm_grad_weight(benchmark::State& state, moe::Layout layout, Shape s, std::size_t T) {
+  moe::ThreadPool& pool = moe_bench::pool(2);
+  static moe::Buffer<float> g(4096 * 4096, 0.0f);
+  const moe::MatrixView<const float> x(io().x.data(), T, s.in);
+  const moe::MatrixView<const float> dy(io().y.data(), T, s.out);
+  const moe_bench::LocalLimits local = moe_bench::probe(2);
+  for (auto _ : state) {
+    moe::matmul_backward_weight(pool, x, dy, moe::WeightGrad{g.data(), s.in, s.out, layout});
+    benchmark::ClobberMemory();
+  }
+  moe_bench::set_counters_local(state, static_cast<double>(s.in * s.out * sizeof(float)),
+                                2.0 * static_cast<double>(T * s.in * s.out), 2, local);
+  state.counters["kind"] = 31;
+}
+
+void add_grads() {
+  // A small MoE LM (D 256, F 512) and the scaled layer (D 1024, F 4096): up/gate [D -> F] and
+  // down [F -> D] projections, 64 rows per expert (T = 256 tokens, 8 experts, top-2).
+  const Shape shapes[] = {{256, 512}, {512, 256}, {1024, 4096}, {4096, 1024}};
+  constexpr std::size_t T = 64;
+  for (Shape s : shapes) {
+    for (WType wt : {WType::kF32, WType::kF32OutIn, WType::kBf16, WType::kInt8}) {
+      const std::string name = std::string("grad_input/") + wtype_name(wt) + "/" + shape_name(s) +
+                               "/T:" + std::to_string(T);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [=](benchmark::State& st) { bm_grad_input(st, wt, s, T); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(0.2);
+    }
+    for (moe::Layout l : {moe::Layout::kInOut, moe::Layout::kOutIn}) {
+      const std::string name = std::string("grad_weight/") +
+                               (l == moe::Layout::kInOut ? "in_out/" : "out_in/") + shape_name(s) +
+                               "/T:" + std::to_string(T);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [=](benchmark::State& st) { bm_grad_weight(st, l, s, T); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(0.2);
+    }
+  }
+}
+
+// ---- int8 activations on the Grok-shaped demo decoder ---------------------------------------
+
+moe::WeightStack<moe::Int8ActWeight> act(const moe::WeightStack<moe::Int8Weight>& s) {
+  return {moe::Int8ActWeight(s.first), s.count};
+}
+
+/// Prefill of T tokens through Config::demo() (12 layers, D 256, 8 experts, F 512), exact int8
+/// or int8 activations; the int8act run also reports its logits' error against the exact model
+/// (max and rms |delta| over the logits' standard deviation).
+void bm_decoder(benchmark::State& state, bool int8act, std::size_t T) {
+  static const moe::grok1::Config cfg = moe::grok1::Config::demo();
+  static const moe::grok1::RandomWeights rw(cfg, 7);
+  static const moe::grok1::WeightsT<moe::Int8ActWeight> wa = [] {
+    moe::grok1::WeightsT<moe::Int8ActWeight> a;
+    a.embedding = rw.weights().embedding;
+    a.final_norm = rw.weights().final_norm;
+    for (const auto& l : rw.weights().layers) {
+      moe::grok1::LayerWeightsT<moe::Int8ActWeight> m;
+      m.wq = moe::Int8ActWeight(l.wq);
+      m.wk = moe::Int8ActWeight(l.wk);
+      m.wv = moe::Int8ActWeight(l.wv);
+      m.wo = moe::Int8ActWeight(l.wo);
+      m.norm_pre_attn = l.norm_pre_attn;
+      m.norm_post_attn = l.norm_post_attn;
+      m.norm_pre_moe = l.norm_pre_moe;
+      m.norm_post_moe = l.norm_post_moe;
+      m.router = l.router;
+      m.expert_gate = act(l.expert_gate);
+      m.expert_up = act(l.expert_up);
+      m.expert_down = act(l.expert_down);
+      a.layers.push_back(m);
+    }
+    return a;
+  }();
+  moe::ThreadPool& pool = moe_bench::pool(2);
+  const std::size_t V = cfg.vocab_size;
+  std::vector<std::int32_t> tokens(T);
+  for (std::size_t i = 0; i < T; ++i) tokens[i] = static_cast<std::int32_t>((37 * i + 11) % V);
+  const auto exact = moe::grok1::make_model(cfg, rw.weights());
+  const auto approx = moe::grok1::make_model(cfg, wa);
+  std::vector<float> le(T * V), la(T * V);
+  auto se = exact.make_state(T, T), sa = approx.make_state(T, T);
+  for (auto _ : state) {
+    if (int8act) {
+      sa.reset();
+      approx.forward(pool, tokens, sa, {la.data(), T, V});
+    } else {
+      se.reset();
+      exact.forward(pool, tokens, se, {le.data(), T, V});
+    }
+  }
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(T * state.iterations()), benchmark::Counter::kIsRate);
+  if (int8act) {
+    se.reset();
+    exact.forward(pool, tokens, se, {le.data(), T, V});
+    double sum = 0, sum2 = 0, err2 = 0, emax = 0;
+    for (std::size_t i = 0; i < le.size(); ++i) {
+      sum += le[i];
+      sum2 += double(le[i]) * le[i];
+      const double d = std::abs(double(la[i]) - le[i]);
+      err2 += d * d;
+      emax = std::max(emax, d);
+    }
+    const double n = static_cast<double>(le.size());
+    const double sd = std::sqrt(sum2 / n - (sum / n) * (sum / n));
+    state.counters["max_logit_err_per_std"] = emax / sd;
+    state.counters["rms_logit_err_per_std"] = std::sqrt(err2 / n) / sd;
+  }
 }
 
 void add_eigen(Shape s, std::size_t T, std::size_t threads) {
@@ -219,10 +409,40 @@ void register_all() {
   }
   add_matmul(WType::kF32OutIn, kGrokUp, 256, 2);
   add_matmul(WType::kBf16OutIn, kGrokUp, 256, 2);
-  // One core, compute-bound.
-  add_matmul(WType::kF32, kSmall, 256, 1);
-  add_matmul(WType::kInt8, kSmall, 256, 1);
+  // One core, compute-bound (peak_frac_cpu: over the thread's CPU time).
+  for (std::size_t T : {64, 256}) {
+    for (Shape s : shapes) {
+      for (WType wt : dense_inout) add_matmul(wt, s, T, 1);
+      if (T == 256) add_matmul(WType::kInt8Act, s, T, 1);
+    }
+  }
   add_eigen(kSmall, 256, 1);
+  // int8 activations (Int8ActWeight) at T = 1, 16, 256, next to the exact int8 runs above.
+  for (std::size_t T : {1, 16, 256}) {
+    for (Shape s : shapes) add_matmul(WType::kInt8Act, s, T, 2);
+  }
+  for (std::size_t T : {1, 32, 128}) {
+    for (bool a : {false, true}) {
+      const std::string name = std::string("decoder/grok1_demo/") + (a ? "int8act" : "exact") +
+                               "/T:" + std::to_string(T);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [=](benchmark::State& st) { bm_decoder(st, a, T); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(0.2);
+    }
+  }
+  // The Zen 5 host's blocking on this host (same run): what the host-derived plan changes.
+  static const moe::detail::Blocking zen5 =
+      moe::detail::blocking_for(moe::detail::HostInfo::zen5());
+  for (std::size_t T : {16, 64, 256}) {
+    for (Shape s : {kGrokUp, kSmall}) {
+      for (WType wt : {WType::kF32, WType::kBf16, WType::kInt8}) {
+        add_matmul(wt, s, T, 2, 0.2, &zen5, "zen5plan/");
+      }
+    }
+  }
+  add_grads();
 }
 
 }  // namespace
@@ -231,8 +451,25 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   const moe_bench::Limits& l = moe_bench::limits();
-  benchmark::AddCustomContext("moe_kernels", moe::detail::Vec::kName);
+  benchmark::AddCustomContext("moe_kernels", moe::detail::kMatmulKernels);
   benchmark::AddCustomContext("moe_simd_abi", moe::simd_abi_name());
+  benchmark::AddCustomContext("moe_int8act_kernels", moe::detail::kInt8ActKernels);
+  const moe::detail::HostInfo& host = moe::detail::host();
+  const moe::detail::Blocking& b = moe::detail::host_blocking();
+  benchmark::AddCustomContext("plan_host", host.describe());
+  benchmark::AddCustomContext(
+      "plan_blocking",
+      "kc " + std::to_string(b.kc) + ", nc " + std::to_string(b.nc) + ", max_tb " +
+          std::to_string(b.max_tb) + ", f32_in_place_max_t " +
+          (b.f32_in_place_max_t == static_cast<std::size_t>(-1)
+               ? std::string("inf")
+               : std::to_string(b.f32_in_place_max_t)) +
+          ", tile_prefetch " + std::to_string(b.tile_prefetch) + ", strip_prefetch " +
+          std::to_string(b.strip_prefetch) + ", c_tile " + std::to_string(b.c_tile) +
+          ", direct_slab_bytes " + std::to_string(b.direct_slab_bytes) + ", direct_rows_t1 " +
+          std::to_string(b.direct_rows_t1) + ", direct_pf_t1 " + std::to_string(b.direct_pf_t1) +
+          ", direct_rows_t1_f32 " + std::to_string(b.direct_rows_t1_f32) + ", direct_pf_t1_f32 " +
+          std::to_string(b.direct_pf_t1_f32) + ", direct_rows " + std::to_string(b.direct_rows));
   benchmark::AddCustomContext("limit_dram_GBps_1t_2t", std::to_string(l.dram(1) * 1e-9) + " " +
                                                            std::to_string(l.dram(2) * 1e-9));
   benchmark::AddCustomContext("limit_fma_GFLOPs_1t_2t", std::to_string(l.fma(1) * 1e-9) + " " +

@@ -5,21 +5,31 @@ Computation (same as bench_moe's moe/small/<dtype>/...): D 1024, F 4096, 8 exper
 f32 router + softmax over all experts, top-2 renormalised (Mixtral), SiLU-gated experts
 down(silu(x W1) * (x W3)), weighted combine; T = 1, 16, 256 tokens; expert weights in
 nn.Linear's [out, in] layout; per-expert gather (index_select), 3 linears, index_add_.
-  f32    f32 weights and activations (moe's f32 path)
-  bf16   bf16 weights AND activations (the expert input and hidden state are rounded to bf16:
-         PyTorch's own bf16 path, oneDNN brgemm; not the same numerics as moe, which keeps
-         activations in f32 and widens the bf16 weights exactly)
-  bf16w  bf16 weights, f32 activations (moe's numerics; PyTorch upcasts the weights per call)
+  f32        f32 weights and activations (moe's f32 path)
+  bf16       bf16 weights AND activations (the expert input and hidden state are rounded to bf16:
+             PyTorch's own bf16 path, oneDNN brgemm, with AMX where the CPU has it; not the same
+             numerics as moe, which keeps activations in f32 and widens the bf16 weights exactly)
+  bf16noamx  the same with oneDNN limited to AVX-512 (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)
+  bf16w      bf16 weights, f32 activations (moe's numerics; PyTorch upcasts the weights per call)
+moe's bf16 runs are compared with all three bf16 PyTorch variants.
 
-Usage (Debian's python3 has torch; set OPENBLAS_CORETYPE: Debian's OpenBLAS misdetects the CPU):
-  OPENBLAS_CORETYPE=SkylakeX /usr/bin/python3 bench/compare_pytorch.py \
-      [--bench build/release/bench/bench_moe] [--rounds 5] [--tokens 1,16,256] [--dtypes f32,bf16,bf16w]
+Threads: every PyTorch measurement runs in a child process whose thread pools are pinned, so
+PyTorch's OpenMP pool and OpenBLAS's pthread pool never nest or oversubscribe the cores:
+  1T    OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1
+  2T    OMP_NUM_THREADS=2, OPENBLAS_NUM_THREADS=2 (OMP_WAIT_POLICY=PASSIVE)
+  2Tb   OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=2 (only the GEMMs threaded)
+and the fastest setting is PyTorch's figure ("best"). OPENBLAS_CORETYPE=SkylakeX is set on Intel
+CPUs unless given (Debian's OpenBLAS misdetects recent CPUs and falls back to slow kernels).
 
-Without --bench: PyTorch alone (1 and 2 threads). With --bench: the machine is shared and noisy,
-so the two are measured in alternation: each round times PyTorch (1 and 2 threads, the faster
-counts) and then runs bench_moe on the same dtype and T (both weight layouts; 2 threads, and 1
-thread at T = 256); the ratio moe tok/s / PyTorch tok/s (2-thread moe against the faster PyTorch,
-1-thread moe against 1-thread PyTorch) is taken per round and the median over rounds is reported.
+Usage (Debian's python3 has torch; install libopenblas0-pthread, see scripts/deps):
+  /usr/bin/python3 bench/compare_pytorch.py [--bench build/release/bench/bench_moe] [--rounds 5] \
+      [--tokens 1,16,256] [--dtypes f32,bf16,bf16noamx,bf16w]
+
+Without --bench: PyTorch alone. With --bench: the machine is shared and noisy, so the two are
+measured in alternation: each round times PyTorch (all thread settings) and then runs bench_moe on
+the same dtype and T (both weight layouts; 2 threads, and 1 thread at T = 256); the ratio
+moe tok/s / PyTorch tok/s (2-thread moe against PyTorch's best, 1-thread moe against 1T) is
+taken per round and the median over rounds is reported.
 """
 import argparse
 import json
@@ -71,24 +81,50 @@ def moe_forward(x, router, experts, upcast=False):
     return out
 
 
-class TorchCase:
-    def __init__(self, dtype_name):
-        self.upcast = dtype_name == "bf16w"
-        self.router, self.experts = make(torch.float32 if dtype_name == "f32" else torch.bfloat16)
+def torch_tok_per_s(dtype_name, t, reps, threads):
+    """Median tokens/s over `reps` calls, cycling over 8 batches (spread routing); runs in the
+    worker process whose environment pins the thread pools."""
+    torch.set_num_threads(threads)
+    upcast = dtype_name == "bf16w"
+    router, experts = make(torch.float32 if dtype_name == "f32" else torch.bfloat16)
+    g = torch.Generator().manual_seed(100 + t)
+    xs = [torch.randn(t, D, generator=g) for _ in range(8)]
+    moe_forward(xs[0], router, experts, upcast)
+    moe_forward(xs[1], router, experts, upcast)
+    times = []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        moe_forward(xs[r % len(xs)], router, experts, upcast)
+        times.append(time.perf_counter() - t0)
+    return t / statistics.median(times)
 
-    def tok_per_s(self, threads, t, reps):
-        """Median tokens/s over `reps` calls, cycling over 8 batches (spread routing)."""
-        torch.set_num_threads(threads)
-        g = torch.Generator().manual_seed(100 + t)
-        xs = [torch.randn(t, D, generator=g) for _ in range(8)]
-        moe_forward(xs[0], self.router, self.experts, self.upcast)
-        moe_forward(xs[1], self.router, self.experts, self.upcast)
-        times = []
-        for r in range(reps):
-            t0 = time.perf_counter()
-            moe_forward(xs[r % len(xs)], self.router, self.experts, self.upcast)
-            times.append(time.perf_counter() - t0)
-        return t / statistics.median(times)
+
+# Thread settings: name -> (torch/OpenMP threads, OpenBLAS threads).
+SETTINGS = {"1T": (1, 1), "2T": (2, 2), "2Tb": (1, 2)}
+
+
+def intel_cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read(4096)
+    except OSError:
+        return False
+
+
+def torch_in_child(dtype_name, t, reps, setting):
+    """tokens/s of PyTorch in a child process with pinned pools (see SETTINGS)."""
+    omp, blas = SETTINGS[setting]
+    env = dict(os.environ, OMP_NUM_THREADS=str(omp), OPENBLAS_NUM_THREADS=str(blas),
+               MKL_NUM_THREADS=str(omp), OMP_WAIT_POLICY="PASSIVE")
+    if intel_cpu():
+        env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    if dtype_name == "bf16noamx":
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
+    dt = "bf16" if dtype_name == "bf16noamx" else dtype_name
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
+                          "%s,%d,%d,%d" % (dt, t, reps, omp)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def run_moe(path, dtype, t):
@@ -107,41 +143,46 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", help="path of bench_moe: measure both, in alternation, and print ratios")
     ap.add_argument("--tokens", default="1,16,256")
-    ap.add_argument("--dtypes", default="f32,bf16,bf16w")
+    ap.add_argument("--dtypes", default="f32,bf16,bf16noamx,bf16w")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=10, help="PyTorch calls per measurement")
     a = ap.parse_args()
-    print("# torch %s, OPENBLAS_CORETYPE=%s" % (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)")),
-          flush=True)
+    if a.worker:
+        dt, t, reps, threads = a.worker.split(",")
+        print(torch_tok_per_s(dt, int(t), int(reps), int(threads)))
+        return 0
+    print("# torch %s, OPENBLAS_CORETYPE=%s (children: SkylakeX on Intel unless set)" %
+          (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)")), flush=True)
     tokens = [int(t) for t in a.tokens.split(",")]
     summary = []
     for dt in a.dtypes.split(","):
-        case = TorchCase(dt)
         for t in tokens:
             reps = a.reps if t < 256 else max(5, a.reps // 2)
             rows = []
             for r in range(a.rounds if a.bench else 1):
-                tp = {th: case.tok_per_s(th, t, reps) for th in (1, 2)}
+                tp = {s: torch_in_child(dt, t, reps, s) for s in SETTINGS}
                 best_th = max(tp, key=tp.get)
-                ours = run_moe(a.bench, "bf16" if dt == "bf16w" else dt, t) if a.bench else {}
+                ours = run_moe(a.bench, "f32" if dt == "f32" else "bf16", t) if a.bench else {}
                 rows.append((tp, best_th, ours))
-                line = "%-5s T=%4d round %d: torch 1T %9.1f 2T %9.1f tok/s" % (dt, t, r, tp[1], tp[2])
+                line = "%-9s T=%4d round %d: torch %s" % (
+                    dt, t, r, " ".join("%s %8.1f" % (s, v) for s, v in tp.items()))
                 for lay, v in sorted(ours.items()):
-                    line += " | moe %s %9.1f (x%.2f)" % (lay, v, v / tp[best_th])
+                    line += " | moe %s %8.1f (x%.2f)" % (lay, v, v / tp[best_th])
                 print(line, flush=True)
             if a.bench:
                 for lay in sorted(rows[0][2]):
-                    # 2-thread moe vs the faster PyTorch; 1-thread moe vs 1-thread PyTorch
-                    th = 1 if lay.endswith("/1T") else None
+                    # 2-thread moe vs PyTorch's best; 1-thread moe vs 1-thread PyTorch
+                    th = "1T" if lay.endswith("/1T") else None
                     ref = [row[0][th] if th else row[0][row[1]] for row in rows]
                     ratios = [row[2][lay] / r for row, r in zip(rows, ref)]
                     summary.append((dt, t, lay, statistics.median([row[2][lay] for row in rows]),
                                     statistics.median(ref), "1T" if th else "best", statistics.median(ratios),
                                     min(ratios), max(ratios)))
     if summary:
-        print("\n%-6s %5s %-10s %12s %16s %16s" % ("torch", "T", "moe", "moe tok/s", "torch tok/s", "ratio (median)"))
+        print("\n%-9s %5s %-10s %12s %16s %16s" % ("torch", "T", "moe", "moe tok/s", "torch tok/s", "ratio (median)"))
         for dt, t, lay, m, tb, which, r, rmin, rmax in summary:
-            print("%-6s %5d %-10s %12.1f %11.1f %-4s %8.2f  [%.2f, %.2f]" % (dt, t, lay, m, tb, which, r, rmin, rmax))
+            print("%-9s %5d %-10s %12.1f %11.1f %-4s %8.2f  [%.2f, %.2f]" % (dt, t, lay, m, tb, which, r, rmin, rmax))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,10 @@ if(TARGET grok1_random)
   add_test(NAME "examples.grok1_random" COMMAND grok1_random 8)
   set_tests_properties("examples.grok1_random" PROPERTIES LABELS "e2e" TIMEOUT 300)
 endif()
+
+# examples/train_minimal: the smallest training loop (any preset-composed decoder, AdamW); it
+# exits non-zero unless the loss fell below 0.5.
+if(TARGET train_minimal)
+  add_test(NAME "examples.train_minimal" COMMAND train_minimal 150)
+  set_tests_properties("examples.train_minimal" PROPERTIES LABELS "e2e;train" TIMEOUT 600)
+endif()

@@ -31,12 +31,13 @@
 #include <moe/io/json.hpp>
 #include <moe/models/grok1_export.hpp>
 #include <moe/models/grok1_loader.hpp>
+#include <moe/ops/loss.hpp>
 #include <moe/text/corpus.hpp>
 #include <moe/text/tokenizer.hpp>
 #include <moe/train/checkpoint.hpp>
 #include <moe/train/optimizer.hpp>
 
-#include "model.hpp"
+#include "grok_moe.hpp"
 #include "model_config.hpp"
 #include "report.hpp"
 
@@ -54,7 +55,16 @@ constexpr const char* kUsage =
     "  --val FILE...         validation text (default: the last 5% of the corpus tokens)\n"
     "  --tokenizer FILE      SentencePiece model (scripts/get_corpus trains one)\n"
     "  --config FILE         model configuration, JSON (default: Grok-1 at a small size)\n"
-    "  --model NAME          bigram-standin (the only model until the decoder trains)\n"
+    "routing (the MoE layers; Grok-1's router with these training policies)\n"
+    "  --capacity-factor CF  expert capacity ceil(k T CF / E) in training, 0 = dropless (default "
+    "0)\n"
+    "  --balance COEF        Switch load-balancing loss coefficient, 0 = off (default 0.01)\n"
+    "  --z-loss COEF         router z-loss coefficient, 0 = off (default 0.001)\n"
+    "  --renormalize         renormalise the top-k gates (Grok-1 does not)\n"
+    "  --expert-dropout P    dropout inside the experts in training (default 0)\n"
+    "  --dense               a dense model of the same active size (FFN width top_k * d_ff)\n"
+    "  --freeze-moe          train everything but the MoE layers (fine-tuning)\n"
+    "  --init DIR            start from the weights of DIR/train.ckpt (fine-tuning)\n"
     "training\n"
     "  --steps N             optimizer steps (default 2000)\n"
     "  --batch B             windows per step (default 8)\n"
@@ -93,8 +103,8 @@ struct Hyper {
 struct Args {
   std::vector<fs::path> corpus, val;
   fs::path tokenizer, out;
-  std::optional<fs::path> config, resume, export_dir;
-  std::string model = "bigram-standin";
+  std::optional<fs::path> config, resume, export_dir, init;
+  RoutingChoice routing;
   Hyper hyper;
   std::size_t threads = 0, eval_every = 100, val_windows = 64, save_every = 0;
   std::uint64_t stop_after = 0;  ///< 0: run to --steps
@@ -156,8 +166,22 @@ Args parse_args(int argc, char** argv) {
       a.out = std::string(value());
     } else if (flag == "--config") {
       a.config = std::string(value());
-    } else if (flag == "--model") {
-      a.model = std::string(value());
+    } else if (flag == "--capacity-factor") {
+      a.routing.capacity_factor = parse_double(flag, value(), 0.0, 1e6);
+    } else if (flag == "--balance") {
+      a.routing.balance = static_cast<float>(parse_double(flag, value(), 0.0, 1e3));
+    } else if (flag == "--z-loss") {
+      a.routing.z_loss = static_cast<float>(parse_double(flag, value(), 0.0, 1e3));
+    } else if (flag == "--renormalize") {
+      a.routing.renormalize = true;
+    } else if (flag == "--expert-dropout") {
+      a.routing.expert_dropout = static_cast<float>(parse_double(flag, value(), 0.0, 0.99));
+    } else if (flag == "--dense") {
+      a.routing.moe_every = 0;
+    } else if (flag == "--freeze-moe") {
+      a.routing.freeze_moe = true;
+    } else if (flag == "--init") {
+      a.init = std::string(value());
     } else if (flag == "--steps") {
       h.steps = parse_integer<std::uint64_t>(flag, value(), 1, kMax);
     } else if (flag == "--batch") {
@@ -212,6 +236,13 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.save_every == 0) a.save_every = a.eval_every;
   if (!a.export_dir) a.export_dir = a.out / "grok1";
+  if (a.routing.moe_every == 0 && !a.no_export) {
+    throw UsageError("--dense: a dense model has no Grok-1 export; add --no-export");
+  }
+  if (a.routing.moe_every == 0 && a.routing.freeze_moe) {
+    throw UsageError("--freeze-moe needs MoE layers (not --dense)");
+  }
+  if (a.init && a.resume) throw UsageError("--init and --resume contradict");
   return a;
 }
 
@@ -226,10 +257,12 @@ std::string hex(std::uint64_t v) {
 /// Everything that decides the trajectory of the weights, as JSON (stored in the checkpoint and
 /// compared on --resume) -- except the step count, which a resumed run may extend.
 std::string run_identity(const Args& a, const moe::grok1::Config& c, const moe::TokenStream& train,
-                         std::uint64_t val_hash, std::uint64_t tok_hash) {
+                         std::uint64_t val_hash, std::uint64_t tok_hash, std::uint64_t init_hash) {
   const Hyper& h = a.hyper;
   JsonLine j;
-  j.key("model").string(a.model);
+  j.key("model").string("grok-moe");
+  j.key("routing").string(a.routing.describe());
+  j.key("init").string(a.init ? hex(init_hash) : "");
   j.key("config").raw(moe::grok1::config_to_json(c));
   j.key("batch").integer(h.batch).key("seq").integer(h.seq);
   j.key("lr").number(h.lr).key("min_lr").number(h.min_lr);
@@ -282,7 +315,9 @@ std::pair<std::string, std::string> identity_difference(const moe::io::JsonValue
                                                         const moe::io::JsonValue& now) {
   if (!saved.is_object()) return {"the metadata", "(malformed)"};
   static constexpr const char* kFields[][2] = {
-      {"model", "--model"},
+      {"model", "the model"},
+      {"routing", "the routing options"},
+      {"init", "the --init weights"},
       {"config", "the model config"},
       {"batch", "--batch"},
       {"seq", "--seq"},
@@ -376,13 +411,20 @@ Setup prepare(const Args& a, moe::ThreadPool& pool, Progress& log) {
   s.val = moe::validation_windows(val_ids, a.hyper.seq, a.val_windows);
   moe::BatchSampler probe(s.train_ids, {a.hyper.batch, a.hyper.seq, a.hyper.seed});  // checks size
 
-  s.model = make_model(a.model, s.config, a.hyper.seed);
+  s.model = std::make_unique<GrokMoE>(s.config, a.routing, a.hyper.seed);
   moe::ParameterStore& store = s.model->parameters();
+  std::uint64_t init_hash = 0;
+  if (a.init) {  // fine-tuning: the weights of another run, a fresh optimizer
+    const fs::path from = *a.init / "train.ckpt";
+    init_hash = moe::load_parameters(from, store);
+    log.message("initial weights from " + from.string() + " (fine-tuning: " + a.routing.describe() +
+                ")");
+  }
   moe::AdamWConfig adamw;
   adamw.beta2 = 0.95f;
   adamw.weight_decay = static_cast<float>(a.hyper.weight_decay);
   s.opt = moe::AdamW(store.n_elements(), adamw);
-  s.identity = run_identity(a, s.config, s.train_stream, s.val_hash, s.tokenizer_hash);
+  s.identity = run_identity(a, s.config, s.train_stream, s.val_hash, s.tokenizer_hash, init_hash);
   s.checkpoint = a.out / "train.ckpt";
 
   if (a.resume) {
@@ -444,6 +486,59 @@ double validation_loss(const moe::Batch& val, std::size_t batch, LossFn&& loss) 
   return sum / static_cast<double>(val.batch);
 }
 
+/// The MoE layers' routing statistics, averaged over the steps since the last evaluation: per
+/// layer the mean expert load, and the per-step coefficient of variation and max/mean of the load
+/// (before capacity), the dropped fraction, the router entropy and log-sum-exp, the balance loss.
+struct RoutingWindow {
+  std::size_t steps = 0;
+  std::vector<std::vector<double>> load;
+  std::vector<double> cv, max_over_mean, dropped, entropy, lse, balance;
+
+  void add(const StepStats& s) {
+    const std::size_t n = s.layers.size();
+    if (load.size() != n) {
+      load.assign(n, {});
+      for (auto* v : {&cv, &max_over_mean, &dropped, &entropy, &lse, &balance}) v->assign(n, 0.0);
+    }
+    for (std::size_t l = 0; l < n; ++l) {
+      const LayerStep& x = s.layers[l];
+      load[l].resize(x.load.size(), 0.0);
+      const double e = static_cast<double>(x.load.size()), mean = 1.0 / e;
+      double var = 0, mx = 0;
+      for (std::size_t i = 0; i < x.load.size(); ++i) {
+        load[l][i] += x.load[i];
+        var += (x.load[i] - mean) * (x.load[i] - mean) / e;
+        mx = std::max(mx, x.load[i]);
+      }
+      cv[l] += std::sqrt(var) / mean;
+      max_over_mean[l] += mx / mean;
+      dropped[l] += x.dropped;
+      entropy[l] += x.entropy;
+      lse[l] += x.mean_lse;
+      balance[l] += x.balance_loss;
+    }
+    ++steps;
+  }
+  [[nodiscard]] std::vector<std::vector<double>> mean_load() const {
+    auto m = load;
+    for (auto& l : m) {
+      for (double& x : l) x /= static_cast<double>(std::max<std::size_t>(steps, 1));
+    }
+    return m;
+  }
+  [[nodiscard]] std::vector<double> mean(const std::vector<double>& v) const {
+    std::vector<double> m = v;
+    for (double& x : m) x /= static_cast<double>(std::max<std::size_t>(steps, 1));
+    return m;
+  }
+  void json(JsonLine& j) const {
+    j.key("expert_load").matrix(mean_load());
+    j.key("load_cv").array(mean(cv)).key("load_max_over_mean").array(mean(max_over_mean));
+    j.key("dropped").array(mean(dropped)).key("router_entropy").array(mean(entropy));
+    j.key("router_lse").array(mean(lse)).key("balance_loss").array(mean(balance));
+  }
+};
+
 /// Runs steps start+1 .. steps. Returns false when interrupted (after saving the checkpoint).
 bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
   const Hyper& h = a.hyper;
@@ -467,7 +562,8 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
   moe::Batch batch;
   double loss_sum = 0;
   std::uint64_t loss_n = 0;
-  std::vector<std::vector<double>> load_sum;
+  double aux_sum = 0;
+  RoutingWindow routing;
   std::uint64_t window_tokens = 0;
   double window_start = 0;
   double last_tps = 0;
@@ -476,7 +572,7 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
   for (std::uint64_t step = s.start_step + 1; step <= h.steps; ++step) {
     sampler.fill(step - 1, batch);  // the data position is the step
     store.zero_grads();
-    const StepStats st = s.model->train_step(pool, batch);
+    const StepStats st = s.model->train_step(pool, batch, step);
     const double grad_norm = moe::clip_grad_norm(pool, store, h.clip);
     const float lr = schedule(step);
     s.opt.step(pool, store, lr);
@@ -486,12 +582,8 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
     }
     loss_sum += st.loss;
     ++loss_n;
-    if (load_sum.size() != st.expert_load.size()) load_sum.assign(st.expert_load.size(), {});
-    for (std::size_t l = 0; l < st.expert_load.size(); ++l) {
-      load_sum[l].resize(st.expert_load[l].size(), 0.0);
-      for (std::size_t e = 0; e < st.expert_load[l].size(); ++e)
-        load_sum[l][e] += st.expert_load[l][e];
-    }
+    aux_sum += st.aux;
+    routing.add(st);
     window_tokens += batch.n_tokens();
     const double now = seconds();
     if (now - window_start > 1.0) {
@@ -505,10 +597,7 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
     line.elapsed = now;
     line.tokens_per_second = last_tps > 0 ? last_tps : static_cast<double>(window_tokens) / now;
     line.eta = now / static_cast<double>(step - s.start_step) * static_cast<double>(h.steps - step);
-    line.expert_load = load_sum;
-    for (auto& l : line.expert_load) {
-      for (double& x : l) x /= static_cast<double>(loss_n);
-    }
+    line.expert_load = routing.mean_load();
     const bool last = step == h.steps;
     if (step % a.eval_every == 0 || last) {
       line.val_loss = validation_loss(s.val, h.batch,
@@ -521,14 +610,17 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
         j.key("loss").number(line.loss).key("val_loss").number(line.val_loss);
         j.key("grad_norm").number(grad_norm);
         j.key("tokens_per_second").number(line.tokens_per_second);
-        j.key("elapsed_seconds").number(now).key("expert_load").matrix(line.expert_load);
+        j.key("aux_loss").number(aux_sum / static_cast<double>(loss_n));
+        j.key("elapsed_seconds").number(now);
+        routing.json(j);
         std::printf("%s\n", j.str().c_str());
         std::fflush(stdout);
       }
       line.val_loss = NAN;
       loss_sum = 0;
       loss_n = 0;
-      load_sum.clear();
+      aux_sum = 0;
+      routing = RoutingWindow{};
     } else {
       log.update(line, now);
     }
@@ -552,14 +644,13 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
 template <class M>
 double decoder_loss(moe::ThreadPool& pool, const M& model, std::size_t vocab, const moe::Batch& b) {
   auto state = model.make_state(b.seq, b.seq);
-  std::vector<float> logits(b.seq * vocab);
-  std::vector<double> rows;
+  std::vector<float> logits(b.seq * vocab), rows(b.seq);
   double sum = 0;
   for (std::size_t w = 0; w < b.batch; ++w) {
-    state = model.make_state(b.seq, b.seq);
+    state.reset();
     moe::MatrixView<float> l(logits.data(), b.seq, vocab);
     model.forward(pool, b.inputs(w), state, l);
-    sum += cross_entropy(pool, l, b.targets(w), false, 0.0f, rows);
+    sum += moe::softmax_cross_entropy(pool, l, b.targets(w), -1, rows.data()).mean();
   }
   return sum / static_cast<double>(b.batch);
 }

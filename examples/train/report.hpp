@@ -58,6 +58,15 @@ class JsonLine {
     s_ += json;
     return *this;
   }
+  JsonLine& array(const std::vector<double>& v) {
+    s_ += '[';
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (i) s_ += ',';
+      number(v[i]);
+    }
+    s_ += ']';
+    return *this;
+  }
   JsonLine& matrix(const std::vector<std::vector<double>>& m) {
     s_ += '[';
     for (std::size_t i = 0; i < m.size(); ++i) {

@@ -475,7 +475,7 @@ TEST_CASE("zero activations give exact zeros; empty inputs are no-ops", "[kernel
 }
 
 TEST_CASE("the kernels are compiled for the expected instruction set", "[kernels][simd]") {
-  const std::string name = moe::detail::Vec::kName;
+  const std::string name = moe::detail::kMatmulKernels;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
   CHECK(name == "avx512");
 #else

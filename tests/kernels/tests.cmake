@@ -4,7 +4,7 @@
 file(GLOB _kernel_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/kernels/*.cpp")
 if(_kernel_sources)
   add_executable(test_kernels_portable ${_kernel_sources})
-  target_link_libraries(test_kernels_portable PRIVATE moe::moe Catch2::Catch2WithMain)
+  target_link_libraries(test_kernels_portable PRIVATE moe::moe moe_support Catch2::Catch2WithMain)
   target_include_directories(test_kernels_portable PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
   target_compile_definitions(test_kernels_portable PRIVATE MOE_TEST_PORTABLE=1)
   target_compile_options(

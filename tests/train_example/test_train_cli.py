@@ -6,8 +6,8 @@
 The fixtures (make_fixtures.py) are a small synthetic corpus, its tokenizer and a tiny model
 config. Cases:
   learns     the validation loss falls; the --json log has one object per evaluation plus the
-             export's; the int8 export's validation loss equals the f32 model's (the stand-in's
-             layers are zero, so nothing is rounded that matters); progress lines on stderr.
+             export's; the int8 export's validation loss is within 0.05 of the f32 model's;
+             progress lines on stderr.
   resume     a run stopped at step 20 (--stop-after) and resumed to 40 ends with a training
              checkpoint and an export byte-identical to an uninterrupted 40-step run.
   threads    1 and 2 threads give byte-identical checkpoints.
@@ -86,8 +86,11 @@ def case_learns(env):
     assert [o["step"] for o in evals] == [20, 40, 60], log
     for o in evals:
         for k in ("epoch", "lr", "loss", "val_loss", "grad_norm", "tokens_per_second",
-                  "elapsed_seconds", "expert_load"):
+                  "elapsed_seconds", "aux_loss", "expert_load", "load_cv", "load_max_over_mean",
+                  "dropped", "router_entropy", "router_lse", "balance_loss"):
             assert k in o, (k, o)
+        assert len(o["expert_load"]) == 2 and len(o["load_cv"]) == 2, o
+        assert all(d == 0 for d in o["dropped"]), o  # dropless by default
     vocab = 400
     first, last = evals[0]["val_loss"], evals[-1]["val_loss"]
     print("validation loss %.4f -> %.4f (log vocab %.4f)" % (first, last, math.log(vocab)))
@@ -95,7 +98,8 @@ def case_learns(env):
     assert last < 0.7 * math.log(vocab), evals
     exp = [o for o in log if o["event"] == "export"]
     assert len(exp) == 1 and log[-1] is exp[0], log
-    assert abs(exp[0]["val_loss_int8"] - exp[0]["val_loss_f32"]) < 1e-9, exp
+    # The int8 export rounds every weight to 8 bits: a small, nonzero cost.
+    assert 0 < abs(exp[0]["val_loss_int8"] - exp[0]["val_loss_f32"]) < 0.05, exp
     assert abs(exp[0]["val_loss_f32"] - last) < 1e-9, (exp, last)
     assert "step 20/60 [######              ]  33% | loss " in p.stderr, p.stderr
     assert "validation loss: f32 model" in p.stderr, p.stderr

@@ -37,6 +37,6 @@ if(TARGET test_train_example AND MOE_PYTHON3)
 endif()
 
 if(TARGET test_train_example)
-  # The stand-in model is example code: its tests include examples/train/ directly.
+  # The model is example code: its tests include examples/train/ directly.
   target_include_directories(test_train_example PRIVATE "${PROJECT_SOURCE_DIR}/examples/train")
 endif()

@@ -100,6 +100,9 @@ struct TrainingOptions {
   float loss_scale = 1.0f;
   /// ForwardOptions::step of the MoE layers (their router noise).
   std::uint64_t step = 0;
+  /// ForwardOptions::training of the MoE layers: router noise and the training capacity factor
+  /// (false: evaluation semantics, e.g. a validation loss without a backward pass).
+  bool training = true;
 };
 
 /// What Decoder::forward_train returns.
@@ -397,7 +400,7 @@ class Decoder {
 
     embed_rows(pool, emb_, st.tokens_, static_cast<float>(cfg_.embedding_multiplier), st.h_[0]);
     ForwardOptions fo;
-    fo.training = true;
+    fo.training = opts.training;
     fo.step = opts.step;
     float aux = 0.0f;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
@@ -476,7 +479,7 @@ class Decoder {
                                    eps, r);
     // 4. blocks, last to first (da = dL/d(output of block l), db receives dL/d(its input)).
     ForwardOptions fo;
-    fo.training = true;
+    fo.training = opts.training;
     fo.step = opts.step;
     BackwardOptions bo;
     bo.loss_scale = opts.loss_scale;

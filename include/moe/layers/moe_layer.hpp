@@ -441,9 +441,10 @@ class MoELayer {
     const std::size_t n_real = count_real(mask, t_count);
     res.stats.tokens = n_real;
     if (n_real == 0) return;
-    double ent = 0.0, top1 = 0.0;
+    double ent = 0.0, top1 = 0.0, lse = 0.0;
     for (std::size_t t = 0; t < t_count; ++t) {
       if (!is_real(mask, t)) continue;
+      lse += logsumexp(r.logits.row(t), e_count);
       const float* p = r.probs.row(t);
       double h = 0.0;
       float m = 0.0f;
@@ -457,6 +458,7 @@ class MoELayer {
     const double inv_n = 1.0 / static_cast<double>(n_real);
     res.stats.router_entropy = static_cast<float>(ent * inv_n);
     res.stats.mean_top1_prob = static_cast<float>(top1 * inv_n);
+    res.stats.mean_logsumexp = static_cast<float>(lse * inv_n);
     if constexpr (kZLoss) {
       res.losses.z_loss = z_loss_value(r, mask, n_real);
       res.losses.z_loss_weighted = z_loss_.coef * res.losses.z_loss;
@@ -621,6 +623,9 @@ class MoELayer {
     std::uint32_t* prio = scratch.alloc<std::uint32_t>(t_count * k);
     const std::size_t listed = list_pairs(r, opts.token_mask, prio, d.order);
     group_by_expert(r, prio, listed, d);
+    for (std::size_t e = 0; e < e_count; ++e) {
+      stats.routed_per_expert[e] = d.offsets[e + 1] - d.offsets[e];
+    }
     std::fill_n(d.dropped, t_count * k, std::uint8_t{0});
     std::fill_n(d.renormed, t_count, std::uint8_t{0});
     std::size_t cap = 0, n_dropped = 0;

@@ -102,9 +102,13 @@ struct MoEStats {
   std::size_t capacity = 0;     ///< per-expert capacity C of this call (0 for a dropless layer)
   /// (token, expert) pairs each expert actually computed (after capacity), real tokens only.
   std::array<std::uint32_t, kMaxExperts> tokens_per_expert{};
+  /// (token, expert) pairs the router sent to each expert, before capacity (the load that the
+  /// balance losses act on; equals tokens_per_expert in a dropless layer).
+  std::array<std::uint32_t, kMaxExperts> routed_per_expert{};
   float dropped_fraction = 0.0f;  ///< dropped / assignments (0 when no tokens)
   float router_entropy = 0.0f;    ///< mean over tokens of -sum_i p_i log p_i (nats)
   float mean_top1_prob = 0.0f;    ///< mean over tokens of max_i p_i ("router confidence")
+  float mean_logsumexp = 0.0f;    ///< mean over tokens of logsumexp(z) of the router logits
 };
 
 /// What a dense gated FFN's forward returns (nothing: it has no losses or routing).

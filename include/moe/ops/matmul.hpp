@@ -5,8 +5,10 @@
 //
 // W is a DenseWeight<float | bf16> in either layout ([in, out] JAX, [out, in] PyTorch) or an
 // Int8Weight (Grok-1's int8 [in, out] with bf16 scales [blocks, out]). Weights are read in place
-// (they may be an mmap'd checkpoint): never repacked, copied or modified. Activations and
-// accumulators are f32. Pointers need no alignment.
+// (they may be an mmap'd checkpoint): never repacked in memory, copied or modified. Activations
+// and accumulators are f32. Pointers need no alignment. Int8ActWeight (the same int8 memory) opts
+// into int8 activations: approximate, see detail/matmul_int8act.hpp. The backward products are
+// in matmul_grad.hpp.
 //
 // Numerics
 //  * bf16 -> f32 and int8 x bf16-scale -> f32 are exact (the product of an 8-bit and an 8-bit
@@ -16,12 +18,13 @@
 //    chain over k (k ascending). The only exception is a K split (narrow outputs, see
 //    detail/matmul_plan.hpp): each chunk is such a chain, and the chunk sums are added to y in
 //    chunk order. [out, in] weights at T <= 4 use lane-wise dot products (fixed lane order).
-//  * The decomposition depends on the shapes only, never on the number of threads, so results
-//    are bit-identical for every pool size.
+//  * The decomposition depends on the shapes and the host's blocking only (detail::Blocking,
+//    from the CPU's cache sizes and vendor), never on the number of threads, so results are
+//    bit-identical for every pool size (and may differ in the last bits between hosts).
 //
 // Threading and memory: the work is split into tasks run by `pool` (the caller takes part).
-// Tiles are packed into the pool's per-thread scratch (pool.scratch(thread)): do not call matmul
-// from inside a pool task that keeps live data in its own scratch block. No allocation.
+// Strips are packed into the pool's per-thread scratch (pool.scratch(thread)): do not call
+// matmul from inside a pool task that keeps live data in its own scratch block. No allocation.
 //
 // Performance notes and measured numbers: docs/performance.md, section "Kernels".
 #pragma once
@@ -35,15 +38,56 @@
 #include <moe/config.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
+#include <moe/ops/detail/matmul_int8act.hpp>
 #include <moe/ops/detail/matmul_kernels.hpp>
 #include <moe/ops/detail/matmul_plan.hpp>
-#include <moe/ops/detail/matmul_simd.hpp>
 #include <moe/ops/weights.hpp>
 
+namespace moe::detail {
+
+/// The transpose of an Int8Weight as a weight of its own: W'[k', n'] = W[n', k'] (in' = W.out,
+/// out' = W.in), i.e. int8 stored [out', in'] with one bf16 scale per (block of W rows, W
+/// column). Used by matmul_backward_input (dx = dy . W^T).
+struct Int8WeightT {
+  const std::int8_t* data = nullptr;
+  const bf16* scales = nullptr;
+  std::size_t in = 0, out = 0;  ///< of W^T: in = W.out, out = W.in
+  std::size_t block_rows = 1;   ///< W rows per scale row
+};
+
+/// f32 rows with a row stride: an [in, out] f32 weight whose rows are `ld` floats apart (the
+/// activations or output gradients that play the weight's role in matmul_backward_weight).
+struct F32Rows {
+  const float* data = nullptr;
+  std::size_t in = 0, out = 0, ld = 0;
+};
+
+/// The left operand of C = A . W: element (r, c) = trans ? p[c * ld + r] : p[r * ld + c].
+struct Activations {
+  const float* p = nullptr;
+  std::size_t rows = 0, cols = 0, ld = 0;
+  bool trans = false;
+
+  Activations() = default;
+  Activations(MatrixView<const float> x) noexcept  // NOLINT(google-explicit-constructor)
+      : p(x.data), rows(x.rows), cols(x.cols), ld(x.stride) {}
+  static Activations transposed(MatrixView<const float> xt) noexcept {
+    Activations a;
+    a.p = xt.data;
+    a.rows = xt.cols;
+    a.cols = xt.rows;
+    a.ld = xt.stride;
+    a.trans = true;
+    return a;
+  }
+  [[nodiscard]] const float* row(std::size_t r) const noexcept { return p + r * ld; }
+};
+
+}  // namespace moe::detail
 
 MOE_SIMD_DETAIL_BEGIN
 
-/// Element access of a weight type: element type, data, scales.
+/// Element access of a weight type: element type, storage, scales, the [out, in] reader.
 template <class W>
 struct WeightAccess;
 template <class T>
@@ -51,74 +95,74 @@ struct WeightAccess<DenseWeight<T>> {
   using E = T;
   static constexpr bool kInt8 = false;
   static bool in_out(const DenseWeight<T>& w) noexcept { return w.layout == Layout::kInOut; }
+  static std::size_t ld(const DenseWeight<T>& w) noexcept { return in_out(w) ? w.out : w.in; }
   static const bf16* scales(const DenseWeight<T>&) noexcept { return nullptr; }
   static std::size_t block_rows(const DenseWeight<T>& w) noexcept { return w.in; }
+  static RowReader<T> reader(const DenseWeight<T>& w) noexcept { return {w.data, w.in}; }
 };
 template <>
 struct WeightAccess<Int8Weight> {
   using E = std::int8_t;
   static constexpr bool kInt8 = true;
   static bool in_out(const Int8Weight&) noexcept { return true; }
+  static std::size_t ld(const Int8Weight& w) noexcept { return w.out; }
   static const bf16* scales(const Int8Weight& w) noexcept { return w.scales; }
   static std::size_t block_rows(const Int8Weight& w) noexcept { return w.block_rows(); }
+  static RowReader<E> reader(const Int8Weight&) noexcept { return {}; }
 };
-
-/// y[t][n] += p[t][n] for t < rows, n < cols.
-inline void add_tile(float* y, std::size_t ldy, const float* p, std::size_t ldp, std::size_t rows,
-                     std::size_t cols) noexcept {
-  constexpr std::size_t L = Vec::kLanes;
-  for (std::size_t t = 0; t < rows; ++t) {
-    float* yr = y + t * ldy;
-    const float* pr = p + t * ldp;
-    std::size_t n = 0;
-    for (; n + L <= cols; n += L)
-      Vec::store(yr + n, Vec::add(Vec::load(yr + n), Vec::load(pr + n)));
-    if (n < cols) {
-      const Vec::Mask m = Vec::mask(cols - n);
-      Vec::store(yr + n, Vec::add(Vec::load(yr + n, m), Vec::load(pr + n, m)), m);
-    }
+template <>
+struct WeightAccess<Int8WeightT> {
+  using E = std::int8_t;
+  static constexpr bool kInt8 = false;  // no [in, out] scale rows: read through reader()
+  static bool in_out(const Int8WeightT&) noexcept { return false; }
+  static std::size_t ld(const Int8WeightT& w) noexcept { return w.in; }
+  static const bf16* scales(const Int8WeightT&) noexcept { return nullptr; }
+  static std::size_t block_rows(const Int8WeightT& w) noexcept { return w.block_rows; }
+  static RowReader<E> reader(const Int8WeightT& w) noexcept {
+    return {w.data, w.in, w.scales, w.block_rows};
   }
-}
-
-/// Where a task writes: y itself, or its scratch partial tile (K chunks after the first).
-struct Dest {
-  float* p;
-  std::size_t ld;
+};
+template <>
+struct WeightAccess<F32Rows> {
+  using E = float;
+  static constexpr bool kInt8 = false;
+  static bool in_out(const F32Rows&) noexcept { return true; }
+  static std::size_t ld(const F32Rows& w) noexcept { return w.ld; }
+  static const bf16* scales(const F32Rows&) noexcept { return nullptr; }
+  static std::size_t block_rows(const F32Rows& w) noexcept { return w.in; }
+  static RowReader<float> reader(const F32Rows&) noexcept { return {}; }
 };
 
-/// Direct path: rows [r0, r1) x columns [n0, n1) x tokens [t0, t1) of an [in, out] weight,
-/// accumulated into d (d.p is element (t0, n0)).
+/// Direct path: an [in, out] weight read in place, a few rows per micro-kernel call.
 template <class W>
-void run_direct(const Plan& plan, MatrixView<const float> x, const W& w, std::size_t r0,
-                std::size_t r1, std::size_t n0, std::size_t n1, std::size_t t0, std::size_t t1,
-                Dest d) noexcept {
+void run_direct(const Plan& plan, const Activations& x, const W& w, const Block& blk) noexcept {
   using A = WeightAccess<W>;
   using E = typename A::E;
   const E* data = w.data;
-  const std::size_t out = w.out;
+  const std::size_t ldw = A::ld(w);
   const std::size_t br = A::block_rows(w);
   const bf16* scales = A::scales(w);
-  const StripMask full = strip_mask(kNR);
-  for (std::size_t k0 = r0; k0 < r1;) {
-    std::size_t k1 = std::min(k0 + plan.kc, r1);
+  for (std::size_t k0 = blk.r0; k0 < blk.r1;) {
+    std::size_t k1 = std::min(k0 + plan.kc, blk.r1);
     if constexpr (A::kInt8) k1 = std::min(k1, (k0 / br + 1) * br);  // one scale row per call
     const std::size_t kc = k1 - k0;
     const std::size_t pf = k1 + plan.pf <= w.in ? plan.pf : 0;  // prefetch rows ahead
-    const bf16* srow = A::kInt8 ? scales + (k0 / br) * out : nullptr;
-    for (std::size_t n = n0; n < n1; n += kNR) {
-      const std::size_t cols = std::min(kNR, n1 - n);
-      const E* wp = data + k0 * out + n;
+    const bf16* srow = A::kInt8 ? scales + (k0 / br) * ldw : nullptr;
+    const bool load_y = blk.load_y || k0 != blk.r0;
+    for (std::size_t n = blk.n0; n < blk.n1; n += kNR) {
+      const std::size_t cols = std::min(kNR, blk.n1 - n);
+      const E* wp = data + k0 * ldw + n;
       const bf16* sp = A::kInt8 ? srow + n : nullptr;
-      for (std::size_t t = t0; t < t1; t += kMR) {
-        const std::size_t mr = std::min(kMR, t1 - t);
-        float* yp = d.p + (t - t0) * d.ld + (n - n0);
+      for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
+        const std::size_t mr = std::min(kMR, blk.t1 - t);
+        float* yp = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
         const float* xp = x.row(t) + k0;
         if (cols == kNR) {
-          axpy_kernel_mr<false, false, A::kInt8>(mr, kc, xp, x.stride, wp, out, sp, yp, d.ld,
-                                                 k0 != r0, full, pf);
+          axpy_kernel_mr<false, false, A::kInt8>(mr, kc, xp, x.ld, wp, ldw, sp, yp, blk.d.ld,
+                                                 load_y, cols, pf);
         } else {
-          axpy_kernel_mr<true, true, A::kInt8>(mr, kc, xp, x.stride, wp, out, sp, yp, d.ld,
-                                               k0 != r0, strip_mask(cols), pf);
+          axpy_kernel_mr<true, true, A::kInt8>(mr, kc, xp, x.ld, wp, ldw, sp, yp, blk.d.ld, load_y,
+                                               cols, pf);
         }
       }
     }
@@ -126,23 +170,29 @@ void run_direct(const Plan& plan, MatrixView<const float> x, const W& w, std::si
   }
 }
 
-/// Prefetches a weight tile (rows x row_bytes, row stride ld bytes) into L2, a few lines at a
-/// time, while the micro-kernels work on the previous tile from L1/L2: the DRAM stream of the
-/// next tile overlaps the compute of this one.
-class TilePrefetcher {
+/// Prefetches a block of rows (rows x row_bytes, row stride ld bytes) a few lines at a time, one
+/// share per micro-kernel call, so that the memory stream of the next block overlaps the compute
+/// of this one.
+class BlockPrefetcher {
  public:
-  TilePrefetcher() = default;
-  TilePrefetcher(const void* base, std::size_t rows, std::size_t row_bytes, std::size_t ld,
-                 std::size_t calls) noexcept
+  BlockPrefetcher() = default;
+  BlockPrefetcher(const void* base, std::size_t rows, std::size_t row_bytes, std::size_t ld,
+                  std::size_t calls) noexcept
       : base_(reinterpret_cast<std::uintptr_t>(base)),
         rows_(rows),
         lines_((row_bytes + kCacheLine - 1) / kCacheLine),
         ld_(ld),
         per_call_(calls == 0 ? 0 : (rows * lines_ + calls - 1) / calls) {}
-  /// Issues the next share of prefetches (call once per micro-kernel call).
+  /// Issues the next share (into L1 when `l1`, else into L2).
+  template <bool kL1>
   void step() noexcept {
     for (std::size_t n = 0; n < per_call_ && row_ < rows_; ++n) {
-      MOE_MM_PREFETCH_L2(base_ + row_ * ld_ + line_ * kCacheLine);
+      const std::uintptr_t a = base_ + row_ * ld_ + line_ * kCacheLine;
+      if constexpr (kL1) {
+        simd::prefetch_l1(a);
+      } else {
+        simd::prefetch_l2(a);
+      }
       if (++line_ == lines_) {
         line_ = 0;
         ++row_;
@@ -156,115 +206,159 @@ class TilePrefetcher {
   std::size_t row_ = 0, line_ = 0;
 };
 
-/// Packed path: the same block, through f32 tiles packed into `bp`.
+/// Rows [k0, k0 + kc) x columns [n0, n0 + cols) of the weight's storage as a prefetch block.
 template <class W>
-void run_packed(const Plan& plan, MatrixView<const float> x, const W& w, std::size_t r0,
-                std::size_t r1, std::size_t n0, std::size_t n1, std::size_t t0, std::size_t t1,
-                Dest d, float* bp) noexcept {
+BlockPrefetcher weight_block(const W& w, std::size_t k0, std::size_t kc, std::size_t n0,
+                             std::size_t cols, std::size_t calls) noexcept {
   using A = WeightAccess<W>;
   using E = typename A::E;
-  const std::size_t nc = n1 - n0;
-  const StripMask full = strip_mask(kNR);
-  const std::size_t calls = ceil_div(nc, kNR) * ceil_div(t1 - t0, kMR);
+  const std::size_t ld = A::ld(w) * sizeof(E);
+  if (A::in_out(w)) return {w.data + k0 * A::ld(w) + n0, kc, cols * sizeof(E), ld, calls};
+  return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, calls};
+}
+
+/// Packed path: see detail/matmul_plan.hpp. `scratch` holds the packed strip, then the packed
+/// (transposed) activation block.
+template <class W>
+void run_packed(const Plan& plan, const Activations& a, const W& w, const Block& blk,
+                float* scratch) noexcept {
+  using A = WeightAccess<W>;
+  using E = typename A::E;
+  float* bp = scratch;
+  float* ab = scratch + plan.strip_floats;
+  const std::size_t ldw = A::ld(w);
+  const std::size_t br = A::block_rows(w);
   const bool in_out = A::in_out(w);
+  const std::size_t r0 = blk.r0, r1 = blk.r1, n0 = blk.n0, n1 = blk.n1, t0 = blk.t0, t1 = blk.t1;
+  const std::size_t t_blocks = ceil_div(t1 - t0, kMR);
   for (std::size_t k0 = r0; k0 < r1; k0 += plan.kc) {
     const std::size_t kc = std::min(plan.kc, r1 - k0);
-    if (!plan.pack) {
-      // f32 [in, out]: the tile is read in place (row stride w.out).
-    } else if constexpr (A::kInt8) {
-      pack_inout(w.data + k0 * w.out + n0, w.out, kc, nc, bp, w.scales + n0, k0, w.block_rows(),
-                 plan.pf, w.in - k0);
-    } else if (in_out) {
-      pack_inout(w.data + k0 * w.out + n0, w.out, kc, nc, bp, nullptr, k0, 1, plan.pf, w.in - k0);
+    const bool load_y = blk.load_y || k0 != r0;
+    // The activations of this K block: rows of x, or a transposed block packed into `ab`.
+    const float* xb = nullptr;
+    std::size_t ldx = a.ld;
+    if (a.trans) {
+      transpose_block(RowReader<float>{a.p, a.ld}, k0, kc, t0, t1 - t0, ab, kc);
+      xb = ab;
+      ldx = kc;
+    } else if (plan.a_pack) {
+      copy_tile(a.row(t0) + k0, a.ld, ab, kc, t1 - t0, kc);
+      xb = ab;
+      ldx = kc;
     } else {
-      pack_outin(w.data + n0 * w.in + k0, w.in, kc, nc, bp);
+      xb = a.row(t0) + k0;
     }
     // The next tile of this task, fetched into L2 during the compute below.
-    TilePrefetcher pf;
+    BlockPrefetcher tile_pf;
     const std::size_t k_next = k0 + plan.kc;
-    // In place (no packing): the first token block of each strip prefetches the same strip of
-    // the next tile, a row per k step, inside the micro-kernel (an even trickle instead of the
-    // TilePrefetcher's bursts; measured faster at T = 16).
-    const std::size_t strip_pf = !plan.pack && k_next + plan.kc <= r1 ? plan.kc : 0;
-    if (plan.pack && plan.tile_pf && k_next < r1) {
-      const std::size_t kn = std::min(plan.kc, r1 - k_next);
-      if (in_out) {
-        pf = TilePrefetcher(w.data + k_next * w.out + n0, kn, nc * sizeof(E), w.out * sizeof(E),
-                            calls);
-      } else {
-        pf = TilePrefetcher(w.data + n0 * w.in + k_next, nc, kn * sizeof(E), w.in * sizeof(E),
-                            calls);
-      }
+    if (plan.tile_pf && plan.pack && k_next < r1) {
+      tile_pf = weight_block(w, k_next, std::min(plan.kc, r1 - k_next), n0, n1 - n0,
+                             ceil_div(n1 - n0, kNR) * t_blocks);
     }
+    // In place (no packing): the first token block of each strip prefetches the same strip of
+    // the next tile, a row per k step, inside the micro-kernel.
+    const std::size_t in_place_pf = !plan.pack && k_next + plan.kc <= r1 ? plan.kc : 0;
     for (std::size_t n = n0; n < n1; n += kNR) {
       const std::size_t cols = std::min(kNR, n1 - n);
-      const float* bs = bp + ((n - n0) / kNR) * kc * kNR;
-      const StripMask sm = cols == kNR ? full : strip_mask(cols);
-      for (std::size_t t = t0; t < t1; t += kMR) {
-        const std::size_t mr = std::min(kMR, t1 - t);
-        float* yp = d.p + (t - t0) * d.ld + (n - n0);
-        const float* xp = x.row(t) + k0;
-        pf.step();
-        if constexpr (std::is_same_v<E, float>) {
-          if (!plan.pack) {
-            const float* wp = w.data + k0 * w.out + n;
+      // The next strip (of this tile, or the first of the next), fetched into L1.
+      BlockPrefetcher strip_pf;
+      if (plan.strip_pf && plan.pack) {
+        std::size_t kn = k0, nn = n + kNR;
+        if (nn >= n1) {
+          kn = k_next;
+          nn = n0;
+        }
+        if (kn < r1) {
+          strip_pf =
+              weight_block(w, kn, std::min(plan.kc, r1 - kn), nn, std::min(kNR, n1 - nn), t_blocks);
+        }
+      }
+      std::size_t t = t0;
+      auto yp = [&](std::size_t tt) { return blk.d.p + (tt - t0) * blk.d.ld + (n - n0); };
+      auto xp = [&](std::size_t tt) { return xb + (tt - t0) * ldx; };
+      if (!plan.pack) {
+        if constexpr (std::is_same_v<E, float> && !A::kInt8) {
+          const float* wp = w.data + k0 * ldw + n;
+          for (; t < t1; t += kMR) {
+            const std::size_t mr = std::min(kMR, t1 - t), pf = t == t0 ? in_place_pf : 0;
             if (cols == kNR) {
-              axpy_kernel_mr<false, false, false>(mr, kc, xp, x.stride, wp, w.out, nullptr, yp,
-                                                  d.ld, k0 != r0, sm, t == t0 ? strip_pf : 0);
+              axpy_kernel_mr<false, false, false>(mr, kc, xp(t), ldx, wp, ldw, nullptr, yp(t),
+                                                  blk.d.ld, load_y, cols, pf);
             } else {
-              axpy_kernel_mr<true, true, false>(mr, kc, xp, x.stride, wp, w.out, nullptr, yp, d.ld,
-                                                k0 != r0, sm, t == t0 ? strip_pf : 0);
+              axpy_kernel_mr<true, true, false>(mr, kc, xp(t), ldx, wp, ldw, nullptr, yp(t),
+                                                blk.d.ld, load_y, cols, pf);
             }
-            continue;
           }
         }
+        continue;
+      }
+      if (in_out) {
+        // Fused packing: the first token block reads the weights (int8: one scale block at a
+        // time) and stores the widened strip into bp on the way.
+        const std::size_t mr = std::min(kMR, t1 - t);
+        tile_pf.template step<false>();
+        strip_pf.template step<true>();
+        for (std::size_t ka = k0; ka < k0 + kc;) {
+          std::size_t kb = k0 + kc;
+          if constexpr (A::kInt8) kb = std::min(kb, (ka / br + 1) * br);
+          const E* wp = w.data + ka * ldw + n;
+          const bf16* sp = A::kInt8 ? A::scales(w) + (ka / br) * ldw + n : nullptr;
+          const bool ly = ka == k0 ? load_y : true;
+          if (cols == kNR) {
+            axpy_kernel_mr<false, false, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp,
+                                                         ldw, sp, yp(t), blk.d.ld, ly, cols, 0,
+                                                         bp + (ka - k0) * kNR);
+          } else {
+            axpy_kernel_mr<true, true, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp, ldw,
+                                                       sp, yp(t), blk.d.ld, ly, cols, 0,
+                                                       bp + (ka - k0) * kNR);
+          }
+          ka = kb;
+        }
+        t += kMR;
+      } else {
+        pack_strip_outin(A::reader(w), n, cols, k0, kc, bp);
+      }
+      for (; t < t1; t += kMR) {
+        const std::size_t mr = std::min(kMR, t1 - t);
+        tile_pf.template step<false>();
+        strip_pf.template step<true>();
         if (cols == kNR) {
-          axpy_kernel_mr<false, false, false>(mr, kc, xp, x.stride, bs, kNR, nullptr, yp, d.ld,
-                                              k0 != r0, sm, 0);
+          axpy_kernel_mr<false, false, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld,
+                                              load_y, cols, 0);
         } else {
-          axpy_kernel_mr<false, true, false>(mr, kc, xp, x.stride, bs, kNR, nullptr, yp, d.ld,
-                                             k0 != r0, sm, 0);
+          axpy_kernel_mr<false, true, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld,
+                                             load_y, cols, 0);
         }
       }
     }
   }
 }
 
-/// Dot path: output rows [n0, n1) for tokens [t0, t1) of an [out, in] weight, written to y.
+/// Dot path: output rows [n0, n1) for tokens [t0, t1) of an [out, in] weight, written (or added)
+/// to y.
 template <class T>
-void run_dot(MatrixView<const float> x, const DenseWeight<T>& w, std::size_t n0, std::size_t n1,
-             std::size_t t0, std::size_t t1, MatrixView<float> y) noexcept {
+void run_dot(const Activations& x, const DenseWeight<T>& w, std::size_t n0, std::size_t n1,
+             std::size_t t0, std::size_t t1, MatrixView<float> y, bool add) noexcept {
   for (std::size_t t = t0; t < t1; t += kDotMaxT) {
     const std::size_t mr = std::min(kDotMaxT, t1 - t);
     const std::size_t step = dot_rows(mr);
     for (std::size_t o = n0; o < n1; o += step) {
       const std::size_t no = std::min(step, n1 - o);
-      dot_kernel_rt(mr, no, w.in, x.row(t), x.stride, w.data + o * w.in, w.in, y.row(t) + o,
-                    y.stride);
+      dot_kernel_rt(mr, no, w.in, x.row(t), x.ld, w.data + o * w.in, w.in, y.row(t) + o, y.stride,
+                    add);
     }
   }
 }
 
-template <class W>
-void run(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<float> y) {
-  using A = WeightAccess<W>;
-  const std::size_t T = x.rows;
-  const Plan plan =
-      make_plan(T, w.in, w.out, sizeof(typename A::E), A::in_out(w), pool.scratch_bytes());
-
-  if (plan.path == Path::kDot) {
-    if constexpr (!A::kInt8) {
-      pool.parallel_for(plan.n_slabs, [&](std::size_t s, std::size_t) {
-        const std::size_t n0 = s * plan.nc;
-        run_dot(x, w, n0, std::min(w.out, n0 + plan.nc), 0, T, y);
-      });
-    }
-    return;
-  }
-
-  // K chunks: chunk 0 accumulates straight into y; chunk c > 0 into its own slot (c - 1, tile)
-  // in the scratch of the thread that runs it. The last chunk of a tile to finish (counted in
-  // `finished`) adds the slots to y in chunk order 1, 2, ...: a fixed order, and no waiting.
+/// Runs the tasks of `plan` for Y[T, out] (+)= ...: run(block, scratch) computes one task. K
+/// chunks: chunk 0 accumulates straight into y; chunk c > 0 into its own slot (c - 1, tile) in
+/// the scratch of the thread that runs it (after plan.work_floats()). The last chunk of a tile to
+/// finish (counted in `finished`) adds the slots to y in chunk order 1, 2, ...: a fixed order,
+/// and no waiting.
+template <class Run>
+void run_tasks(ThreadPool& pool, const Plan& plan, std::size_t T, std::size_t in, std::size_t out,
+               MatrixView<float> y, bool accumulate, Run&& run) {
   const bool split = plan.n_chunks > 1;
   const std::size_t tiles = plan.n_slabs * plan.n_tblocks;
   constexpr std::size_t kMaxTiles = Tuning::kTargetTasks;
@@ -274,35 +368,95 @@ void run(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<flo
   if (split) {
     for (auto& f : finished) f.store(0, std::memory_order_relaxed);
   }
-  const std::size_t slot_floats = plan.n_tblocks == 0 ? 0 : plan.tb * round_up(plan.nc, kNR);
+  const std::size_t slot_floats = plan.tb * round_up(plan.nc, kNR);
   pool.parallel_for(plan.n_tasks(), [&](std::size_t task, std::size_t thread) {
     const std::size_t c = task / tiles;
     const std::size_t tile = task % tiles;
     const std::size_t b = tile / plan.n_slabs;
     const std::size_t s = tile % plan.n_slabs;
-    const std::size_t r0 = c * plan.chunk, r1 = std::min(w.in, r0 + plan.chunk);
-    const std::size_t n0 = s * plan.nc, n1 = std::min(w.out, n0 + plan.nc);
-    const std::size_t t0 = b * plan.tb, t1 = std::min(T, t0 + plan.tb);
+    Block blk;
+    blk.r0 = c * plan.chunk;
+    blk.r1 = std::min(in, blk.r0 + plan.chunk);
+    blk.n0 = s * plan.nc;
+    blk.n1 = std::min(out, blk.n0 + plan.nc);
+    blk.t0 = b * plan.tb;
+    blk.t1 = std::min(T, blk.t0 + plan.tb);
+    blk.d = Dest{y.row(blk.t0) + blk.n0, y.stride};
+    blk.load_y = accumulate;
+    blk.in_y = true;
     float* scratch = reinterpret_cast<float*>(pool.scratch(thread));
-    float* bp = scratch;
-    Dest d{y.row(t0) + n0, y.stride};
     if (split && c > 0) {
-      d = Dest{scratch + plan.pack_floats + ((c - 1) * tiles + tile) * slot_floats,
-               round_up(n1 - n0, kNR)};
-      partials[(c - 1) * tiles + tile] = d.p;
+      blk.d = Dest{scratch + plan.work_floats() + ((c - 1) * tiles + tile) * slot_floats,
+                   round_up(blk.n1 - blk.n0, kNR)};
+      blk.load_y = false;
+      blk.in_y = false;
+      partials[(c - 1) * tiles + tile] = blk.d.p;
     }
-    if (plan.path == Path::kPacked) {
-      run_packed(plan, x, w, r0, r1, n0, n1, t0, t1, d, bp);
-    } else {
-      run_direct(plan, x, w, r0, r1, n0, n1, t0, t1, d);
-    }
+    run(blk, scratch);
     if (split && finished[tile].fetch_add(1, std::memory_order_acq_rel) + 1 == plan.n_chunks) {
-      const std::size_t ld = round_up(n1 - n0, kNR);
+      const std::size_t ld = round_up(blk.n1 - blk.n0, kNR);
       for (std::size_t cc = 1; cc < plan.n_chunks; ++cc) {
-        add_tile(y.row(t0) + n0, y.stride, partials[(cc - 1) * tiles + tile], ld, t1 - t0, n1 - n0);
+        add_tile(y.row(blk.t0) + blk.n0, y.stride, partials[(cc - 1) * tiles + tile], ld,
+                 blk.t1 - blk.t0, blk.n1 - blk.n0);
       }
     }
   });
+}
+
+/// Y[T, out] (+= when accumulate) A[T, in] . W with the given blocking, for the exact weight
+/// types and the backward products' internal views. Returns false (and does nothing) only when
+/// the pool's scratch cannot hold the strip an internal view needs (Path::kNone).
+template <class W>
+bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> y, bool accumulate,
+          const Blocking& blocking) {
+  using A = WeightAccess<W>;
+  const std::size_t T = x.rows;
+  Shape shape;
+  shape.T = T;
+  shape.in = w.in;
+  shape.out = w.out;
+  shape.elem = sizeof(typename A::E);
+  shape.in_out = A::in_out(w);
+  shape.a_trans = x.trans;
+  shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 1024 == 0;
+  constexpr bool kDense =
+      std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
+  shape.dot = kDense;
+  const Plan plan = make_plan(shape, blocking, pool.scratch_bytes());
+  if (plan.path == Path::kNone) return false;
+  if (plan.path == Path::kDot) {
+    if constexpr (kDense) {
+      pool.parallel_for(plan.n_slabs, [&](std::size_t s, std::size_t) {
+        const std::size_t n0 = s * plan.nc;
+        run_dot(x, w, n0, std::min(w.out, n0 + plan.nc), 0, T, y, accumulate);
+      });
+    }
+    return true;
+  }
+  run_tasks(pool, plan, T, w.in, w.out, y, accumulate, [&](const Block& blk, float* scratch) {
+    if (plan.path == Path::kPacked && plan.c_tile && blk.in_y) {
+      // Through a contiguous tile: y's rows may alias in the caches (see Blocking::c_tile).
+      Block b = blk;
+      b.d = Dest{scratch + plan.strip_floats + plan.a_floats, round_up(blk.n1 - blk.n0, kNR)};
+      const std::size_t rows = blk.t1 - blk.t0, cols = blk.n1 - blk.n0;
+      if (blk.load_y) copy_tile(blk.d.p, blk.d.ld, b.d.p, b.d.ld, rows, cols);
+      run_packed(plan, x, w, b, scratch);
+      copy_tile(b.d.p, b.d.ld, blk.d.p, blk.d.ld, rows, cols);
+    } else if (plan.path == Path::kPacked) {
+      run_packed(plan, x, w, blk, scratch);
+    } else {
+      run_direct(plan, x, w, blk);
+    }
+  });
+  return true;
+}
+
+/// Y[T, out] (+)= X[T, in] . W with int8-quantised activations (Int8ActWeight).
+inline void gemm_int8act(ThreadPool& pool, MatrixView<const float> x, const Int8Weight& w,
+                         MatrixView<float> y, bool accumulate, const Blocking& blocking) {
+  const Plan plan = make_int8act_plan(x.rows, w.in, w.out, blocking, pool.scratch_bytes());
+  run_tasks(pool, plan, x.rows, w.in, w.out, y, accumulate,
+            [&](const Block& blk, float* scratch) { run_int8act(plan, x, w, blk, scratch); });
 }
 
 MOE_SIMD_DETAIL_END
@@ -314,14 +468,20 @@ MOE_SIMD_NAMESPACE_BEGIN
 /// x and y must not overlap. Results are bit-identical for every pool size. No allocation.
 template <class W>
 void matmul(ThreadPool& pool, MatrixView<const float> x, const W& w, MatrixView<float> y) {
-  static_assert(is_weight_v<W>, "matmul: W must be DenseWeight<float|bf16> or Int8Weight");
+  static_assert(is_weight_v<W>,
+                "matmul: W must be DenseWeight<float|bf16>, Int8Weight or "
+                "Int8ActWeight");
   MOE_ASSERT(x.cols == w.in && y.cols == w.out && x.rows == y.rows);
   if (x.rows == 0 || w.out == 0) return;
   if (w.in == 0) {
     for (std::size_t t = 0; t < y.rows; ++t) std::fill_n(y.row(t), y.cols, 0.0f);
     return;
   }
-  detail::run(pool, x, w, y);
+  if constexpr (std::is_same_v<W, Int8ActWeight>) {
+    detail::gemm_int8act(pool, x, w, y, false, detail::host_blocking());
+  } else {
+    detail::gemm(pool, detail::Activations(x), w, y, false, detail::host_blocking());
+  }
 }
 
 /// y[out] = x[in] . W (one token).

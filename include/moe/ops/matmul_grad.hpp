@@ -12,10 +12,15 @@
 // (g.data == nullptr) makes matmul_backward_weight a no-op. bf16 and int8 weights are widened /
 // dequantised exactly as in the forward pass (float(int8) * float(scale)).
 //
-// Every output element is owned by one task of a decomposition that depends on the shapes only,
-// and is summed over tokens (or over `out`) in ascending order, so results are bit-identical for
-// every pool size. Scratch: the pool's per-thread blocks (do not call from inside a pool task that
-// keeps live data in its own scratch). No allocation.
+// Both run on matmul's kernels (detail::gemm): dx += dy . W^T is a matmul with the transposed
+// weight (an [in, out] weight read as [out, in] and the reverse; int8 through Int8WeightT), and
+// g += x^T . dy one whose activations are x transposed (packed per task) and whose "weight" is dy
+// (F32Rows). So they have matmul's properties: one sequential FMA chain per output element (or
+// chunk sums added in chunk order), a decomposition that depends on the shapes and the host's
+// blocking only, results bit-identical for every pool size. Int8ActWeight is treated as the
+// exact Int8Weight here. Scratch: the pool's per-thread blocks (do not call from inside a pool
+// task that keeps live data in its own scratch). No allocation. With a pool scratch too small
+// for a packed strip (< 40 KiB) the simple row-by-row implementations below are used instead.
 #pragma once
 
 #include <algorithm>
@@ -27,6 +32,7 @@
 #include <moe/core/bf16.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
+#include <moe/ops/matmul.hpp>
 #include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
 
@@ -40,7 +46,7 @@ inline constexpr std::size_t kGradSlab = 256;
 /// dst[o] = W[i, o] as f32 for a weight whose logical row i is contiguous ([in, out] storage).
 template <class W>
 void widen_weight_row(const W& w, std::size_t i, float* dst) noexcept {
-  if constexpr (std::is_same_v<W, Int8Weight>) {
+  if constexpr (is_int8_weight_v<W>) {
     const std::int8_t* q = w.data + i * w.out;
     const bf16* s = w.scales + (i / w.block_rows()) * w.out;
     for (std::size_t o = 0; o < w.out; ++o) dst[o] = static_cast<float>(q[o]) * s[o].to_float();
@@ -91,25 +97,18 @@ void backward_input_slab(MatrixView<const float> dy, const DenseWeight<T>& w, st
   }
 }
 
-MOE_SIMD_DETAIL_END
-
-MOE_SIMD_NAMESPACE_BEGIN
-
-/// dx[T, in] += dy[T, out] . W^T. dy.cols == w.out, dx.cols == w.in, equal rows; dx must not
-/// overlap dy. Works for every weight type (frozen weights pass their gradient to the input too).
+/// matmul_backward_input, one widened weight row (or slab) at a time (small scratch).
 template <class W>
-void matmul_backward_input(ThreadPool& pool, MatrixView<const float> dy, const W& w,
+void backward_input_simple(ThreadPool& pool, MatrixView<const float> dy, const W& w,
                            MatrixView<float> dx) {
-  static_assert(is_weight_v<W>, "matmul_backward_input: W must be a weight view type");
-  MOE_ASSERT(dy.cols == w.out && dx.cols == w.in && dy.rows == dx.rows);
-  if (dy.rows == 0 || w.in == 0 || w.out == 0) return;
   bool rows_contiguous = true;
-  if constexpr (!std::is_same_v<W, Int8Weight>) rows_contiguous = w.layout == Layout::kInOut;
+  if constexpr (!is_int8_weight_v<W>) rows_contiguous = w.layout == Layout::kInOut;
   if (rows_contiguous) {
     // Rows per task: as many widened rows as the per-thread scratch holds, at most kGradRows.
     const std::size_t fit = pool.scratch_bytes() / (w.out * sizeof(float));
     const std::size_t per = std::max<std::size_t>(1, std::min(detail::kGradRows, fit));
     MOE_ASSERT((fit >= 1 || std::is_same_v<W, DenseWeight<float>>));
+    (void)fit;
     pool.parallel_for((w.in + per - 1) / per, [&](std::size_t task, std::size_t thread) {
       const std::size_t i0 = task * per, n = std::min(per, w.in - i0);
       auto* rows = reinterpret_cast<float*>(pool.scratch(thread));
@@ -117,7 +116,7 @@ void matmul_backward_input(ThreadPool& pool, MatrixView<const float> dy, const W
     });
     return;
   }
-  if constexpr (!std::is_same_v<W, Int8Weight>) {
+  if constexpr (!is_int8_weight_v<W>) {
     const std::size_t tasks = (w.in + detail::kGradSlab - 1) / detail::kGradSlab;
     pool.parallel_for(tasks, [&](std::size_t task, std::size_t thread) {
       const std::size_t c0 = task * detail::kGradSlab, c1 = std::min(w.in, c0 + detail::kGradSlab);
@@ -127,12 +126,10 @@ void matmul_backward_input(ThreadPool& pool, MatrixView<const float> dy, const W
   }
 }
 
-/// g[in, out] += x[T, in]^T . dy[T, out] (in g's own layout). No-op when g is frozen.
-inline void matmul_backward_weight(ThreadPool& pool, MatrixView<const float> x,
+/// matmul_backward_weight, kGradRows rows of g per task, axpy over tokens (small scratch).
+inline void backward_weight_simple(ThreadPool& pool, MatrixView<const float> x,
                                    MatrixView<const float> dy, const WeightGrad& g) {
-  MOE_ASSERT(x.cols == g.in && dy.cols == g.out && x.rows == dy.rows);
-  if (g.frozen() || x.rows == 0 || g.in == 0 || g.out == 0) return;
-  constexpr std::size_t R = detail::kGradRows;
+  constexpr std::size_t R = kGradRows;
   if (g.layout == Layout::kInOut) {
     // g[i, :] += sum_t x[t, i] dy[t, :]
     pool.parallel_for((g.in + R - 1) / R, [&](std::size_t task, std::size_t) {
@@ -154,6 +151,52 @@ inline void matmul_backward_weight(ThreadPool& pool, MatrixView<const float> x,
       }
     });
   }
+}
+
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+/// dx[T, in] += dy[T, out] . W^T. dy.cols == w.out, dx.cols == w.in, equal rows; dx must not
+/// overlap dy. Works for every weight type (frozen weights pass their gradient to the input too).
+template <class W>
+void matmul_backward_input(ThreadPool& pool, MatrixView<const float> dy, const W& w,
+                           MatrixView<float> dx) {
+  static_assert(is_weight_v<W>, "matmul_backward_input: W must be a weight view type");
+  MOE_ASSERT(dy.cols == w.out && dx.cols == w.in && dy.rows == dx.rows);
+  if (dy.rows == 0 || w.in == 0 || w.out == 0) return;
+  const detail::Blocking& b = detail::host_blocking();
+  if constexpr (is_int8_weight_v<W>) {
+    const detail::Int8WeightT wt{w.data, w.scales, w.out, w.in, w.block_rows()};
+    if (detail::gemm(pool, detail::Activations(dy), wt, dx, true, b)) return;
+  } else {
+    const Layout tl = w.layout == Layout::kInOut ? Layout::kOutIn : Layout::kInOut;
+    const W wt{w.data, w.out, w.in, tl};
+    if (detail::gemm(pool, detail::Activations(dy), wt, dx, true, b)) return;
+  }
+  detail::backward_input_simple(pool, dy, w, dx);
+}
+
+/// g[in, out] += x[T, in]^T . dy[T, out] (in g's own layout). No-op when g is frozen.
+inline void matmul_backward_weight(ThreadPool& pool, MatrixView<const float> x,
+                                   MatrixView<const float> dy, const WeightGrad& g) {
+  MOE_ASSERT(x.cols == g.in && dy.cols == g.out && x.rows == dy.rows);
+  if (g.frozen() || x.rows == 0 || g.in == 0 || g.out == 0) return;
+  const detail::Blocking& b = detail::host_blocking();
+  if (g.layout == Layout::kInOut) {  // g[i, :] += sum_t x[t, i] dy[t, :]
+    const detail::F32Rows w{dy.data, dy.rows, dy.cols, dy.stride};
+    if (detail::gemm(pool, detail::Activations::transposed(x), w,
+                     MatrixView<float>(g.data, g.in, g.out), true, b)) {
+      return;
+    }
+  } else {  // g[o, :] += sum_t dy[t, o] x[t, :]
+    const detail::F32Rows w{x.data, x.rows, x.cols, x.stride};
+    if (detail::gemm(pool, detail::Activations::transposed(dy), w,
+                     MatrixView<float>(g.data, g.out, g.in), true, b)) {
+      return;
+    }
+  }
+  detail::backward_weight_simple(pool, x, dy, g);
 }
 
 MOE_SIMD_NAMESPACE_END

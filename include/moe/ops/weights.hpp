@@ -11,6 +11,11 @@
 //       weight int8 [in, out] row-major, scales bf16 [blocks, out], blocks = 1 or 8 (any divisor
 //       of `in` is accepted). Row i uses scale row i / (in / blocks). Dequantization is exact:
 //       w = float(int8) * float(scale) in f32 (8-bit x 8-bit significands fit in 24 bits).
+//   Int8ActWeight (opt-in, approximate)
+//       the same memory as an Int8Weight, computed with int8 ACTIVATIONS: matmul quantises each
+//       token's activations per scale block to int8 and accumulates exact int32 dot products
+//       (AVX-512 VNNI). A distinct type, so every component templated over W gets it by type and
+//       exactness stays the default; see moe/ops/matmul.hpp.
 //
 // Stacks of experts are WeightStack<W>: either one [E, in, out] tensor (expert e is a pointer
 // offset from expert 0: Grok-1's files) or one view per separately stored expert (Hugging Face
@@ -85,6 +90,17 @@ struct Int8Weight {
   }
 };
 
+/// An Int8Weight computed with int8-quantised activations (see the header comment).
+struct Int8ActWeight : Int8Weight {
+  Int8ActWeight() = default;
+  explicit Int8ActWeight(const Int8Weight& w) noexcept : Int8Weight(w) {}
+};
+
+/// True for the int8 weight types (Int8Weight, Int8ActWeight).
+template <class W>
+inline constexpr bool is_int8_weight_v =
+    std::is_same_v<W, Int8Weight> || std::is_same_v<W, Int8ActWeight>;
+
 /// Gradient of a weight, for training: mutable f32 with the logical [in, out] map and the memory
 /// layout of the F32Weight it belongs to, so that an optimizer walks weight and gradient with one
 /// index. Backward passes ADD into it (llm.c style: zero the gradients once per step). data ==
@@ -113,14 +129,17 @@ template <class T>
 struct is_weight<DenseWeight<T>> : std::true_type {};
 template <>
 struct is_weight<Int8Weight> : std::true_type {};
+template <>
+struct is_weight<Int8ActWeight> : std::true_type {};
 template <class W>
 inline constexpr bool is_weight_v = is_weight<W>::value;
 
 /// Human-readable weight type, e.g. "f32 [in, out]", "int8 [in, out] x bf16 scales [8, out]".
 template <class W>
 std::string weight_type_name(const W& w) {
-  if constexpr (std::is_same_v<W, Int8Weight>) {
-    return "int8 [in, out] x bf16 scales [" + std::to_string(w.blocks) + ", out]";
+  if constexpr (is_int8_weight_v<W>) {
+    return "int8 [in, out] x bf16 scales [" + std::to_string(w.blocks) + ", out]" +
+           (std::is_same_v<W, Int8ActWeight> ? " (int8 activations)" : "");
   } else if constexpr (std::is_same_v<typename W::element_type, float>) {
     return "f32 " + std::string(layout_name(w.layout));
   } else {
@@ -137,7 +156,7 @@ void validate_weight(const W& w, std::string_view component, std::string_view na
   if (w.in == 0 || w.out == 0) {
     throw ShapeError(where + " has empty shape " + shape_str({w.in, w.out}));
   }
-  if constexpr (std::is_same_v<W, Int8Weight>) {
+  if constexpr (is_int8_weight_v<W>) {
     if (w.scales == nullptr) throw ShapeError(where + " has no scales");
     if (w.blocks == 0 || w.in % w.blocks != 0) {
       throw ShapeError(where + " has scales " + shape_str({w.blocks, w.out}) +
@@ -201,7 +220,7 @@ struct WeightStack {
     if (views != nullptr) return views[e];
     W w = first;
     if (w.data != nullptr) w.data += e * first.in * first.out;
-    if constexpr (std::is_same_v<W, Int8Weight>) w.scales += e * first.blocks * first.out;
+    if constexpr (is_int8_weight_v<W>) w.scales += e * first.blocks * first.out;
     return w;
   }
   [[nodiscard]] bool separate() const noexcept { return views != nullptr; }
@@ -250,7 +269,7 @@ void check_weight_stack(const WeightStack<W>& s, std::string_view component, std
     const std::string ew = std::string(name) + "[" + std::to_string(e) + "]";
     validate_weight(w, component, ew);
     bool same = w.in == in && w.out == out;
-    if constexpr (std::is_same_v<W, Int8Weight>) {
+    if constexpr (is_int8_weight_v<W>) {
       same = same && w.blocks == s.first.blocks;
     } else {
       same = same && w.layout == s.first.layout;

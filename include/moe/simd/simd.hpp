@@ -13,6 +13,9 @@
 //   reduce_add / reduce_max        horizontal sum / max (xsimd 8.1 has only hadd, no max)
 //   abs / max / exp / tanh / phi_neg_abs   vector maths (own, accuracy stated below)
 //   map / map2 / blocked_sum       loop skeletons with the tail handled
+//   widen / widen_partial          bf16 or int8 -> float batch (exact), full or first n lanes
+//   widen(src, dst, n)             bf16 -> float arrays: the library's one bf16 widening
+//   prefetch_l1 / prefetch_l2      software prefetch hints (any address, never faults)
 //
 // Determinism: the loop skeletons always start at element 0 (no peeling to an alignment
 // boundary), so the blocking -- and with it every summation order -- depends only on n, never on
@@ -21,6 +24,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -30,6 +34,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include <moe/config.hpp>
+#include <moe/core/bf16.hpp>
 
 #if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX
 #include <immintrin.h>
@@ -126,6 +131,112 @@ inline void store_n(float* p, const fbatch& v, std::size_t count) noexcept {
   } else {
     store_partial(p, v, count);
   }
+}
+
+// ---- widening loads ---------------------------------------------------------------------------
+// bf16 -> float is exact (a bf16 is the top half of a float's bits), and so is int8 -> float.
+// These are the library's one widening: kernels call the batch forms, everything else the array
+// form. The AVX-512 forms use the all-lanes maskz variants of the conversion intrinsics: the same
+// instructions, without GCC 12's bogus -Wuninitialized on the unmasked ones (bug 105593).
+
+namespace detail {
+/// Batch of floats from a stack buffer of kLanes values computed by f(i) (portable fallback).
+template <class F>
+inline fbatch from_lanes(F&& f) noexcept {
+  alignas(64) float buf[kLanes];
+  for (std::size_t i = 0; i < kLanes; ++i) buf[i] = f(i);
+  return fbatch::load_aligned(buf);
+}
+inline float widen_one(bf16 v) noexcept {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(v.bits) << 16);
+}
+#if XSIMD_WITH_AVX512F
+inline constexpr __mmask16 kAll16 = 0xffff;
+inline __m512 widen_bf16_bits(__m256i h) noexcept {
+  return _mm512_castsi512_ps(
+      _mm512_maskz_slli_epi32(kAll16, _mm512_maskz_cvtepu16_epi32(kAll16, h), 16));
+}
+inline __m512 widen_i8_bits(__m128i b) noexcept {
+  return _mm512_maskz_cvtepi32_ps(kAll16, _mm512_maskz_cvtepi8_epi32(kAll16, b));
+}
+#endif
+}  // namespace detail
+
+/// kLanes bf16 values as floats.
+inline fbatch widen(const bf16* p) noexcept {
+#if XSIMD_WITH_AVX512F
+  return fbatch(detail::widen_bf16_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif XSIMD_WITH_AVX2
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return fbatch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+#elif XSIMD_WITH_SSE2
+  if constexpr (kLanes == 4) {  // [0, h0, 0, h1, ...] as 16-bit words = h << 16 per 32-bit lane
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return fbatch(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+  } else {
+    return detail::from_lanes([p](std::size_t i) { return detail::widen_one(p[i]); });
+  }
+#else
+  return detail::from_lanes([p](std::size_t i) { return detail::widen_one(p[i]); });
+#endif
+}
+
+/// The first n <= kLanes bf16 values as floats, other lanes 0. Never reads p[n..).
+inline fbatch widen_partial(const bf16* p, std::size_t n) noexcept {
+#if XSIMD_WITH_AVX512BW
+  return fbatch(detail::widen_bf16_bits(_mm256_maskz_loadu_epi16(detail::low_bits(n), p)));
+#else
+  return detail::from_lanes(
+      [p, n](std::size_t i) { return i < n ? detail::widen_one(p[i]) : 0.0f; });
+#endif
+}
+
+/// kLanes int8 values as floats.
+inline fbatch widen(const std::int8_t* p) noexcept {
+#if XSIMD_WITH_AVX512F
+  return fbatch(detail::widen_i8_bits(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif XSIMD_WITH_AVX2
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return fbatch(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+#else
+  return detail::from_lanes([p](std::size_t i) { return static_cast<float>(p[i]); });
+#endif
+}
+
+/// The first n <= kLanes int8 values as floats, other lanes 0. Never reads p[n..).
+inline fbatch widen_partial(const std::int8_t* p, std::size_t n) noexcept {
+#if XSIMD_WITH_AVX512BW
+  return fbatch(detail::widen_i8_bits(_mm_maskz_loadu_epi8(detail::low_bits(n), p)));
+#else
+  return detail::from_lanes(
+      [p, n](std::size_t i) { return i < n ? static_cast<float>(p[i]) : 0.0f; });
+#endif
+}
+
+/// dst[i] = float(src[i]) for i < n (exact).
+inline void widen(const bf16* src, float* dst, std::size_t n) noexcept {
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(dst + i, widen(src + i));
+  if (i < n) store_partial(dst + i, widen_partial(src + i, n - i), n - i);
+}
+
+// ---- prefetch ----------------------------------------------------------------------------------
+// Hints for data needed soon (L1) or a while later (L2). The address is formed from an integer,
+// so prefetching past the end of a buffer (harmless in hardware) is not pointer arithmetic UB.
+
+inline void prefetch_l1(std::uintptr_t addr) noexcept {
+#if defined(__GNUC__)
+  __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 3);
+#else
+  (void)addr;
+#endif
+}
+inline void prefetch_l2(std::uintptr_t addr) noexcept {
+#if defined(__GNUC__)
+  __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 2);
+#else
+  (void)addr;
+#endif
 }
 
 // ---- fused multiply-add ------------------------------------------------------------------------

@@ -154,35 +154,40 @@ inline void save_training_state(const std::filesystem::path& path, const Paramet
   }
 }
 
-/// Reads a checkpoint written by save_training_state into `store` and `opt` (which must describe
-/// the same tensors and optimizer configuration) and returns its metadata. Nothing is modified
-/// unless the whole file is valid.
-inline std::string load_training_state(const std::filesystem::path& path, ParameterStore& store,
-                                       AdamW& opt) {
+MOE_SIMD_NAMESPACE_END
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// A checkpoint file read and checked against a store: everything but the optimizer
+/// configuration (which only a resume needs to match).
+struct TrainingFile {
+  std::vector<char> data;
+  std::size_t values_at = 0;  ///< params, then m, then v: n floats each
+  std::size_t n = 0;
+  std::uint64_t steps = 0;
+  float adamw[4] = {};  ///< beta1, beta2, eps, weight_decay
+  std::size_t meta_at = 0, meta_len = 0;
+  std::uint64_t hash = 0;  ///< the file's stored FNV-1a hash (an identity of its contents)
+};
+
+inline TrainingFile read_training_file(const std::filesystem::path& path,
+                                       const ParameterStore& store) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError("[checkpoint] cannot open '" + path.string() + "'");
-  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  TrainingFile f;
+  f.data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  const std::vector<char>& data = f.data;
   const std::string where = path.string();
-  if (data.size() < sizeof(std::uint64_t)) {
-    throw FormatError("[checkpoint] '" + where + "' is truncated (" + std::to_string(data.size()) +
-                      " bytes)");
-  }
-  std::uint64_t stored_hash = 0;
-  std::memcpy(&stored_hash, data.data() + data.size() - sizeof stored_hash, sizeof stored_hash);
-  const std::size_t body = data.size() - sizeof stored_hash;
-  detail::CheckedReader r(data, where);
+  CheckedReader r(data, where);
   char magic[8];
   r.bytes(magic, sizeof magic, "the magic");
-  if (std::memcmp(magic, detail::kTrainMagic, sizeof magic) != 0) {
+  if (std::memcmp(magic, kTrainMagic, sizeof magic) != 0) {
     throw FormatError("[checkpoint] '" + where + "' is not a moe training checkpoint");
   }
   const auto version = r.value<std::uint32_t>("the version");
-  if (version != detail::kTrainVersion) {
+  if (version != kTrainVersion) {
     throw FormatError("[checkpoint] '" + where + "' has version " + std::to_string(version) +
-                      ", this build reads " + std::to_string(detail::kTrainVersion));
-  }
-  if (detail::fnv1a(data.data(), body) != stored_hash) {
-    throw FormatError("[checkpoint] '" + where + "' is corrupted (checksum mismatch)");
+                      ", this build reads " + std::to_string(kTrainVersion));
   }
   const auto n_tensors = r.value<std::uint64_t>("the tensor count");
   if (n_tensors != store.n_tensors()) {
@@ -195,8 +200,9 @@ inline std::string load_training_state(const std::filesystem::path& path, Parame
     std::string name(len, '\0');
     r.bytes(name.data(), len, "a tensor name");
     const auto rank = r.value<std::uint32_t>("a tensor rank");
-    if (rank > 8)
+    if (rank > 8) {
       throw FormatError("[checkpoint] '" + where + "' has a bad rank for '" + name + "'");
+    }
     std::vector<std::size_t> shape(rank);
     for (auto& d : shape) d = static_cast<std::size_t>(r.value<std::uint64_t>("a tensor shape"));
     if (name != i.name || shape != i.shape) {
@@ -205,45 +211,74 @@ inline std::string load_training_state(const std::filesystem::path& path, Parame
                        shape_str(i.shape));
     }
   }
-  float cfg[4];
-  for (float& f : cfg) f = r.value<float>("the optimizer configuration");
-  const AdamWConfig& c = opt.config();
-  if (cfg[0] != c.beta1 || cfg[1] != c.beta2 || cfg[2] != c.eps || cfg[3] != c.weight_decay) {
-    throw ConfigError("[checkpoint] '" + where + "' was trained with AdamW(beta1 " +
-                      std::to_string(cfg[0]) + ", beta2 " + std::to_string(cfg[1]) + ", eps " +
-                      std::to_string(cfg[2]) + ", weight_decay " + std::to_string(cfg[3]) +
-                      "), this run is configured differently");
-  }
-  const auto steps = r.value<std::uint64_t>("the step count");
-  const auto n = r.value<std::uint64_t>("the element count");
-  if (n != store.n_elements() || n != opt.first_moment().size()) {
-    throw ShapeError("[checkpoint] '" + where + "' holds " + std::to_string(n) +
+  for (float& x : f.adamw) x = r.value<float>("the optimizer configuration");
+  f.steps = r.value<std::uint64_t>("the step count");
+  f.n = static_cast<std::size_t>(r.value<std::uint64_t>("the element count"));
+  if (f.n != store.n_elements()) {
+    throw ShapeError("[checkpoint] '" + where + "' holds " + std::to_string(f.n) +
                      " elements, the model " + std::to_string(store.n_elements()));
   }
-  const std::size_t need = 3 * n * sizeof(float);
-  if (need > body - r.pos()) {
-    throw FormatError("[checkpoint] '" + where + "' is truncated (parameter data)");
+  // The three buffers, the metadata length and the hash must all be there.
+  f.values_at = r.pos();
+  const std::size_t need = 3 * f.n * sizeof(float) + 2 * sizeof(std::uint64_t);
+  if (data.size() < f.values_at || need > data.size() - f.values_at) {
+    throw FormatError("[checkpoint] '" + where + "' is truncated (" + std::to_string(data.size()) +
+                      " bytes; its tensors alone need " + std::to_string(f.values_at + need) + ")");
   }
-  // The metadata comes after the three buffers and ends where the hash begins.
-  const std::size_t values_at = r.pos();
-  std::size_t meta_at = values_at + need;
-  if (meta_at + sizeof(std::uint64_t) > body) {
-    throw FormatError("[checkpoint] '" + where + "' is truncated (metadata)");
+  const std::size_t body = data.size() - sizeof f.hash;
+  std::memcpy(&f.hash, data.data() + body, sizeof f.hash);
+  if (fnv1a(data.data(), body) != f.hash) {
+    throw FormatError("[checkpoint] '" + where + "' is corrupted (checksum mismatch)");
   }
+  f.meta_at = f.values_at + 3 * f.n * sizeof(float);
   std::uint64_t meta_len = 0;
-  std::memcpy(&meta_len, data.data() + meta_at, sizeof meta_len);
-  meta_at += sizeof meta_len;
-  if (meta_len != body - meta_at) {
+  std::memcpy(&meta_len, data.data() + f.meta_at, sizeof meta_len);
+  f.meta_at += sizeof meta_len;
+  if (meta_len != body - f.meta_at) {
     throw FormatError("[checkpoint] '" + where + "' has trailing or missing bytes");
   }
-  // Everything checked: copy.
-  const char* v = data.data() + values_at;
-  const std::size_t bytes = n * sizeof(float);
+  f.meta_len = static_cast<std::size_t>(meta_len);
+  return f;
+}
+
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+/// Reads a checkpoint written by save_training_state into `store` and `opt` (which must describe
+/// the same tensors and optimizer configuration) and returns its metadata. Nothing is modified
+/// unless the whole file is valid.
+inline std::string load_training_state(const std::filesystem::path& path, ParameterStore& store,
+                                       AdamW& opt) {
+  const detail::TrainingFile f = detail::read_training_file(path, store);
+  const AdamWConfig& c = opt.config();
+  if (f.adamw[0] != c.beta1 || f.adamw[1] != c.beta2 || f.adamw[2] != c.eps ||
+      f.adamw[3] != c.weight_decay) {
+    throw ConfigError("[checkpoint] '" + path.string() + "' was trained with AdamW(beta1 " +
+                      std::to_string(f.adamw[0]) + ", beta2 " + std::to_string(f.adamw[1]) +
+                      ", eps " + std::to_string(f.adamw[2]) + ", weight_decay " +
+                      std::to_string(f.adamw[3]) + "), this run is configured differently");
+  }
+  if (opt.first_moment().size() != f.n) {
+    throw ShapeError("[checkpoint] the optimizer state has " +
+                     std::to_string(opt.first_moment().size()) + " elements, '" + path.string() +
+                     "' " + std::to_string(f.n));
+  }
+  const char* v = f.data.data() + f.values_at;
+  const std::size_t bytes = f.n * sizeof(float);
   std::memcpy(store.params().data(), v, bytes);
   std::memcpy(opt.first_moment().data(), v + bytes, bytes);
   std::memcpy(opt.second_moment().data(), v + 2 * bytes, bytes);
-  opt.set_steps(steps);
-  return std::string(data.data() + meta_at, meta_len);
+  opt.set_steps(f.steps);
+  return std::string(f.data.data() + f.meta_at, f.meta_len);
+}
+
+/// Reads only the parameters of a checkpoint into `store` (the start of a fine-tuning run: a
+/// fresh optimizer) and returns the file's hash. Nothing is modified unless the file is valid.
+inline std::uint64_t load_parameters(const std::filesystem::path& path, ParameterStore& store) {
+  const detail::TrainingFile f = detail::read_training_file(path, store);
+  std::memcpy(store.params().data(), f.data.data() + f.values_at, f.n * sizeof(float));
+  return f.hash;
 }
 
 MOE_SIMD_NAMESPACE_END

@@ -1,20 +1,24 @@
 // moe/ops/detail/matmul_kernels.hpp: register-blocked micro-kernels and tile packers for matmul.
 //
+// Written in the shared SIMD vocabulary (moe/simd/simd.hpp: simd::fbatch, load / load_partial,
+// widen, fma, prefetch). Three kernels use raw AVX-512 intrinsics because the vocabulary has no
+// equivalent at the same speed; each says why: axpy_kernel_bf16_pairs, the bf16 branch of
+// dot_kernel and transpose16.
+//
 // Two micro-kernels cover every weight type and layout (see matmul.hpp for how they are used):
 //
-//  * axpy_kernel ("broadcast" form, for [in, out] weights or packed tiles): a block of MR token
+//  * axpy_kernel ("broadcast" form, for [in, out] weights or packed strips): a block of MR token
 //    rows x one strip of kNR output columns lives in MR * kNV registers. For each k it loads one
 //    row of the weight strip (widened to f32, times the int8 column scale), broadcasts x[t][k]
 //    and does MR * kNV FMAs. Every output element is therefore the sequential FMA chain
 //        acc = fma(x[t][k], w[k][o], acc),  k = k0, k0 + 1, ...
 //    whatever the tiling, the path (direct or packed) or the thread count. Splitting k into
-//    blocks just stores acc to y and reloads it, which is exact.
+//    blocks just stores acc to y and reloads it, which is exact. With kPackOut the kernel also
+//    stores each widened weight row into a packed strip (fused packing: the first token block
+//    of a strip packs it for the others, see run_packed).
 //  * dot_kernel ("dot" form, for [out, in] weights at small T): MR tokens x NO output rows, each
 //    accumulated as a vector along k (lane l sums k = l, l + L, ...; for bf16 on AVX-512
 //    k = 2l, 2l + 1, 2l + 32, ...), then summed horizontally in a fixed order.
-//
-// bf16 on AVX-512 reads 32 weights per 64-byte load and splits them into even / odd columns with
-// a shift and an AND (no widening loads); see axpy_kernel_bf16_pairs.
 //
 // Dequantisation is exact: w = float(int8) * float(bf16 scale) is computed in f32 (8-bit by
 // 8-bit significands fit in 24 bits) BEFORE it meets x, so the FMA chain sees exactly the same
@@ -27,45 +31,71 @@
 
 #include <moe/config.hpp>
 #include <moe/core/bf16.hpp>
-#include <moe/ops/detail/matmul_simd.hpp>
+#include <moe/simd/simd.hpp>
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define MOE_MATMUL_AVX512 1
+#include <immintrin.h>
+#else
+#define MOE_MATMUL_AVX512 0
+#endif
 
 MOE_SIMD_DETAIL_BEGIN
 
+/// Name of the kernel set compiled into this TU (reported by the benchmarks and checked by the
+/// tests): "avx512" (raw-intrinsic fast paths on) or "xsimd" (the vocabulary alone).
+inline constexpr const char* kMatmulKernels = MOE_MATMUL_AVX512 ? "avx512" : "xsimd";
+
+using simd::fbatch;
 /// Vectors per strip and the strip width in columns.
 inline constexpr std::size_t kNV = 4;
-inline constexpr std::size_t kNR = kNV * Vec::kLanes;
+inline constexpr std::size_t kNR = kNV * simd::kLanes;
 /// Token rows per axpy micro-kernel call (6 x 4 accumulators + 4 weights + 1 broadcast <= 32).
 inline constexpr std::size_t kMR = 6;
+/// Bytes of one cache line (prefetch granularity).
+inline constexpr std::size_t kCacheLine = 64;
 
-/// Lane masks of a strip with `cols` valid columns (cols may exceed kNR: all valid).
-struct StripMask {
-  Vec::Mask m[kNV];
-};
-inline StripMask strip_mask(std::size_t cols) noexcept {
-  StripMask s{};
-  for (std::size_t j = 0; j < kNV; ++j) {
-    s.m[j] = Vec::mask(cols > j * Vec::kLanes ? cols - j * Vec::kLanes : 0);
-  }
-  return s;
+/// Valid lanes of vector j of a strip with `cols` valid columns (0..simd::kLanes).
+constexpr std::size_t strip_lanes(std::size_t cols, std::size_t j) noexcept {
+  return cols > j * simd::kLanes
+             ? (cols - j * simd::kLanes < simd::kLanes ? cols - j * simd::kLanes : simd::kLanes)
+             : 0;
 }
 
-template <bool kMasked, class E>
-inline Vec::V load_w(const E* p, Vec::Mask m) noexcept {
-  if constexpr (kMasked) {
-    return Vec::load(p, m);
+/// simd::kLanes (or the first n, rest 0) weights from p, widened to f32.
+template <bool kPartial, class E>
+inline fbatch load_w(const E* p, std::size_t n) noexcept {
+  if constexpr (std::is_same_v<E, float>) {
+    if constexpr (kPartial)
+      return simd::load_partial(p, n);
+    else
+      return simd::load(p);
   } else {
-    (void)m;
-    return Vec::load(p);
+    if constexpr (kPartial)
+      return simd::widen_partial(p, n);
+    else
+      return simd::widen(p);
+  }
+}
+
+/// Stores the first n lanes (all when !kPartial).
+template <bool kPartial>
+inline void store_y(float* p, const fbatch& v, std::size_t n) noexcept {
+  if constexpr (kPartial) {
+    simd::store_partial(p, v, n);
+  } else {
+    simd::store(p, v);
   }
 }
 
 #if MOE_MATMUL_AVX512
-/// axpy_kernel for full strips of bf16 weights: one 64-byte load holds 32 bf16, i.e. two f32
-/// vectors, the even columns (bits << 16) and the odd ones (bits & 0xffff0000): one shift and
-/// one AND instead of two widening loads. The accumulators keep the columns in that even / odd
-/// order; y is (de)interleaved with two permutes when it is loaded and stored. Each column is
-/// still the same sequential FMA chain, so results equal the generic kernel's bit for bit.
+/// axpy_kernel for full strips of bf16 weights. Raw intrinsics: one 64-byte load holds 32 bf16,
+/// i.e. two f32 vectors, the even columns (bits << 16) and the odd ones (bits & 0xffff0000): one
+/// shift and one AND instead of two widening loads (simd::widen), which is what makes the
+/// bandwidth-bound bf16 GEMV keep up with DRAM. The accumulators keep the columns in that
+/// even / odd order; y is (de)interleaved with two permutes when it is loaded and stored. Each
+/// column is still the same sequential FMA chain, so results equal the generic kernel's bit for
+/// bit.
 template <std::size_t MR>
 inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t ldx, const bf16* w,
                                    std::size_t ldw, float* y, std::size_t ldy, bool load_y,
@@ -97,7 +127,7 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
     const bf16* wr = w + k * ldw;
     if (pf_rows != 0) {
       const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < kNR * sizeof(bf16); b += kCacheLine) MOE_MM_PREFETCH(a + b);
+      for (std::size_t b = 0; b < kNR * sizeof(bf16); b += kCacheLine) simd::prefetch_l1(a + b);
     }
     __m512 we[G], wo[G];
     for (std::size_t g = 0; g < G; ++g) {
@@ -124,35 +154,37 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 
 /// Y[t][c] = (load_y ? Y[t][c] : 0) + sum_{k < kc} X[t][k] * W(k, c)  for t < MR, c < kNR, with
 /// W(k, c) = widen(w[k * ldw + c]) (* widen(s[c]) when kScaled). x points at X[0][k0] (row
-/// stride ldx), w at W(k0, n0), y at Y[0][n0] (row stride ldy). kMaskW / kMaskY use the lane
-/// masks of `sm` for the weight loads / the y loads and stores (column tails). When pf_rows > 0
-/// every step also prefetches weight row k + pf_rows (the caller guarantees it exists).
-template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, class E>
+/// stride ldx), w at W(k0, n0), y at Y[0][n0] (row stride ldy). kMaskW / kMaskY: only the first
+/// `cols` columns are valid for the weight loads / the y loads and stores (column tails; masked
+/// weight lanes read as 0). When pf_rows > 0 every step also prefetches weight row k + pf_rows
+/// (the caller guarantees it exists). kPackOut: row k of the widened (scaled) weights is also
+/// stored to pk[k * kNR ..] (kNR floats, zeros past `cols`).
+template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut, class E>
 inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E* w,
                         std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
-                        const StripMask& sm, std::size_t pf_rows) noexcept {
+                        std::size_t cols, std::size_t pf_rows, float* pk) noexcept {
 #if MOE_MATMUL_AVX512
-  if constexpr (std::is_same_v<E, bf16> && !kMaskW && !kMaskY && !kScaled) {
+  if constexpr (std::is_same_v<E, bf16> && !kMaskW && !kMaskY && !kScaled && !kPackOut) {
     axpy_kernel_bf16_pairs<MR>(kc, x, ldx, w, ldw, y, ldy, load_y, pf_rows);
     return;
   }
 #endif
-  constexpr std::size_t L = Vec::kLanes;
-  Vec::V acc[MR][kNV];
+  constexpr std::size_t L = simd::kLanes;
+  fbatch acc[MR][kNV];
   for (std::size_t t = 0; t < MR; ++t) {
     for (std::size_t j = 0; j < kNV; ++j) {
       if (!load_y) {
-        acc[t][j] = Vec::zero();
+        acc[t][j] = fbatch(0.0f);
       } else if constexpr (kMaskY) {
-        acc[t][j] = Vec::load(y + t * ldy + j * L, sm.m[j]);
+        acc[t][j] = simd::load_partial(y + t * ldy + j * L, strip_lanes(cols, j));
       } else {
-        acc[t][j] = Vec::load(y + t * ldy + j * L);
+        acc[t][j] = simd::load(y + t * ldy + j * L);
       }
     }
   }
-  [[maybe_unused]] Vec::V sc[kNV];
+  [[maybe_unused]] fbatch sc[kNV];
   if constexpr (kScaled) {
-    for (std::size_t j = 0; j < kNV; ++j) sc[j] = load_w<kMaskW>(s + j * L, sm.m[j]);
+    for (std::size_t j = 0; j < kNV; ++j) sc[j] = load_w<kMaskW>(s + j * L, strip_lanes(cols, j));
   }
   constexpr std::size_t kRowBytes = kNR * sizeof(E);
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(E);
@@ -160,74 +192,78 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
     const E* wr = w + k * ldw;
     if (pf_rows != 0) {
       const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < kRowBytes; b += kCacheLine) MOE_MM_PREFETCH(a + b);
+      for (std::size_t b = 0; b < kRowBytes; b += kCacheLine) simd::prefetch_l1(a + b);
     }
-    Vec::V wv[kNV];
+    fbatch wv[kNV];
     for (std::size_t j = 0; j < kNV; ++j) {
-      wv[j] = load_w<kMaskW>(wr + j * L, sm.m[j]);
-      if constexpr (kScaled) wv[j] = Vec::mul(wv[j], sc[j]);
+      wv[j] = load_w<kMaskW>(wr + j * L, strip_lanes(cols, j));
+      if constexpr (kScaled) wv[j] = wv[j] * sc[j];
+      if constexpr (kPackOut) simd::store(pk + k * kNR + j * L, wv[j]);
     }
     for (std::size_t t = 0; t < MR; ++t) {
-      const Vec::V xb = Vec::set1(x[t * ldx + k]);
-      for (std::size_t j = 0; j < kNV; ++j) acc[t][j] = Vec::fma(xb, wv[j], acc[t][j]);
+      const fbatch xb(x[t * ldx + k]);
+      for (std::size_t j = 0; j < kNV; ++j) acc[t][j] = simd::fma(xb, wv[j], acc[t][j]);
     }
   }
   for (std::size_t t = 0; t < MR; ++t) {
     for (std::size_t j = 0; j < kNV; ++j) {
-      if constexpr (kMaskY) {
-        Vec::store(y + t * ldy + j * L, acc[t][j], sm.m[j]);
-      } else {
-        Vec::store(y + t * ldy + j * L, acc[t][j]);
-      }
+      store_y<kMaskY>(y + t * ldy + j * L, acc[t][j], strip_lanes(cols, j));
     }
   }
 }
 
 /// Runtime MR (1..kMR) -> template. Same arguments as axpy_kernel.
-template <bool kMaskW, bool kMaskY, bool kScaled, class E>
+template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, class E>
 inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx,
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
-                           bool load_y, const StripMask& sm, std::size_t pf_rows) noexcept {
+                           bool load_y, std::size_t cols, std::size_t pf_rows,
+                           float* pk = nullptr) noexcept {
   static_assert(kMR == 6, "update the switch below");
+  auto call = [&](auto m) {
+    axpy_kernel<decltype(m)::value, kMaskW, kMaskY, kScaled, kPackOut>(
+        kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk);
+  };
   switch (mr) {
     case 1:
-      axpy_kernel<1, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 1>{});
       break;
     case 2:
-      axpy_kernel<2, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 2>{});
       break;
     case 3:
-      axpy_kernel<3, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 3>{});
       break;
     case 4:
-      axpy_kernel<4, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 4>{});
       break;
     case 5:
-      axpy_kernel<5, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 5>{});
       break;
     default:
-      axpy_kernel<6, kMaskW, kMaskY, kScaled>(kc, x, ldx, w, ldw, s, y, ldy, load_y, sm, pf_rows);
+      call(std::integral_constant<std::size_t, 6>{});
       break;
   }
 }
 
-/// y[t * ldy + o] = sum_k x[t * ldx + k] * widen(w[o * ldw + k]) for t < MR, o < NO, k < K.
-/// Lane l of each accumulator sums k = l, l + L, l + 2L, ... (a fixed order; bf16 on AVX-512:
-/// 2l, 2l + 1, 2l + 2L, ... over the 2L-blocks, then the rest as above), then Vec::hsum.
+/// y[t * ldy + o] (+)= sum_k x[t * ldx + k] * widen(w[o * ldw + k]) for t < MR, o < NO, k < K
+/// (added to y when `add`). Lane l of each accumulator sums k = l, l + L, l + 2L, ... (a fixed
+/// order; bf16 on AVX-512: 2l, 2l + 1, 2l + 2L, ... over the 2L-blocks, then the rest as above),
+/// then simd::reduce_add.
 template <std::size_t MR, std::size_t NO, class E>
 inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* w, std::size_t ldw,
-                       float* y, std::size_t ldy) noexcept {
-  constexpr std::size_t L = Vec::kLanes;
-  Vec::V acc[MR][NO];
+                       float* y, std::size_t ldy, bool add) noexcept {
+  constexpr std::size_t L = simd::kLanes;
+  fbatch acc[MR][NO];
   for (std::size_t t = 0; t < MR; ++t) {
-    for (std::size_t o = 0; o < NO; ++o) acc[t][o] = Vec::zero();
+    for (std::size_t o = 0; o < NO; ++o) acc[t][o] = fbatch(0.0f);
   }
   std::size_t k = 0;
 #if MOE_MATMUL_AVX512
   if constexpr (std::is_same_v<E, bf16>) {
-    // 32 bf16 per 64-byte load: even elements (bits << 16) and odd ones (bits & 0xffff0000),
-    // matched by x split into its even and odd elements with two permutes (shared by the NO
-    // rows). Lane l then sums k = 2l, 2l + 1, 2l + 32, ... (still a fixed order).
+    // Raw intrinsics (same reason as axpy_kernel_bf16_pairs): 32 bf16 per 64-byte load, even
+    // elements (bits << 16) and odd ones (bits & 0xffff0000), matched by x split into its even
+    // and odd elements with two permutes (shared by the NO rows). Lane l then sums k = 2l,
+    // 2l + 1, 2l + 32, ... (still a fixed order).
     constexpr __mmask16 kAll = 0xffff;
     const __m512i even =
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -254,24 +290,27 @@ inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* 
   }
 #endif
   for (; k + L <= K; k += L) {
-    Vec::V wv[NO];
-    for (std::size_t o = 0; o < NO; ++o) wv[o] = Vec::load(w + o * ldw + k);
+    fbatch wv[NO];
+    for (std::size_t o = 0; o < NO; ++o) wv[o] = load_w<false>(w + o * ldw + k, L);
     for (std::size_t t = 0; t < MR; ++t) {
-      const Vec::V xv = Vec::load(x + t * ldx + k);
-      for (std::size_t o = 0; o < NO; ++o) acc[t][o] = Vec::fma(xv, wv[o], acc[t][o]);
+      const fbatch xv = simd::load(x + t * ldx + k);
+      for (std::size_t o = 0; o < NO; ++o) acc[t][o] = simd::fma(xv, wv[o], acc[t][o]);
     }
   }
   if (k < K) {
-    const Vec::Mask m = Vec::mask(K - k);
-    Vec::V wv[NO];
-    for (std::size_t o = 0; o < NO; ++o) wv[o] = Vec::load(w + o * ldw + k, m);
+    const std::size_t n = K - k;
+    fbatch wv[NO];
+    for (std::size_t o = 0; o < NO; ++o) wv[o] = load_w<true>(w + o * ldw + k, n);
     for (std::size_t t = 0; t < MR; ++t) {
-      const Vec::V xv = Vec::load(x + t * ldx + k, m);
-      for (std::size_t o = 0; o < NO; ++o) acc[t][o] = Vec::fma(xv, wv[o], acc[t][o]);
+      const fbatch xv = simd::load_partial(x + t * ldx + k, n);
+      for (std::size_t o = 0; o < NO; ++o) acc[t][o] = simd::fma(xv, wv[o], acc[t][o]);
     }
   }
   for (std::size_t t = 0; t < MR; ++t) {
-    for (std::size_t o = 0; o < NO; ++o) y[t * ldy + o] = Vec::hsum(acc[t][o]);
+    for (std::size_t o = 0; o < NO; ++o) {
+      const float v = simd::reduce_add(acc[t][o]);
+      y[t * ldy + o] = add ? y[t * ldy + o] + v : v;
+    }
   }
 }
 
@@ -284,37 +323,40 @@ inline constexpr std::size_t dot_rows(std::size_t mr) noexcept {
 /// Runtime (mr in 1..kDotMaxT, no in 1..dot_rows(mr)) -> template.
 template <class E>
 inline void dot_kernel_rt(std::size_t mr, std::size_t no, std::size_t K, const float* x,
-                          std::size_t ldx, const E* w, std::size_t ldw, float* y,
-                          std::size_t ldy) noexcept {
+                          std::size_t ldx, const E* w, std::size_t ldw, float* y, std::size_t ldy,
+                          bool add) noexcept {
   auto rows = [&](auto mr_c) {
     constexpr std::size_t M = decltype(mr_c)::value;
+    auto call = [&](auto no_c) {
+      dot_kernel<M, decltype(no_c)::value>(K, x, ldx, w, ldw, y, ldy, add);
+    };
     switch (no) {
       case 1:
-        dot_kernel<M, 1>(K, x, ldx, w, ldw, y, ldy);
+        call(std::integral_constant<std::size_t, 1>{});
         break;
       case 2:
-        dot_kernel<M, 2>(K, x, ldx, w, ldw, y, ldy);
+        call(std::integral_constant<std::size_t, 2>{});
         break;
       case 3:
-        dot_kernel<M, 3>(K, x, ldx, w, ldw, y, ldy);
+        call(std::integral_constant<std::size_t, 3>{});
         break;
       case 4:
-        dot_kernel<M, 4>(K, x, ldx, w, ldw, y, ldy);
+        call(std::integral_constant<std::size_t, 4>{});
         break;
       default:
         if constexpr (M == 1) {
           switch (no) {
             case 5:
-              dot_kernel<1, 5>(K, x, ldx, w, ldw, y, ldy);
+              call(std::integral_constant<std::size_t, 5>{});
               break;
             case 6:
-              dot_kernel<1, 6>(K, x, ldx, w, ldw, y, ldy);
+              call(std::integral_constant<std::size_t, 6>{});
               break;
             case 7:
-              dot_kernel<1, 7>(K, x, ldx, w, ldw, y, ldy);
+              call(std::integral_constant<std::size_t, 7>{});
               break;
             default:
-              dot_kernel<1, 8>(K, x, ldx, w, ldw, y, ldy);
+              call(std::integral_constant<std::size_t, 8>{});
               break;
           }
         }
@@ -338,68 +380,48 @@ inline void dot_kernel_rt(std::size_t mr, std::size_t no, std::size_t K, const f
   }
 }
 
-// ---- packing: a [kc, nc] tile of W as f32, in strips of kNR columns
-// ------------------------------
+// ---- transposing packers --------------------------------------------------------------------
 //
-// Layout of a packed tile: strip s (columns s*kNR .. s*kNR + kNR) is kc rows of kNR floats,
-// contiguous; strips follow each other (strip stride kc * kNR). Columns past nc are zero, so the
-// micro-kernel never needs masked weight loads on packed data.
+// A packed strip is kc rows of kNR floats, contiguous (row k at k * kNR); columns past the
+// valid ones are zero, so the micro-kernel never needs masked weight loads on packed data.
 
-/// Packs W(k0 + k, n0 + c) of an [in, out] weight (w points at W(k0, n0), row stride ldw).
-/// Int8: s points at the scale row of block 0 for column n0 (row stride ldw = out), block_rows
-/// rows per scale block, k0 the absolute first row (to find each row's block).
-/// Rows are read one after the other, each as one contiguous run of nc elements (the hardware
-/// prefetcher follows that), and row k + pf_rows is prefetched while row k is packed, as long as
-/// k + pf_rows < rows_after (the rows that exist from w on).
+/// Element access of a matrix stored row-major with row stride ld whose rows are read as floats:
+/// f32 as is, bf16 widened, int8 widened and multiplied by a per-row-block scale row
+/// (scales + (r / block_rows) * ld): the transposed view of an Int8Weight.
 template <class E>
-inline void pack_inout(const E* w, std::size_t ldw, std::size_t kc, std::size_t nc, float* bp,
-                       const bf16* s, std::size_t k0, std::size_t block_rows, std::size_t pf_rows,
-                       std::size_t rows_after) noexcept {
-  constexpr std::size_t L = Vec::kLanes;
-  const std::size_t full_strips = nc / kNR;
-  const std::size_t tail = nc - full_strips * kNR;
-  const StripMask tail_mask = strip_mask(tail);
-  const std::size_t row_bytes = nc * sizeof(E);
-  for (std::size_t k = 0; k < kc; ++k) {
-    const E* wr = w + k * ldw;
-    if (pf_rows != 0 && k + pf_rows < rows_after) {
-      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr + pf_rows * ldw);
-      for (std::size_t b = 0; b < row_bytes; b += kCacheLine) MOE_MM_PREFETCH(a + b);
-    }
-    [[maybe_unused]] const bf16* sr = nullptr;
-    if constexpr (std::is_same_v<E, std::int8_t>) sr = s + ((k0 + k) / block_rows) * ldw;
-    float* dst = bp + k * kNR;
-    for (std::size_t st = 0; st < full_strips; ++st, dst += kc * kNR) {
-      const std::size_t n = st * kNR;
-      for (std::size_t j = 0; j < kNV; ++j) {
-        Vec::V v = Vec::load(wr + n + j * L);
-        if constexpr (std::is_same_v<E, std::int8_t>) v = Vec::mul(v, Vec::load(sr + n + j * L));
-        Vec::store(dst + j * L, v);
-      }
-    }
-    if (tail != 0) {
-      const std::size_t n = full_strips * kNR;
-      for (std::size_t j = 0; j < kNV; ++j) {
-        Vec::V v = Vec::load(wr + n + j * L, tail_mask.m[j]);
-        if constexpr (std::is_same_v<E, std::int8_t>) {
-          v = Vec::mul(v, Vec::load(sr + n + j * L, tail_mask.m[j]));
-        }
-        Vec::store(dst + j * L, v);  // masked-off lanes are zero
-      }
-    }
-  }
-}
+struct RowReader {
+  const E* data = nullptr;
+  std::size_t ld = 0;
+  const bf16* scales = nullptr;  ///< int8 only
+  std::size_t block_rows = 1;    ///< int8 only
 
-inline float widen_scalar(float v) noexcept {
-  return v;
-}
-inline float widen_scalar(bf16 v) noexcept {
-  return v.to_float();
-}
+  float at(std::size_t r, std::size_t c) const noexcept {
+    float v;
+    if constexpr (std::is_same_v<E, float>) {
+      v = data[r * ld + c];
+    } else if constexpr (std::is_same_v<E, bf16>) {
+      v = simd::detail::widen_one(data[r * ld + c]);
+    } else {
+      v = static_cast<float>(data[r * ld + c]) *
+          simd::detail::widen_one(scales[(r / block_rows) * ld + c]);
+    }
+    return v;
+  }
+  /// Elements (r, c .. c + simd::kLanes) as a batch.
+  fbatch row(std::size_t r, std::size_t c) const noexcept {
+    fbatch v = load_w<false>(data + r * ld + c, simd::kLanes);
+    if constexpr (std::is_same_v<E, std::int8_t>) {
+      v = v * simd::widen(scales + (r / block_rows) * ld + c);
+    }
+    return v;
+  }
+};
 
 #if MOE_MATMUL_AVX512
-/// In-register transpose of 16 rows of 16 floats: r[i][c] -> r[c][i]. (All-lanes maskz forms:
-/// the unmasked intrinsics trip GCC 12's bogus -Wuninitialized, bug 105593.)
+/// In-register transpose of 16 rows of 16 floats: r[i][c] -> r[c][i]. Raw intrinsics: the
+/// vocabulary has no cross-lane shuffles (xsimd 8.1's are incomplete for AVX-512), and this is
+/// the packing cost of every [out, in] GEMM. (All-lanes maskz forms: the unmasked intrinsics
+/// trip GCC 12's bogus -Wuninitialized, bug 105593.)
 inline void transpose16(__m512 r[16]) noexcept {
   constexpr __mmask16 kAll16 = 0xffff;
   __m512 t[16];
@@ -430,38 +452,72 @@ inline void transpose16(__m512 r[16]) noexcept {
 }
 #endif
 
-/// Packs W(k0 + k, n0 + c) = data[(n0 + c) * ldw + k0 + k] of an [out, in] weight (w points at
-/// output row n0, column k0): a transpose into the same strip layout as pack_inout.
+/// dst[c * ldd + r] = src(r0 + r, c0 + c) for r < rows, c < cols: a transposed block, read
+/// through `src` (widened / dequantised). Used for [out, in] weight strips (rows = output
+/// columns of the strip, cols = k; ldd = kNR) and for transposed activations (ldd = kc).
 template <class E>
-inline void pack_outin(const E* w, std::size_t ldw, std::size_t kc, std::size_t nc,
-                       float* bp) noexcept {
-  for (std::size_t n = 0; n < nc; n += kNR) {
-    const std::size_t cols = nc - n < kNR ? nc - n : kNR;
-    float* dst = bp + (n / kNR) * kc * kNR;
-    std::size_t c0 = 0;
+inline void transpose_block(const RowReader<E>& src, std::size_t r0, std::size_t rows,
+                            std::size_t c0, std::size_t cols, float* dst,
+                            std::size_t ldd) noexcept {
+  std::size_t r = 0;
 #if MOE_MATMUL_AVX512
-    // 16 x 16 blocks: 16 output rows (columns of the tile) x 16 k.
-    for (; c0 + 16 <= cols; c0 += 16) {
-      std::size_t k = 0;
-      for (; k + 16 <= kc; k += 16) {
-        __m512 r[16];
-        for (std::size_t i = 0; i < 16; ++i) r[i] = Vec::load(w + (n + c0 + i) * ldw + k);
-        transpose16(r);
-        for (std::size_t i = 0; i < 16; ++i) Vec::store(dst + (k + i) * kNR + c0, r[i]);
-      }
-      for (; k < kc; ++k) {
-        for (std::size_t i = 0; i < 16; ++i) {
-          dst[k * kNR + c0 + i] = widen_scalar(w[(n + c0 + i) * ldw + k]);
-        }
-      }
+  for (; r + 16 <= rows; r += 16) {
+    std::size_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+      __m512 v[16];
+      for (std::size_t i = 0; i < 16; ++i) v[i] = src.row(r0 + r + i, c0 + c);
+      transpose16(v);
+      for (std::size_t i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (c + i) * ldd + r, v[i]);
     }
+    for (; c < cols; ++c) {
+      for (std::size_t i = 0; i < 16; ++i) dst[c * ldd + r + i] = src.at(r0 + r + i, c0 + c);
+    }
+  }
 #endif
+  for (; r < rows; ++r) {
+    for (std::size_t c = 0; c < cols; ++c) dst[c * ldd + r] = src.at(r0 + r, c0 + c);
+  }
+}
+
+/// Packs the strip W(k0 + k, n0 + c), k < kc, c < cols (<= kNR) of a weight stored [out, in]
+/// (`src` row = output column) into `bp` (kc x kNR, zero columns past `cols`).
+template <class E>
+inline void pack_strip_outin(const RowReader<E>& src, std::size_t n0, std::size_t cols,
+                             std::size_t k0, std::size_t kc, float* bp) noexcept {
+  transpose_block(src, n0, cols, k0, kc, bp, kNR);
+  if (cols < kNR) {
     for (std::size_t k = 0; k < kc; ++k) {
-      for (std::size_t c = c0; c < cols; ++c) dst[k * kNR + c] = widen_scalar(w[(n + c) * ldw + k]);
-      for (std::size_t c = cols; c < kNR; ++c) dst[k * kNR + c] = 0.0f;
+      for (std::size_t c = cols; c < kNR; ++c) bp[k * kNR + c] = 0.0f;
+    }
+  }
+}
+
+/// d[t][n] = s[t][n] for t < rows, n < cols.
+inline void copy_tile(const float* s, std::size_t lds, float* d, std::size_t ldd, std::size_t rows,
+                      std::size_t cols) noexcept {
+  for (std::size_t t = 0; t < rows; ++t) {
+    const float* sr = s + t * lds;
+    float* dr = d + t * ldd;
+    std::size_t n = 0;
+    for (; n + simd::kLanes <= cols; n += simd::kLanes) simd::store(dr + n, simd::load(sr + n));
+    if (n < cols) simd::store_partial(dr + n, simd::load_partial(sr + n, cols - n), cols - n);
+  }
+}
+
+/// y[t][n] += p[t][n] for t < rows, n < cols.
+inline void add_tile(float* y, std::size_t ldy, const float* p, std::size_t ldp, std::size_t rows,
+                     std::size_t cols) noexcept {
+  for (std::size_t t = 0; t < rows; ++t) {
+    float* yr = y + t * ldy;
+    const float* pr = p + t * ldp;
+    std::size_t n = 0;
+    for (; n + simd::kLanes <= cols; n += simd::kLanes)
+      simd::store(yr + n, simd::load(yr + n) + simd::load(pr + n));
+    if (n < cols) {
+      const std::size_t m = cols - n;
+      simd::store_partial(yr + n, simd::load_partial(yr + n, m) + simd::load_partial(pr + n, m), m);
     }
   }
 }
 
 MOE_SIMD_DETAIL_END
-

@@ -1,21 +1,29 @@
-// moe/ops/detail/matmul_plan.hpp: how one matmul call is cut into tasks.
+// moe/ops/detail/matmul_plan.hpp: how one matmul call is cut into tasks, for this host.
 //
-// The plan is a pure function of the shapes, the weight type and the pool's scratch size, NEVER
-// of the thread count: that is what makes results bit-identical for 1, 2 or N threads. A task is
-// (K chunk c, token block b, column slab s). Tasks of different chunks that write the same
-// (b, s) tile are combined in chunk order by whichever of them finishes last (see run() in
-// matmul.hpp), so the summation order is fixed too, and no task ever waits for another.
+//   Blocking b = blocking_for(host());          // tile sizes, packing, prefetch: from the CPU
+//   Plan p = make_plan(shape, b, scratch_bytes); // paths and the task decomposition of one call
+//
+// Both are pure functions: blocking_for of a HostInfo (so the tests check the Intel and the AMD
+// parameter sets on any machine), make_plan of the shapes, the weight type, the Blocking and the
+// pool's scratch size, NEVER of the thread count: that is what makes results bit-identical for
+// 1, 2 or N threads. A task is (K chunk c, token block b, column slab s). Tasks of different
+// chunks that write the same (b, s) tile are combined in chunk order by whichever of them
+// finishes last (see run() in matmul.hpp), so the summation order is fixed too, and no task ever
+// waits for another.
 //
 // Three paths:
-//  * kDirect (weights [in, out], few tokens): the micro-kernel reads the weight in place, a few
+//  * kDirect (weights [in, out], T <= kMR): the micro-kernel reads the weight in place, a few
 //    rows at a time across a slab about 8 KiB wide, prefetching the same slab of the next rows.
 //    Each weight row is thus read as one long sequential run (not a 64-byte sliver per 4 KiB
 //    page, which defeats the hardware prefetcher). Narrow outputs are split along K instead.
-//  * kPacked (many tokens, or [out, in] weights with T > kDotMaxT): each task widens /
-//    dequantises / transposes a [kc, nc] weight tile into its thread's scratch (f32, strips of
-//    kNR columns) and runs the register-blocked micro-kernel over all its tokens from there.
-//    f32 [in, out] weights skip the packing (Plan::pack == false): the micro-kernel reads the
-//    same tiles in place, prefetching the next tile's strip as it goes.
+//  * kPacked (more tokens, or [out, in] weights with T > kDotMaxT): a task walks its column slab
+//    strip by strip (kNR columns). Each strip of kc weight rows is widened / dequantised /
+//    transposed once into an f32 strip in the thread's scratch (L1-sized) and every token block
+//    of the task runs the register-blocked micro-kernel over it. For [in, out] weights the first
+//    token block does the packing itself, on the way ("fused": no separate pass over the
+//    weights). While a tile is computed, the next tile of the task is prefetched into L2 and the
+//    next strip into L1. Small T on f32 [in, out] may read the strips in place instead
+//    (Blocking::f32_in_place_max_t).
 //  * kDot ([out, in] weights, T <= kDotMaxT): dot products along the contiguous weight rows.
 #pragma once
 
@@ -23,39 +31,79 @@
 #include <cstddef>
 
 #include <moe/config.hpp>
+#include <moe/ops/detail/host.hpp>
 #include <moe/ops/detail/matmul_kernels.hpp>
-
 
 MOE_SIMD_DETAIL_BEGIN
 
-enum class Path { kDirect, kPacked, kDot };
+enum class Path { kDirect, kPacked, kDot, kNone };  // kNone: the scratch is too small
 
-/// Tunables (measured on the reference machine; see docs/performance.md "Kernels").
+/// Host-dependent parameters of the kernels (see blocking_for).
+struct Blocking {
+  // Packed path (GEMM).
+  std::size_t kc = 128;      ///< K rows of a packed strip (kc x kNR floats, kept in L1)
+  std::size_t nc = 512;      ///< columns per task (its next tile is prefetched into L2)
+  std::size_t max_tb = 256;  ///< tokens per task block (one packed strip serves them all)
+  /// f32 [in, out] weights are read in place (no packing) while T <= this.
+  std::size_t f32_in_place_max_t = static_cast<std::size_t>(-1);
+  bool tile_prefetch = true;    ///< prefetch the next tile into L2 during the compute
+  bool strip_prefetch = false;  ///< and the next strip into L1
+  /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
+  /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
+  bool c_tile = true;
+  // Direct path (GEMV, T <= kMR): bytes of a task's slab; rows per micro-kernel call and
+  // software-prefetch distance (rows) at T = 1 (int8 / bf16, and f32), rows for T = 2..6.
+  std::size_t direct_slab_bytes = 8192;
+  std::size_t direct_rows_t1 = 4;
+  std::size_t direct_pf_t1 = 8;
+  std::size_t direct_rows_t1_f32 = 16;
+  std::size_t direct_pf_t1_f32 = 0;
+  std::size_t direct_rows = 8;
+
+  friend bool operator==(const Blocking&, const Blocking&) = default;
+};
+
+/// The blocking for a host. The defaults above are the parameters measured best on the AMD Zen 5
+/// host (L1d 48 KiB, L2 1 MiB/core, L3 32 MiB per CCX), where the kernels were first tuned; the
+/// rules below derive the rest from the cache sizes and the vendor (docs/performance.md
+/// "Kernels" gives the measurements behind each):
+///  * kc: the packed strip (kc x kNR f32) fills at most 2/3 of L1d, so the strip, the x rows of
+///    a micro-kernel call and its y rows stay in L1 (48 KiB: 128 rows of 64 floats).
+///  * Intel's L3 is a mesh shared by all cores, with higher latency and much less bandwidth per
+///    core than AMD's per-CCX L3 (one core of the Xeon reads ~16 GB/s, one Zen 5 core ~40): data
+///    that is not in L1/L2 when the micro-kernel wants it costs more there. So on Intel
+///      - f32 [in, out] strips are packed for every T (reading them in place re-reads each strip
+///        from L2/L3 for every token block, and rows whose stride is a multiple of 4 KiB map to
+///        the same L1/L2 sets),
+///      - the next strip is prefetched into L1 while the current one is computed.
+///    (The GEMV parameters stay Zen 5's: 8, 16 and 24 rows of prefetch distance measured the
+///    same here, within the noise of a shared machine.)
+inline Blocking blocking_for(const HostInfo& h) noexcept {
+  Blocking b;
+  std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
+  kc = std::clamp<std::size_t>(kc / 16 * 16, 64, 256);
+  b.kc = kc;
+  if (h.vendor == CpuVendor::kIntel) {
+    b.f32_in_place_max_t = 0;
+    b.strip_prefetch = true;
+  }
+  return b;
+}
+
+/// The blocking of the host this process runs on.
+inline const Blocking& host_blocking() noexcept {
+  static const Blocking b = blocking_for(host());
+  return b;
+}
+
+/// Structural constants (not host-dependent).
 struct Tuning {
   /// Aim for at least this many tasks per call (load balance with dynamic scheduling).
   static constexpr std::size_t kTargetTasks = 16;
-  /// Direct path: bytes of one weight row a task covers; rows per micro-kernel call and the
-  /// software-prefetch distance (rows) for one token: int8 / bf16 weights read 4 rows at a time
-  /// and prefetch 8 rows ahead; f32 weights do best with 16 rows and the hardware prefetcher
-  /// alone (2 threads, [6144 -> 32768]: 40 vs 35 GB/s). Several tokens: 8 rows.
-  static constexpr std::size_t kDirectSlabBytes = 8192;
-  static constexpr std::size_t kDirectRowsT1 = 4;
-  static constexpr std::size_t kDirectPrefetchT1 = 8;
-  static constexpr std::size_t kDirectRowsT1F32 = 16;
-  static constexpr std::size_t kDirectPrefetchT1F32 = 0;
-  static constexpr std::size_t kDirectRows = 8;
   /// The direct path is used for T <= kDirectMaxT ([in, out] weights).
   static constexpr std::size_t kDirectMaxT = kMR;
   /// Smallest K chunk worth splitting off (rows).
   static constexpr std::size_t kMinChunkRows = 256;
-  /// Packed path: tile [kPackKc, kPackNc], tokens per block.
-  static constexpr std::size_t kPackKc = 128;
-  static constexpr std::size_t kPackNc = 512;
-  static constexpr std::size_t kPackMaxT = 256;
-  /// Packing prefetches 8 rows ahead, and the next tile is prefetched into L2 during the
-  /// compute of the current one (T = 16 int8, 2 threads: 116 -> 149 GFLOP/s).
-  static constexpr std::size_t kPackPrefetchRows = 8;
-  static constexpr bool kPackTilePrefetch = true;
   /// Dot path: at least this many output rows per task.
   static constexpr std::size_t kDotMinRows = 8;
   /// Below this many weight bytes (and few tokens) a call runs as one task.
@@ -64,22 +112,57 @@ struct Tuning {
   static constexpr std::size_t kMaxChunks = 16;
 };
 
+/// What a call multiplies: Y[T, out] (+)= A[T, in] . W.
+struct Shape {
+  std::size_t T = 0, in = 0, out = 0;
+  std::size_t elem = 4;  ///< bytes per weight element
+  bool in_out = true;    ///< weight rows are contiguous along `out` ([in, out] storage)
+  bool a_trans = false;  ///< A is stored transposed (its rows are strided): packed path only
+  /// A's row stride is a multiple of 1 KiB: the rows of a task's block would share cache sets
+  /// (in = 32768 floats: every row in one L2 set), so the packed path copies the block first.
+  bool a_alias = false;
+  bool dot = true;  ///< an [out, in] weight of this type has a dot kernel (else: packed)
+};
+
 struct Plan {
   Path path = Path::kDirect;
   std::size_t nc = 0, n_slabs = 1;      ///< output columns per slab
   std::size_t chunk = 0, n_chunks = 1;  ///< K rows per chunk
   std::size_t tb = 0, n_tblocks = 1;    ///< tokens per block
-  std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed tile
-  std::size_t pf = 0;                   ///< prefetch distance in rows (direct path, packing)
-  bool tile_pf = false;                 ///< packed path: prefetch the next tile during compute
-  bool pack = true;  ///< packed path: pack tiles (false: f32 [in, out] read in place, see below)
-  std::size_t pack_floats = 0;     ///< scratch floats for the packed tile
+  std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed strip
+  std::size_t pf = 0;                   ///< direct path: prefetch distance in rows
+  bool pack = true;              ///< packed path: pack strips (false: f32 [in, out] read in place)
+  bool tile_pf = false;          ///< packed path: prefetch the next tile into L2
+  bool strip_pf = false;         ///< packed path: prefetch the next strip into L1
+  bool c_tile = false;           ///< packed path: accumulate in a contiguous scratch tile
+  std::size_t strip_floats = 0;  ///< scratch floats for the packed strip
+  bool a_pack = false;           ///< packed path: copy / transpose each activation block
+  std::size_t a_floats = 0;      ///< scratch floats for a packed (transposed) activation block
+  std::size_t c_floats = 0;      ///< scratch floats for the contiguous output tile (c_tile)
   std::size_t partial_floats = 0;  ///< scratch floats for all K-chunk partial slots
 
   [[nodiscard]] std::size_t n_tasks() const noexcept { return n_slabs * n_chunks * n_tblocks; }
-  [[nodiscard]] std::size_t scratch_bytes() const noexcept {
-    return (pack_floats + partial_floats) * sizeof(float);
+  [[nodiscard]] std::size_t work_floats() const noexcept {
+    return strip_floats + a_floats + c_floats;
   }
+  [[nodiscard]] std::size_t scratch_bytes() const noexcept {
+    return (work_floats() + partial_floats) * sizeof(float);
+  }
+};
+
+/// Where a task writes: y itself, or its scratch partial tile (K chunks after the first).
+struct Dest {
+  float* p;
+  std::size_t ld;
+};
+
+/// One task's work: K rows [r0, r1), columns [n0, n1), tokens [t0, t1), written to d (element
+/// (t0, n0) at d.p); `load_y`: the first K step adds to what d holds instead of overwriting it.
+struct Block {
+  std::size_t r0, r1, n0, n1, t0, t1;
+  Dest d;
+  bool load_y;
+  bool in_y;  ///< d points into y (K chunk 0), not at a partial slot in scratch
 };
 
 constexpr std::size_t ceil_div(std::size_t a, std::size_t b) noexcept {
@@ -95,13 +178,13 @@ constexpr std::size_t round_up(std::size_t a, std::size_t b) noexcept {
 /// all to y in chunk order; so all those slots must fit next to `reserved_floats` in
 /// `scratch_bytes` (a function of the pool's scratch size, never of its thread count). Chunks are
 /// multiples of `align` rows.
-inline void split_k(Plan& p, std::size_t T_block, std::size_t in, std::size_t align,
+inline void split_k(Plan& p, std::size_t t_block, std::size_t in, std::size_t align,
                     std::size_t reserved_floats, std::size_t scratch_bytes) noexcept {
   p.chunk = in;
   p.n_chunks = 1;
   const std::size_t tiles = p.n_slabs * p.n_tblocks;
   if (tiles >= Tuning::kTargetTasks) return;
-  const std::size_t partial = T_block * round_up(p.nc, kNR);
+  const std::size_t partial = t_block * round_up(p.nc, kNR);
   std::size_t want = std::min(
       {ceil_div(Tuning::kTargetTasks, tiles), in / Tuning::kMinChunkRows, Tuning::kMaxChunks});
   const std::size_t budget = scratch_bytes / sizeof(float);
@@ -112,46 +195,55 @@ inline void split_k(Plan& p, std::size_t T_block, std::size_t in, std::size_t al
   if (p.n_chunks > 1) p.partial_floats = (p.n_chunks - 1) * tiles * partial;
 }
 
-/// The plan for Y[T, out] = X[T, in] . W with elem-byte weights in layout [in, out] (in_out) or
-/// [out, in], given the pool's per-thread scratch size.
-inline Plan make_plan(std::size_t T, std::size_t in, std::size_t out, std::size_t elem, bool in_out,
-                      std::size_t scratch_bytes) noexcept {
+/// Dot path over [out, in] weights.
+inline Plan dot_plan(const Shape& s, bool tiny) noexcept {
   Plan p;
-  const std::size_t bytes = in * out * elem;
+  p.path = Path::kDot;
+  p.tb = s.T;
+  p.chunk = s.in;
+  p.nc =
+      tiny ? s.out
+           : std::max(Tuning::kDotMinRows, round_up(ceil_div(s.out, 2 * Tuning::kTargetTasks), 8));
+  p.n_slabs = ceil_div(s.out, p.nc);
+  return p;
+}
+
+/// The plan for one call, given the host's blocking and the pool's per-thread scratch size.
+inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_bytes) noexcept {
+  const std::size_t T = s.T, in = s.in, out = s.out;
+  const std::size_t bytes = in * out * s.elem;
   const bool tiny = bytes <= Tuning::kTinyBytes && T <= kMR;
 
-  if (!in_out && T <= kDotMaxT) {  // dot products along contiguous rows
-    p.path = Path::kDot;
-    p.tb = T;
-    p.chunk = in;
-    p.nc =
-        tiny ? out
-             : std::max(Tuning::kDotMinRows, round_up(ceil_div(out, 2 * Tuning::kTargetTasks), 8));
-    p.n_slabs = ceil_div(out, p.nc);
-    return p;
-  }
+  if (!s.in_out && T <= kDotMaxT && !s.a_trans && s.dot) return dot_plan(s, tiny);
 
-  // Packed path, if a tile fits in the scratch.
-  const bool packed_wanted = !in_out || T > Tuning::kDirectMaxT;
-  if (packed_wanted) {
+  // Packed path, if a strip (and a transposed activation block) fits in the scratch.
+  if (!s.in_out || T > Tuning::kDirectMaxT || s.a_trans) {
     Plan q;
     q.path = Path::kPacked;
-    q.kc = std::min(Tuning::kPackKc, in);
-    q.pf = Tuning::kPackPrefetchRows;
-    q.tile_pf = Tuning::kPackTilePrefetch;
-    q.nc = std::min(Tuning::kPackNc, out);
+    q.kc = std::min(b.kc, in);
+    q.tile_pf = b.tile_prefetch;
+    q.strip_pf = b.strip_prefetch;
+    q.nc = std::min(b.nc, out);
     q.n_slabs = ceil_div(out, q.nc);
-    // f32 [in, out] weights are already f32 rows contiguous along out: the micro-kernel reads
-    // the tile in place (prefetching the next tile's strips during the compute), so no packing
-    // pass alternates with the compute. Same [kc, nc] tiles as packed (measured best:
-    // 32 x 2048, 64 x 1024 and 16 x 4096 were slower at T = 16 and 64).
-    q.pack = !(in_out && elem == sizeof(float));
-    q.pack_floats = q.pack ? q.kc * round_up(q.nc, kNR) : 0;
-    q.n_tblocks = ceil_div(T, Tuning::kPackMaxT);
+    q.pack = !(s.in_out && s.elem == sizeof(float) && T <= b.f32_in_place_max_t);
+    q.strip_floats = q.pack ? q.kc * kNR : 0;
+    q.n_tblocks = ceil_div(T, b.max_tb);
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
     q.n_tblocks = ceil_div(T, q.tb);
-    if (q.pack_floats * sizeof(float) <= scratch_bytes) {
-      split_k(q, q.tb, in, q.kc, q.pack_floats, scratch_bytes);
+    auto size_buffers = [&q, &s, &b, scratch_bytes] {
+      q.a_pack = s.a_trans || s.a_alias;
+      q.a_floats = q.a_pack ? q.tb * q.kc : 0;
+      if (!s.a_trans && (q.strip_floats + q.a_floats) * sizeof(float) > scratch_bytes) {
+        q.a_pack = false;  // an optimisation only: not when the scratch is that small
+        q.a_floats = 0;
+      }
+      q.c_floats = q.tb * round_up(q.nc, kNR);
+      q.c_tile = b.c_tile && q.work_floats() * sizeof(float) <= scratch_bytes;
+      if (!q.c_tile) q.c_floats = 0;
+    };
+    size_buffers();
+    if (q.work_floats() * sizeof(float) <= scratch_bytes) {
+      split_k(q, q.tb, in, q.kc, q.work_floats(), scratch_bytes);
       // Still too few tasks (small K): split the tokens further.
       if (q.n_tasks() < Tuning::kTargetTasks && q.n_chunks == 1) {
         const std::size_t more =
@@ -159,27 +251,28 @@ inline Plan make_plan(std::size_t T, std::size_t in, std::size_t out, std::size_
         if (more > 1) {
           q.tb = round_up(ceil_div(q.tb, more), kMR);
           q.n_tblocks = ceil_div(T, q.tb);
+          size_buffers();
         }
       }
       return q;
     }
-    if (!in_out) {  // no scratch for a tile: dot products, kDotMaxT tokens at a time
-      p.path = Path::kDot;
-      p.tb = T;
-      p.chunk = in;
-      p.nc = std::max(Tuning::kDotMinRows, round_up(ceil_div(out, 2 * Tuning::kTargetTasks), 8));
-      p.n_slabs = ceil_div(out, p.nc);
-      return p;
+    // A scratch too small for a strip: dot products kDotMaxT tokens at a time, or nothing.
+    if (!s.in_out && !s.a_trans && s.dot) return dot_plan(s, false);
+    if (!s.in_out || s.a_trans) {
+      Plan none;
+      none.path = Path::kNone;
+      return none;
     }
   }
 
   // Direct path on [in, out] weights.
+  Plan p;
   p.path = Path::kDirect;
   if (T == 1) {
-    p.kc = elem == 4 ? Tuning::kDirectRowsT1F32 : Tuning::kDirectRowsT1;
-    p.pf = elem == 4 ? Tuning::kDirectPrefetchT1F32 : Tuning::kDirectPrefetchT1;
+    p.kc = s.elem == 4 ? b.direct_rows_t1_f32 : b.direct_rows_t1;
+    p.pf = s.elem == 4 ? b.direct_pf_t1_f32 : b.direct_pf_t1;
   } else {
-    p.kc = Tuning::kDirectRows;
+    p.kc = b.direct_rows;
     p.pf = p.kc;
   }
   p.tb = T;
@@ -188,8 +281,7 @@ inline Plan make_plan(std::size_t T, std::size_t in, std::size_t out, std::size_
     p.chunk = in;
     return p;
   }
-  const std::size_t slab =
-      round_up(std::max<std::size_t>(Tuning::kDirectSlabBytes / elem, kNR), kNR);
+  const std::size_t slab = round_up(std::max<std::size_t>(b.direct_slab_bytes / s.elem, kNR), kNR);
   p.nc = slab >= out ? out : slab;
   p.n_slabs = ceil_div(out, p.nc);
   split_k(p, T, in, p.kc, 0, scratch_bytes);
@@ -197,4 +289,3 @@ inline Plan make_plan(std::size_t T, std::size_t in, std::size_t out, std::size_
 }
 
 MOE_SIMD_DETAIL_END
-

@@ -1,0 +1,371 @@
+// moe/ops/detail/matmul_int8act.hpp: matmul for Int8ActWeight, the opt-in int8-activation path.
+//
+// Y[t, n] = sum over scale blocks b of  sx[t, b] * sw[b, n] * sum_{k in b} xq[t, k] * q[k, n]
+//
+//  * q, sw: the int8 weight and its bf16 scales, read in place as for Int8Weight.
+//  * xq, sx: each token's activations quantised per scale block of the weight ("per token per
+//    block"): sx = max|x| / 127 over the block, xq = round(x / sx) in [-127, 127] (round to
+//    nearest even; a zero block gives sx = 0; a NaN or infinity makes that token's outputs NaN).
+//  * The inner sums are exact int32 dot products (AVX-512 VNNI vpdpbusd: 64 byte products per
+//    instruction, 4x the f32 FMA rate). vpdpbusd multiplies unsigned by signed bytes, so the
+//    weights enter as q + 128 (a sign-bit flip) and the kernel subtracts 128 * sum_k xq[t, k].
+//  * Each K step of the decomposition (kc rows within one scale block) adds
+//    float(S) * (sx * sw[n]) to y with one f32 FMA, steps in ascending k. The steps depend on
+//    the shapes and the host's blocking, never on the thread count: results are bit-identical
+//    for every pool size, and identical between the VNNI kernel and the portable fallback (exact
+//    integer sums, the same f32 operations).
+//
+// Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so weights [k, n] are used in
+// groups of 4 rows interleaved per column ([k/4][n][4]): done in registers on the way (T <= kMR,
+// read in place like the exact GEMV) or once per strip into the thread's scratch, by the first
+// token block of the strip (T > kMR, like the f32 packed path).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include <moe/config.hpp>
+#include <moe/core/bf16.hpp>
+#include <moe/core/tensor.hpp>
+#include <moe/core/thread_pool.hpp>
+#include <moe/ops/detail/matmul_kernels.hpp>
+#include <moe/ops/detail/matmul_plan.hpp>
+#include <moe/ops/weights.hpp>
+
+#if MOE_MATMUL_AVX512 && defined(__AVX512VNNI__)
+#define MOE_MATMUL_VNNI 1
+#else
+#define MOE_MATMUL_VNNI 0
+#endif
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// Name of the int8-activation kernel compiled into this TU: "avx512vnni" or "scalar".
+inline constexpr const char* kInt8ActKernels = MOE_MATMUL_VNNI ? "avx512vnni" : "scalar";
+
+/// Columns per int8 strip (64 bytes: one zmm of weight bytes per row).
+inline constexpr std::size_t kQR = 64;
+
+/// Quantisation scale of one token over a block: max|x| / 127 (0 for an all-zero block, NaN if
+/// the block holds a NaN or an infinity).
+inline float act_scale(const float* x, std::size_t n) noexcept {
+  fbatch m(0.0f), bad(0.0f);
+  std::size_t i = 0;
+  for (; i + simd::kLanes <= n; i += simd::kLanes) {
+    const fbatch v = simd::load(x + i);
+    m = simd::max(m, simd::abs(v));
+    bad = bad + v * fbatch(0.0f);  // NaN for NaN or +-inf
+  }
+  if (i < n) {
+    const fbatch v = simd::load_partial(x + i, n - i);
+    m = simd::max(m, simd::abs(v));
+    bad = bad + v * fbatch(0.0f);
+  }
+  const float amax = simd::reduce_max(m);
+  if (std::isnan(simd::reduce_add(bad))) return std::numeric_limits<float>::quiet_NaN();
+  return amax / 127.0f;
+}
+
+/// q[k] = round(x[k] * inv) as int8 for k < n, zeros up to round_up(n, 4); returns sum q[k].
+/// inv = 1 / scale (0 for an all-zero block or a NaN scale: then q = 0).
+inline std::int32_t quantize_row(const float* x, std::size_t n, float inv,
+                                 std::int8_t* q) noexcept {
+  std::int32_t sum = 0;
+  std::size_t k = 0;
+  if (!(inv > 0.0f)) {  // all-zero block, or a NaN / infinite one (whose outputs are NaN anyway)
+    std::memset(q, 0, round_up(n, 4));
+    return 0;
+  }
+#if MOE_MATMUL_AVX512
+  constexpr __mmask16 kAll = 0xffff;  // maskz forms: GCC bug 105593, as above
+  const __m512 vi = _mm512_set1_ps(inv);
+  __m512i s = _mm512_setzero_si512();
+  for (; k + 16 <= n; k += 16) {
+    const __m512i r = _mm512_maskz_cvtps_epi32(kAll, _mm512_mul_ps(_mm512_loadu_ps(x + k), vi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_maskz_cvtsepi32_epi8(kAll, r));
+    s = _mm512_add_epi32(s, r);  // cvtps2dq rounds to nearest even (MXCSR default)
+  }
+  alignas(64) std::int32_t lanes[16];
+  _mm512_store_si512(lanes, s);
+  for (std::int32_t v : lanes) sum += v;
+#endif
+  for (; k < n; ++k) {
+    const float r = std::nearbyint(x[k] * inv);  // round to nearest even, like cvtps2dq
+    const auto v = static_cast<std::int32_t>(std::clamp(r, -127.0f, 127.0f));
+    q[k] = static_cast<std::int8_t>(v);
+    sum += v;
+  }
+  for (; k % 4 != 0; ++k) q[k] = 0;
+  return sum;
+}
+
+/// Int32 accumulators of an MR x kQR block.
+template <std::size_t MR>
+struct Acc32 {
+#if MOE_MATMUL_VNNI
+  __m512i v[MR][4];
+  void zero() noexcept {
+    for (auto& r : v) {
+      for (auto& x : r) x = _mm512_setzero_si512();
+    }
+  }
+  std::int32_t at(std::size_t t, std::size_t c) const noexcept {
+    alignas(64) std::int32_t b[16];
+    _mm512_store_si512(b, v[t][c / 16]);
+    return b[c % 16];
+  }
+#else
+  std::int32_t v[MR][kQR];
+  void zero() noexcept {
+    std::memset(v, 0, sizeof v);
+  }
+  std::int32_t at(std::size_t t, std::size_t c) const noexcept {
+    return v[t][c];
+  }
+#endif
+};
+
+#if MOE_MATMUL_VNNI
+/// Rows r[0..3] (64 bytes each) -> the 4 zmm of the group in [n][4] order, sign bits flipped
+/// (q + 128 as unsigned). Raw intrinsics: byte interleaves and 128-bit lane shuffles have no
+/// counterpart in the vocabulary.
+inline void interleave4(const __m512i r[4], __m512i v[4]) noexcept {
+  // All-lanes maskz forms: the unmasked intrinsics trip GCC 12's bogus -Wmaybe-uninitialized
+  // (bug 105593).
+  constexpr __mmask64 kAll64 = ~__mmask64{0};
+  constexpr __mmask32 kAll32 = ~__mmask32{0};
+  constexpr __mmask16 kAll16 = 0xffff;
+  const __m512i a = _mm512_maskz_unpacklo_epi8(kAll64, r[0], r[1]),
+                b = _mm512_maskz_unpackhi_epi8(kAll64, r[0], r[1]);
+  const __m512i c = _mm512_maskz_unpacklo_epi8(kAll64, r[2], r[3]),
+                d = _mm512_maskz_unpackhi_epi8(kAll64, r[2], r[3]);
+  // o_i, 128-bit lane L: columns 16 L + 4 i .. 16 L + 4 i + 3
+  const __m512i o0 = _mm512_maskz_unpacklo_epi16(kAll32, a, c),
+                o1 = _mm512_maskz_unpackhi_epi16(kAll32, a, c);
+  const __m512i o2 = _mm512_maskz_unpacklo_epi16(kAll32, b, d),
+                o3 = _mm512_maskz_unpackhi_epi16(kAll32, b, d);
+  const __m512i t0 = _mm512_maskz_shuffle_i32x4(kAll16, o0, o1, 0x44),
+                t1 = _mm512_maskz_shuffle_i32x4(kAll16, o0, o1, 0xee);
+  const __m512i t2 = _mm512_maskz_shuffle_i32x4(kAll16, o2, o3, 0x44),
+                t3 = _mm512_maskz_shuffle_i32x4(kAll16, o2, o3, 0xee);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  v[0] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t0, t2, 0x88), flip);
+  v[1] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t0, t2, 0xdd), flip);
+  v[2] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t1, t3, 0x88), flip);
+  v[3] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(kAll16, t1, t3, 0xdd), flip);
+}
+#endif
+
+/// acc[t][c] += sum_{k < rows} (q[k][c] + 128) * xq[t][k] for t < MR, c < cols (<= kQR).
+/// kRaw: w points at int8 weight rows (row stride ldw), read in place; rows past `rows` read as
+/// zero, and xq must be zero there (quantize_row pads). kPackOut: the interleaved groups are also
+/// stored to pk (256 bytes per group of 4 rows). !kRaw: w is such a packed strip. pf_rows > 0:
+/// prefetch the rows that far ahead (raw only; they must exist).
+template <std::size_t MR, bool kRaw, bool kPackOut>
+inline void int8act_kernel(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
+                           const std::int8_t* w, std::size_t ldw, std::size_t cols,
+                           std::size_t pf_rows, std::int8_t* pk, Acc32<MR>& acc) noexcept {
+  const std::size_t groups = (rows + 3) / 4;
+#if MOE_MATMUL_VNNI
+  const __mmask64 cm = cols >= kQR ? ~__mmask64{0} : ((__mmask64{1} << cols) - 1);
+  for (std::size_t g = 0; g < groups; ++g) {
+    __m512i v[4];
+    if constexpr (kRaw) {
+      __m512i r[4];
+      for (std::size_t i = 0; i < 4; ++i) {
+        const std::size_t k = 4 * g + i;
+        r[i] = k < rows ? _mm512_maskz_loadu_epi8(cm, w + k * ldw) : _mm512_setzero_si512();
+        if (pf_rows != 0) {
+          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(w + (k + pf_rows) * ldw));
+        }
+      }
+      interleave4(r, v);
+      if constexpr (kPackOut) {
+        for (std::size_t j = 0; j < 4; ++j) _mm512_storeu_si512(pk + 256 * g + 64 * j, v[j]);
+      }
+    } else {
+      for (std::size_t j = 0; j < 4; ++j) v[j] = _mm512_loadu_si512(w + 256 * g + 64 * j);
+    }
+    for (std::size_t t = 0; t < MR; ++t) {
+      std::int32_t x4;
+      std::memcpy(&x4, xq + t * ldxq + 4 * g, 4);
+      const __m512i xb = _mm512_set1_epi32(x4);
+      for (std::size_t j = 0; j < 4; ++j) acc.v[t][j] = _mm512_dpbusd_epi32(acc.v[t][j], v[j], xb);
+    }
+  }
+#else
+  // Portable: the same exact integer sums, straight from the rows (no packing).
+  (void)pf_rows;
+  (void)pk;
+  static_assert(kRaw || !kPackOut, "");
+  if constexpr (kRaw) {
+    for (std::size_t k = 0; k < rows; ++k) {
+      const std::int8_t* wr = w + k * ldw;
+      for (std::size_t t = 0; t < MR; ++t) {
+        const std::int32_t xv = xq[t * ldxq + k];
+        for (std::size_t c = 0; c < cols; ++c) acc.v[t][c] += (wr[c] + 128) * xv;
+      }
+    }
+  }
+  (void)groups;
+#endif
+}
+
+/// y[t][c] (+)= float(acc[t][c] - 128 * xsum[t]) * (sx[t] * sw[c]) for t < mr, c < cols.
+template <std::size_t MR>
+inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32_t* xsum,
+                          const float* sx, const bf16* sw, std::size_t cols, float* y,
+                          std::size_t ldy, bool load_y) noexcept {
+#if MOE_MATMUL_VNNI
+  for (std::size_t t = 0; t < mr; ++t) {
+    const __m512i corr = _mm512_set1_epi32(128 * xsum[t]);
+    const fbatch s(sx[t]);
+    for (std::size_t j = 0; j < 4 && j * 16 < cols; ++j) {
+      const std::size_t n = std::min<std::size_t>(16, cols - j * 16);
+      const fbatch v(_mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(acc.v[t][j], corr)));
+      const fbatch f =
+          s * (n == 16 ? simd::widen(sw + 16 * j) : simd::widen_partial(sw + 16 * j, n));
+      float* yp = y + t * ldy + 16 * j;
+      const fbatch r = load_y ? simd::fma(v, f, simd::load_n(yp, n)) : v * f;
+      simd::store_n(yp, r, n);
+    }
+  }
+#else
+  for (std::size_t t = 0; t < mr; ++t) {
+    for (std::size_t c = 0; c < cols; ++c) {
+      const float v = static_cast<float>(acc.v[t][c] - 128 * xsum[t]);
+      const float f = sx[t] * sw[c].to_float();
+      y[t * ldy + c] = load_y ? std::fma(v, f, y[t * ldy + c]) : v * f;
+    }
+  }
+#endif
+}
+
+/// Scratch of one int8-activation task (bytes): packed strip, quantised rows, scales, sums.
+struct Int8ActScratch {
+  std::int8_t* strip;
+  std::int8_t* xq;
+  float* sx;
+  std::int32_t* xsum;
+  static std::size_t bytes(std::size_t kc, std::size_t tb) noexcept {
+    return kc * kQR + tb * round_up(kc, 64) + tb * (sizeof(float) + sizeof(std::int32_t)) + 256;
+  }
+  Int8ActScratch(void* base, std::size_t kc, std::size_t tb) noexcept {
+    auto* p = static_cast<std::int8_t*>(base);
+    strip = p;
+    xq = strip + kc * kQR;
+    sx = reinterpret_cast<float*>(xq + tb * round_up(kc, 64));
+    xsum = reinterpret_cast<std::int32_t*>(sx + tb);
+  }
+};
+
+/// The plan of an int8-activation call: kDirect (T <= kMR: weights read in place, 16 rows per
+/// step) or kPacked (kc = 4 x the f32 strip depth: the same bytes per strip). work_floats()
+/// covers Int8ActScratch.
+inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, const Blocking& b,
+                              std::size_t scratch_bytes) noexcept {
+  Plan p;
+  const bool direct = T <= kMR;
+  p.path = direct ? Path::kDirect : Path::kPacked;
+  p.kc = std::min(round_up(in, 4), direct ? std::size_t{16} : 4 * b.kc);
+  p.pf = direct ? (T == 1 ? b.direct_pf_t1 : 16) : 0;
+  if (direct) {
+    const std::size_t slab = round_up(std::max(b.direct_slab_bytes, kQR), kQR);
+    p.nc = slab >= out ? out : slab;
+    p.tb = T;
+  } else {
+    p.nc = std::min(b.nc, out);
+    p.n_tblocks = ceil_div(T, b.max_tb);
+    p.tb = round_up(ceil_div(T, p.n_tblocks), kMR);
+  }
+  p.n_slabs = ceil_div(out, p.nc);
+  p.n_tblocks = ceil_div(T, p.tb);
+  p.strip_floats = ceil_div(Int8ActScratch::bytes(p.kc, p.tb), sizeof(float));
+  split_k(p, p.tb, in, p.kc, p.work_floats(), scratch_bytes);
+  return p;
+}
+
+/// One task of an int8-activation call (see gemm() in matmul.hpp for the Block fields).
+template <std::size_t MR>
+void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk, std::size_t t,
+                        std::size_t k0, std::size_t kc, std::size_t n, std::size_t cols,
+                        const Int8ActScratch& s, bool raw, bool pack_out, bool load_y) noexcept {
+  const std::size_t ldq = round_up(plan.kc, 64);
+  Acc32<MR> acc;
+  acc.zero();
+  const std::int8_t* xq = s.xq + (t - blk.t0) * ldq;
+  const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;
+  if (!raw) {
+    int8act_kernel<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
+  } else if (pack_out) {
+    int8act_kernel<MR, true, true>(kc, xq, ldq, w.data + k0 * w.out + n, w.out, cols, 0, s.strip,
+                                   acc);
+  } else {
+    int8act_kernel<MR, true, false>(kc, xq, ldq, w.data + k0 * w.out + n, w.out, cols, pf, nullptr,
+                                    acc);
+  }
+  const bf16* sw = w.scales + (k0 / w.block_rows()) * w.out + n;
+  int8act_store(acc, std::min(MR, blk.t1 - t), s.xsum + (t - blk.t0), s.sx + (t - blk.t0), sw, cols,
+                blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0), blk.d.ld, load_y);
+}
+
+inline void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& w,
+                        const Block& blk, void* scratch) noexcept {
+  const Int8ActScratch s(scratch, plan.kc, plan.tb);
+  const std::size_t br = w.block_rows();
+  const std::size_t ldq = round_up(plan.kc, 64);
+  const bool packed = plan.path == Path::kPacked && MOE_MATMUL_VNNI;
+  std::size_t block = static_cast<std::size_t>(-1);
+  for (std::size_t k0 = blk.r0; k0 < blk.r1;) {
+    const std::size_t k1 = std::min({k0 + plan.kc, blk.r1, (k0 / br + 1) * br});
+    const std::size_t kc = k1 - k0;
+    const bool load_y = blk.load_y || k0 != blk.r0;
+    if (k0 / br != block) {  // a new scale block: the tokens' scales over the whole block
+      block = k0 / br;
+      for (std::size_t t = blk.t0; t < blk.t1; ++t) {
+        s.sx[t - blk.t0] = act_scale(x.row(t) + block * br, br);
+      }
+    }
+    for (std::size_t t = blk.t0; t < blk.t1; ++t) {
+      const float sx = s.sx[t - blk.t0];
+      const float inv = sx > 0.0f ? 1.0f / sx : 0.0f;  // NaN scale: NaN comparisons fail -> 0
+      s.xsum[t - blk.t0] = quantize_row(x.row(t) + k0, kc, inv, s.xq + (t - blk.t0) * ldq);
+    }
+    for (std::size_t n = blk.n0; n < blk.n1; n += kQR) {
+      const std::size_t cols = std::min(kQR, blk.n1 - n);
+      for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
+        const bool first = t == blk.t0;
+        const bool raw = !packed || first;
+        const bool pack_out = packed && first;
+        switch (std::min(kMR, blk.t1 - t)) {
+          case 1:
+            run_int8act_tblock<1>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+          case 2:
+            run_int8act_tblock<2>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+          case 3:
+            run_int8act_tblock<3>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+          case 4:
+            run_int8act_tblock<4>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+          case 5:
+            run_int8act_tblock<5>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+          default:
+            run_int8act_tblock<6>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            break;
+        }
+      }
+    }
+    k0 = k1;
+  }
+}
+
+MOE_SIMD_DETAIL_END

@@ -1,0 +1,157 @@
+// The host description and the matmul plan: detection on this machine, the blocking of both
+// tuning hosts (AMD Zen 5, Intel Emerald Rapids), and plans that are pure functions of the shapes
+// (never of the thread count) and always fit the pool's scratch.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include <moe/ops/detail/host.hpp>
+#include <moe/ops/matmul.hpp>
+
+namespace {
+
+using moe::detail::Blocking;
+using moe::detail::blocking_for;
+using moe::detail::HostInfo;
+using moe::detail::make_plan;
+using moe::detail::Path;
+using moe::detail::Plan;
+using moe::detail::Shape;
+
+Shape shape(std::size_t T, std::size_t in, std::size_t out, std::size_t elem, bool in_out = true) {
+  Shape s;
+  s.T = T;
+  s.in = in;
+  s.out = out;
+  s.elem = elem;
+  s.in_out = in_out;
+  return s;
+}
+
+/// The strip depth rule: kc x kNR floats fill at most 2/3 of L1d (multiple of 16, 64..256).
+std::size_t strip_rows(std::size_t l1d) {
+  const std::size_t kc = l1d * 2 / 3 / (moe::detail::kNR * sizeof(float)) / 16 * 16;
+  return std::clamp<std::size_t>(kc, 64, 256);
+}
+
+}  // namespace
+
+TEST_CASE("host detection finds this CPU's caches", "[kernels][plan]") {
+  const HostInfo h = HostInfo::detect();
+  INFO(h.describe());
+  CHECK(h.l1d_bytes >= 16 * 1024);
+  CHECK(h.l1d_bytes <= 256 * 1024);
+  CHECK(h.l2_bytes >= 256 * 1024);
+  CHECK(h.l3_bytes >= h.l2_bytes);
+#if defined(__x86_64__)
+  CHECK(h.vendor != moe::detail::CpuVendor::kOther);
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+  CHECK(h.avx512);  // the compiler was told this CPU has it
+#endif
+  // CPUID and sysfs agree where sysfs exists (Linux).
+  moe::detail::CacheDesc c;
+  for (unsigned i = 0; i < 8 && moe::detail::read_sysfs_cache(i, c); ++i) {
+    if (!c.data) continue;
+    INFO("sysfs index" << i << ": L" << c.level << " " << c.bytes << " bytes, " << c.ways
+                       << " ways");
+    if (c.level == 1) CHECK(c.bytes == h.l1d_bytes);
+    if (c.level == 2) CHECK(c.bytes == h.l2_bytes);
+  }
+}
+
+TEST_CASE("cache sizes parse in sysfs notation", "[kernels][plan]") {
+  CHECK(moe::detail::parse_cache_size("48K\n") == 48 * 1024);
+  CHECK(moe::detail::parse_cache_size("2048K") == 2048 * 1024);
+  CHECK(moe::detail::parse_cache_size("260M") == 260u * 1024 * 1024);
+  CHECK(moe::detail::parse_cache_size("x") == 0);
+}
+
+TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::zen5());
+  CHECK(b.kc == strip_rows(48 * 1024));
+#if MOE_MATMUL_AVX512
+  CHECK(b.kc == 128);  // 64-column strips of 512-bit vectors
+#endif
+  CHECK(b.nc == 512);
+  CHECK(b.max_tb == 256);
+  CHECK(b.f32_in_place_max_t == static_cast<std::size_t>(-1));  // f32 [in, out] read in place
+  CHECK(b.tile_prefetch);
+  CHECK_FALSE(b.strip_prefetch);
+  CHECK(b.direct_slab_bytes == 8192);
+  CHECK(b.direct_rows_t1 == 4);
+  CHECK(b.direct_pf_t1 == 8);
+  CHECK(b.direct_rows_t1_f32 == 16);
+  CHECK(b.direct_pf_t1_f32 == 0);
+  CHECK(b.direct_rows == 8);
+}
+
+TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::emerald_rapids());
+  CHECK(b.kc == blocking_for(HostInfo::zen5()).kc);  // same L1d as Zen 5
+  CHECK(b.nc == 512);
+  CHECK(b.max_tb == 256);
+  CHECK(b.f32_in_place_max_t == 0);  // f32 strips packed at every T
+  CHECK(b.tile_prefetch);
+  CHECK(b.strip_prefetch);
+  CHECK(b.direct_pf_t1 == 8);
+  // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
+  HostInfo small = HostInfo::emerald_rapids();
+  small.l1d_bytes = 32 * 1024;
+  CHECK(blocking_for(small).kc == strip_rows(32 * 1024));
+#if MOE_MATMUL_AVX512
+  CHECK(blocking_for(small).kc == 80);
+#endif
+  HostInfo other = HostInfo::zen5();
+  other.vendor = moe::detail::CpuVendor::kOther;
+  CHECK(blocking_for(other) == blocking_for(HostInfo::zen5()));
+}
+
+TEST_CASE("plans use the expected paths and fit the scratch", "[kernels][plan]") {
+  const std::size_t scratch = moe::ThreadPool::kDefaultScratchBytes;
+  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    const Blocking b = blocking_for(h);
+    INFO(h.describe());
+    for (std::size_t T : {1, 2, 6, 7, 16, 64, 256, 1000}) {
+      for (auto [in, out] : {std::pair<std::size_t, std::size_t>{6144, 32768},
+                             {32768, 6144},
+                             {6144, 1024},
+                             {1024, 4096},
+                             {17, 5}}) {
+        for (std::size_t elem : {1, 2, 4}) {
+          for (bool in_out : {true, false}) {
+            if (elem == 1 && !in_out) continue;
+            const Plan p = make_plan(shape(T, in, out, elem, in_out), b, scratch);
+            INFO("T " << T << " in " << in << " out " << out << " elem " << elem << " in_out "
+                      << in_out);
+            CHECK(p.scratch_bytes() <= scratch);
+            CHECK(p.n_chunks * p.chunk >= in);
+            CHECK(p.n_slabs * p.nc >= out);
+            CHECK(p.n_tblocks * p.tb >= T);
+            if (in_out) {
+              CHECK(p.path == (T <= moe::detail::kMR ? Path::kDirect : Path::kPacked));
+            } else {
+              CHECK(p.path == (T <= moe::detail::kDotMaxT ? Path::kDot : Path::kPacked));
+            }
+            if (p.path == Path::kPacked && elem == 4 && in_out) {
+              CHECK(p.pack == (T > b.f32_in_place_max_t));
+            }
+            if (in * out >= 1u << 20) CHECK(p.n_tasks() >= 4);  // enough tasks for 2+ threads
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("a scratch too small for a strip gives unpacked plans", "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::emerald_rapids());
+  CHECK(make_plan(shape(20, 2000, 70, 2), b, 4096).path == Path::kDirect);
+  CHECK(make_plan(shape(20, 2000, 70, 2, false), b, 4096).path == Path::kDot);
+  Shape t = shape(20, 2000, 70, 4);
+  t.a_trans = true;
+  CHECK(make_plan(t, b, 4096).path == Path::kNone);
+  CHECK(make_plan(t, b, std::size_t{1} << 20).path == Path::kPacked);
+}
