@@ -1,6 +1,6 @@
 // moe-run: runs a Hugging Face MoE checkpoint (MixtralForCausalLM, Qwen2MoeForCausalLM,
 // OlmoeForCausalLM; config.json + safetensors shards) directly from its files, zero-copy through
-// mmap. See examples/moe_run/README.md and docs/hf-checkpoints.md.
+// mmap. See examples/moe_run/README.md (flags, --json) and docs/hf-checkpoints.md.
 //
 //   moe-run --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)
 //           [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]

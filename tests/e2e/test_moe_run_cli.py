@@ -7,8 +7,9 @@ Checkpoints are written by tools/make_hf_checkpoint.py (the Hugging Face layout,
 and compared with tools/hf_reference.py (a float64 transliteration of the transformers modeling
 code, with its own safetensors reader). Cases:
   logits     for Mixtral (bf16, 3 shards), Mixtral with a sliding window (f32), Qwen2-MoE (bf16,
-             a dense first layer, the gated shared expert) and OLMoE (f32, tied head): moe-run's
-             prompt logits (--dump-logits) match the reference within 1e-5 of the largest logit.
+             a dense first layer, the gated shared expert), OLMoE (f32, tied head) and Qwen2-MoE
+             in f16 (widened at load): moe-run's prompt logits (--dump-logits) match the
+             reference within 1e-5 of the largest logit.
   greedy     greedy generation (--temperature 0) equals the reference's argmax continuation for
              each family (up to a near-tie of the reference).
   errors     bad command lines exit 2; a truncated shard, header offsets past the end of a
@@ -35,6 +36,7 @@ FAMILIES = {  # name: (family, dtype, shards, config overrides)
     "mixtral_window": ("mixtral", "f32", 1, {"sliding_window": 4}),
     "qwen2_moe": ("qwen2_moe", "bf16", 2, {"mlp_only_layers": [0]}),
     "olmoe": ("olmoe", "f32", 1, {"norm_topk_prob": True, "tie_word_embeddings": True}),
+    "qwen2_moe_f16": ("qwen2_moe", "f16", 2, {}),  # f16 matrices: widened to f32 at load
 }
 PROMPT = [5, 17, 42, 3, 9, 33, 1, 60, 2, 11]
 
