@@ -1,7 +1,8 @@
 // The pieces the Hugging Face families add to the layers, forward and backward against central
 // differences of float64 formulations written here from the modeling code's math:
 //   * the attention core with a sliding window (Mixtral's sliding_window: key j visible to the
-//     query at position p iff p - w < j <= p);
+//     query at position p iff p - w < j <= p), and its forward over contexts of several key
+//     tiles with f32 and bf16 keys, in blocks and decode steps;
 //   * RotaryAttention with q/k/v biases (Qwen2-MoE) and RMSNorms over the whole q and k
 //     projections before RoPE (OLMoE), with and without a window; its training forward equals
 //     the KV-cache inference path;
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include <moe/core/arena.hpp>
+#include <moe/core/bf16.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/layers/attention.hpp>
 #include <moe/layers/expert.hpp>
@@ -128,9 +130,77 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
           return l;
         };
         const auto num = moe_test::numeric_gradient(loss, theta);
-        check_grad("q", dq, num.data());
-        check_grad("k", dk, num.data() + n * qd);
+        if (window == 1) {
+          // Each query sees only its own key: o = v, and the scores have no gradient.
+          const std::vector<double> zq(n * qd, 0.0), zk(n * kvd, 0.0);
+          CHECK(moe_test::diff(dq.data(), zq.data(), n * qd).max_abs < 1e-6);
+          CHECK(moe_test::diff(dk.data(), zk.data(), n * kvd).max_abs < 1e-6);
+        } else {
+          check_grad("q", dq, num.data());
+          check_grad("k", dk, num.data() + n * qd);
+        }
         check_grad("v", dv, num.data() + n * qd + n * kvd);
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "attention core with a sliding window over long contexts (tiles before the window "
+    "skipped), f32 and bf16 keys, later positions",
+    "[train][attention][window]") {
+  // T spans several 64-key tiles: the score and value loops start at the window's tile and a
+  // row's visible keys start inside a tile. Query rows run in blocks, the last as decode steps
+  // (pos0 > 0, one row each), as the inference path calls the core.
+  const std::size_t lanes = moe::simd::kLanes, T = 3 * moe::kAttentionTile + 11;
+  for (const std::size_t dh : {std::size_t{4}, 2 * lanes}) {
+    for (const std::size_t window : {std::size_t{1}, std::size_t{37}, moe::kAttentionTile,
+                                     moe::kAttentionTile + 1, 2 * moe::kAttentionTile + 5, T}) {
+      for (const bool bf16_kv : {false, true}) {
+        DYNAMIC_SECTION("dh " << dh << ", window " << window << (bf16_kv ? ", bf16" : ", f32")) {
+          const std::size_t hq = 4, hkv = 2, qd = hq * dh, kvd = hkv * dh;
+          const moe::AttentionCore core{hq, hkv, dh, 0.3f, 0.0f, window};
+          const auto q = moe_test::randn(T * qd, 1);
+          auto kk = moe_test::randn(T * kvd, 2), v = moe_test::randn(T * kvd, 3);
+          std::vector<moe::bf16> kb(kk.size()), vb(v.size());
+          for (std::size_t i = 0; i < kk.size(); ++i) {
+            kb[i] = moe::bf16(kk[i]);
+            vb[i] = moe::bf16(v[i]);
+            if (bf16_kv) {  // the reference sees the rounded values
+              kk[i] = kb[i].to_float();
+              v[i] = vb[i].to_float();
+            }
+          }
+          std::vector<float> o(T * qd, -1.0f);
+          moe::Arena arena(moe::attend_scratch_bytes(core, T, T));
+          float* s = arena.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
+          const std::size_t prefill = T - 5;
+          for (std::size_t g = 0; g < hkv; ++g) {
+            const auto run = [&](const auto& kv) {
+              const moe::MatrixView<const float> qv(q.data(), T, qd);
+              const moe::MatrixView<float> ov(o.data(), T, qd);
+              moe::attend_causal(core, qv, ov, kv, g, 0, 70, 0, s, nullptr, 0);
+              moe::attend_causal(core, qv, ov, kv, g, 70, prefill, 0, s, nullptr, 0);
+              for (std::size_t p = prefill; p < T; ++p) {  // decode: row 0 at position p
+                moe::attend_causal(core, {q.data() + p * qd, 1, qd}, {o.data() + p * qd, 1, qd}, kv,
+                                   g, 0, 1, p, s, nullptr, 0);
+              }
+            };
+            if (bf16_kv) {
+              run(moe::KvRows<moe::bf16>{kb.data() + g * dh, vb.data() + g * dh, kvd});
+            } else {
+              run(moe::KvRows<float>{kk.data() + g * dh, v.data() + g * dh, kvd});
+            }
+          }
+          moe::AttentionConfig c;
+          c.n_q_heads = hq;
+          c.n_kv_heads = hkv;
+          c.head_dim = dh;
+          c.logit_multiplier = 0.3;
+          const Vec want = windowed_core(c, Vec(q.begin(), q.end()), Vec(kk.begin(), kk.end()),
+                                         Vec(v.begin(), v.end()), T, T, window);
+          CHECK(moe_test::diff(o.data(), want.data(), T * qd).max_abs < 1e-5);
+        }
       }
     }
   }
