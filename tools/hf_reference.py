@@ -4,6 +4,7 @@
     /usr/bin/python3 tools/hf_reference.py CKPT_DIR [--tokens 1,5,9] [--max-new-tokens N]
         [--logits OUT.npy] [--logits64 OUT.npy] [--json]
     /usr/bin/python3 tools/hf_reference.py --self-test FIXTURES_DIR
+    /usr/bin/python3 tools/hf_reference.py --write-references FIXTURES_DIR
 
 A numpy transliteration, in float64, of the forward pass of MixtralForCausalLM,
 Qwen2MoeForCausalLM and OlmoeForCausalLM as the public modeling code of huggingface/transformers
@@ -41,6 +42,11 @@ Python routing; the vectorised
 masked attention against a loop over explicit key ranges; causality (the logits of a prefix
 equal the first rows of the full pass); the sliding window (positions below the window equal a
 run without it, later positions differ); greedy decoding against argmax of the full pass.
+
+--write-references DIR writes, into each fixture checkpoint of DIR, reference_logits.npy (float32
+[9, vocab], the logits of default_tokens(c, 9)) and reference.json (the tokens, the greedy
+continuation of 6 tokens and each step's margin between the two largest logits, relative to the
+largest |logit|, so that a test can skip near-ties), for tests/io/test_hf_model.cpp.
 """
 import argparse
 import json
@@ -398,6 +404,30 @@ def self_test(root):
     print("hf_reference: self-test passed")
 
 
+def greedy_with_margins(c, W, tokens, n):
+    """greedy() plus, per step, (top1 - top2) / max |logit| of the step's logits."""
+    seq, margins = list(tokens), []
+    for _ in range(n):
+        last = forward(c, W, seq)[-1]
+        order = np.argsort(-last, kind="stable")
+        margins.append(float((last[order[0]] - last[order[1]]) / np.max(np.abs(last))))
+        seq.append(int(order[0]))
+    return seq[len(tokens):], margins
+
+
+def write_references(root):
+    for name in CHECKPOINTS:
+        ckpt = os.path.join(root, name)
+        c, W = load(ckpt)
+        tokens = default_tokens(c, 9)
+        np.save(os.path.join(ckpt, "reference_logits.npy"), forward(c, W, tokens).astype("<f4"))
+        cont, margins = greedy_with_margins(c, W, tokens, 6)
+        with open(os.path.join(ckpt, "reference.json"), "w") as f:
+            json.dump({"tokens": tokens, "greedy": cont, "margins": margins}, f)
+            f.write("\n")
+    print("hf_reference: references written for %d checkpoints in %s" % (len(CHECKPOINTS), root))
+
+
 # ---- command line --------------------------------------------------------------------------------
 
 
@@ -405,6 +435,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", nargs="?")
     ap.add_argument("--self-test", metavar="FIXTURES_DIR")
+    ap.add_argument("--write-references", metavar="FIXTURES_DIR")
     ap.add_argument("--tokens", help="comma-separated prompt ids (default: 8 fixed ids)")
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--logits", metavar="OUT.npy", help="prompt logits [T, vocab] as float32")
@@ -413,6 +444,9 @@ def main():
     args = ap.parse_args()
     if args.self_test:
         self_test(args.self_test)
+        return 0
+    if args.write_references:
+        write_references(args.write_references)
         return 0
     if not args.checkpoint:
         ap.error("CKPT_DIR or --self-test DIR is required")

@@ -2,7 +2,7 @@
 """Writes tiny random checkpoints in the Hugging Face layout, with numpy only.
 
     /usr/bin/python3 tools/make_hf_checkpoint.py OUT_DIR [--family mixtral|qwen2_moe|olmoe]
-        [--dtype bf16|f32] [--shards N] [--seed S] [--set key=value ...]
+        [--dtype bf16|f16|f32] [--shards N] [--seed S] [--set key=value ...]
         [--preset tiny|full] [--sparse]
     /usr/bin/python3 tools/make_hf_checkpoint.py --fixtures DIR    (the test fixtures of ctest)
 
@@ -44,7 +44,7 @@ import numpy as np
 
 ARCH = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
         "olmoe": "OlmoeForCausalLM"}
-TORCH_DTYPE = {"bf16": "bfloat16", "f32": "float32"}
+TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 
 def tiny_config(family, dtype):
@@ -222,7 +222,7 @@ def write_checkpoint(out, config, dtype="bf16", shards=1, seed=0, sparse=False):
     real-size layouts; their manifest has no CRCs."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
-    st = {"bf16": "BF16", "f32": "F32"}[dtype]
+    st = {"bf16": "BF16", "f16": "F16", "f32": "F32"}[dtype]
     tensors = [(name, st, shape, None if sparse else encode(random_values(name, shape, rng), st))
                for name, shape in tensor_list(config)]
     total = sum(nbytes(st, t[2]) for t in tensors)
@@ -313,7 +313,7 @@ def main():
     ap.add_argument("out", nargs="?")
     ap.add_argument("--fixtures", metavar="DIR")
     ap.add_argument("--family", choices=sorted(ARCH), default="mixtral")
-    ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    ap.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")

@@ -1,8 +1,9 @@
-// The Hugging Face config.json translation and tensor table (moe/models/hf_config.hpp): the
-// published shapes of Mixtral 8x7B, Qwen1.5-MoE-A2.7B and OLMoE-1B-7B (parameter counts against
-// the published totals), the tiny checkpoints of tools/make_hf_checkpoint.py (whose Python table
-// is written independently of the C++ one: the two must agree name for name), and every
-// unsupported or inconsistent value as a ConfigError naming the field and the file.
+// The Hugging Face config.json translation and tensor table (moe/models/hf_config.hpp,
+// hf_tensors.hpp): the published shapes of Mixtral 8x7B, Qwen1.5-MoE-A2.7B and OLMoE-1B-7B
+// (parameter counts against the published totals), the tiny checkpoints of
+// tools/make_hf_checkpoint.py (whose Python table is written independently of the C++ one: the two
+// must agree name for name), and every unsupported or inconsistent value as a ConfigError naming
+// the field and the file.
 #include <catch2/catch.hpp>
 
 #include <set>
@@ -12,6 +13,7 @@
 #include <moe/io/json.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/models/hf_config.hpp>
+#include <moe/models/hf_tensors.hpp>
 
 #include "io_test_util.hpp"
 

@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <moe/io/json.hpp>
@@ -310,6 +311,28 @@ TEST_CASE("safetensors: malformed files are FormatErrors naming the file and ten
         EndsWith("the header nests deeper than 64"));
     CHECK_THAT(open_error("st_strings", "{\"a,,,,\\\",,,\":{}}", 0),
                EndsWith("tensor 'a,,,,\",,,': missing key 'dtype'"));
+  }
+  SECTION("duplicate names in a large header (io/json.hpp's hashed check)") {
+    // Objects beyond JsonParser::kLinearKeys members check keys by hash: a duplicate of the first
+    // member, of one just before the switch, of one after it, and as the last member.
+    const std::size_t n = 100, lin = moe::io::JsonParser::kLinearKeys;
+    auto header = [&](std::size_t dup_at, std::size_t dup_of) {
+      std::string h = "{";
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t id = i == dup_at ? dup_of : i;
+        h += (i ? "," : "") + tensor("t" + std::to_string(id), "F32", "[]", 4 * i, 4 * i + 4);
+      }
+      return h + "}";
+    };
+    for (const auto& [at, of] : std::vector<std::pair<std::size_t, std::size_t>>{
+             {lin - 1, 0}, {lin, 0}, {lin, lin - 1}, {lin + 1, lin}, {n - 1, 50}, {n - 1, 0}}) {
+      INFO("member " << at << " repeats member " << of);
+      CHECK_THAT(open_error("st_dup_many", header(at, of), 4 * n),
+                 Contains("duplicate key 't" + std::to_string(of) + "'"));
+    }
+    const fs::path ok = scratch("st_many_ok") / "model.safetensors";
+    write_file(ok, st_file(header(n, n), 4 * n));
+    CHECK(st::File(ok).entries().size() == n);
   }
   SECTION("entries with missing, extra or ill-typed keys") {
     CHECK_THAT(open_error("st_missing", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4),

@@ -61,6 +61,13 @@ add_test(NAME "io.fixtures: generate Hugging Face checkpoints"
                  --fixtures "${MOE_HF_FIXTURES_DIR}")
 set_tests_properties("io.fixtures: generate Hugging Face checkpoints"
                      PROPERTIES FIXTURES_SETUP moe_hf_fixtures LABELS io TIMEOUT 300)
+# ... and the float64 reference's logits and greedy continuations for them (test_hf_model.cpp).
+add_test(NAME "io.fixtures: Hugging Face reference logits"
+         COMMAND "${MOE_IO_PYTHON}" "${PROJECT_SOURCE_DIR}/tools/hf_reference.py"
+                 --write-references "${MOE_HF_FIXTURES_DIR}")
+set_tests_properties("io.fixtures: Hugging Face reference logits"
+                     PROPERTIES FIXTURES_SETUP moe_hf_fixtures LABELS io TIMEOUT 300
+                                DEPENDS "io.fixtures: generate Hugging Face checkpoints")
 add_test(NAME "io.fixtures: remove the sparse Mixtral 8x7B checkpoint"
          COMMAND "${CMAKE_COMMAND}" -E rm -rf "${MOE_HF_FIXTURES_DIR}/mixtral_8x7b_sparse")
 set_tests_properties("io.fixtures: remove the sparse Mixtral 8x7B checkpoint"

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -152,6 +153,8 @@ class JsonValue {
 class JsonParser {
  public:
   static constexpr int kMaxDepth = 64;
+  /// Objects up to this many members check duplicate keys by a linear scan; larger ones by hash.
+  static constexpr std::size_t kLinearKeys = 16;
 
   JsonParser(std::string_view text, std::string_view name) : s_(text), name_(name) {}
 
@@ -205,12 +208,22 @@ class JsonParser {
         ++p_;
         return v;
       }
+      // Duplicate keys: a linear scan while the object is small, a hash set of its keys beyond
+      // (so that a hostile object of n members costs O(n), not O(n^2)).
+      std::unordered_set<std::string> keys;
       for (;;) {
         skip_ws();
         if (peek() != '"') fail("expected a string key");
         std::string key = string();
-        for (const auto& kv : v.object_) {
-          if (kv.first == key) fail("duplicate key '" + key + "'");
+        if (v.object_.size() < kLinearKeys) {
+          for (const auto& kv : v.object_) {
+            if (kv.first == key) fail("duplicate key '" + key + "'");
+          }
+        } else {
+          if (keys.empty()) {
+            for (const auto& kv : v.object_) keys.insert(kv.first);
+          }
+          if (!keys.insert(key).second) fail("duplicate key '" + key + "'");
         }
         skip_ws();
         if (peek() != ':') fail("expected ':' after key '" + key + "'");

@@ -153,7 +153,7 @@ inline constexpr DType dtype_of() noexcept {
 struct Limits {
   std::size_t max_header_bytes = 100'000'000;  ///< the reference implementation's limit
   std::size_t max_ndim = 32;                   ///< tensor rank
-  std::size_t max_tensors = 1 << 14;           ///< members of any JSON object in the header
+  std::size_t max_tensors = 1 << 17;           ///< members of any JSON object in the header
 };
 
 /// One header entry, as validated. Offsets are absolute (from the start of the file).
@@ -253,10 +253,10 @@ inline std::size_t json_size(const JsonValue& v, std::string_view file, const st
   return static_cast<std::size_t>(u);
 }
 
-/// Bounds the JSON parser's work before it runs, in one pass over the text: io/json.hpp builds
-/// a node per value and checks an object's keys for duplicates pair by pair, so a 100 MB header
-/// of tiny members would take hours and gigabytes. Allowed: at most max_tensors + 1 members in
-/// any object, max(max_ndim, 64) elements in any array, 16 values per allowed tensor in all.
+/// Bounds the JSON parser's work and memory before it runs, in one pass over the text
+/// (io/json.hpp builds a node per value, so a 100 MB header of tiny values would take gigabytes).
+/// Allowed: at most max_tensors + 1 members in any object, max(max_ndim, 64) elements in any
+/// array, 16 values per allowed tensor in all.
 inline void check_header_shape(std::string_view text, std::string_view file, const Limits& limits) {
   struct Open {
     bool object;

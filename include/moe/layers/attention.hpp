@@ -3,10 +3,15 @@
 // For the T rows of x ([T, D], one row per token at positions pos .. pos+T-1, pos = the layer's
 // KV-cache length):
 //
-//   q = x . Wq  [T, Hq*dh]    k = x . Wk  [T, Hkv*dh]    v = x . Wv  [T, Hkv*dh]   (no biases)
+//   q = x . Wq (+ bq)  [T, Hq*dh]    k = x . Wk (+ bk)  [T, Hkv*dh]    v = x . Wv (+ bv)
+//                                          (biases optional: Qwen2-MoE's q/k/v_proj.bias)
+//   q <- RMSNorm(q, q_norm), k <- RMSNorm(k, k_norm)
+//                                          (optional, over the whole projection of a token, all
+//                                           heads together, eps qk_norm_eps: OLMoE's q_norm/k_norm)
 //   q, k <- RoPE(position)                 (rotated in f32; layout and base from the config)
 //   cache[layer] <- append k, v            (keys are cached already rotated)
-//   for query head h (KV head g = h / (Hq/Hkv)) and token t, over keys j <= pos + t (causal):
+//   for query head h (KV head g = h / (Hq/Hkv)) and token t, over keys j <= pos + t (causal;
+//   with sliding_window = w only keys j > pos + t - w, as Mistral's sliding-window attention):
 //     s_j = logit_multiplier * (q_t,h . k_j,g)
 //     s_j = softcap * tanh(s_j / softcap)   (only when softcap > 0; Grok-1: 30)
 //     w   = softmax_j(s)                    (f32)
@@ -21,8 +26,9 @@
 // argument, the sequence length): x holds B sequences of T tokens each ([B*T, D], sequence b in
 // rows [b*T, (b+1)*T)); each attends causally within itself at positions 0 .. T-1, without a KV
 // cache. The tape keeps the rotated q and k, v, the head outputs o and the log-sum-exp of every
-// score row; backward recomputes the attention weights from them (ops/attention.hpp has the
-// formulas), un-rotates dq and dk (RoPE's transpose) and runs the four projections backward.
+// score row (with q/k norms also q and k before them); backward recomputes the attention weights
+// from them (ops/attention.hpp has the formulas), un-rotates dq and dk (RoPE's transpose), runs
+// the q/k norms backward, sums the bias gradients and runs the four projections backward.
 //
 // Work split: the projections are moe::matmul (moe::matmul_backward_* in training); the attention
 // core (ops/attention.hpp) runs one task per (KV head, block of tokens) -- per (sequence, KV head)
@@ -36,6 +42,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <type_traits>
 
@@ -49,6 +56,7 @@
 #include <moe/ops/attention.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/matmul_grad.hpp>
+#include <moe/ops/norm.hpp>
 #include <moe/ops/rope.hpp>
 #include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
@@ -68,6 +76,11 @@ struct AttentionConfig {
   double logit_multiplier = 0.0;
   /// Logit soft-cap c: s -> c tanh(s / c) after the multiplier (0 = off). Grok-1: 30.
   double softcap = 0.0;
+  /// Sliding window: a query at position p sees keys p - w < j <= p (0 = plain causal). The KV
+  /// cache still keeps every position. Mixtral's config.json sliding_window.
+  std::size_t sliding_window = 0;
+  /// eps of the optional q/k RMSNorms (AttentionWeights::q_norm, k_norm). OLMoE: rms_norm_eps.
+  double qk_norm_eps = 1e-5;
 
   [[nodiscard]] std::size_t q_dim() const noexcept { return n_q_heads * head_dim; }
   [[nodiscard]] std::size_t kv_dim() const noexcept { return n_kv_heads * head_dim; }
@@ -92,19 +105,65 @@ struct AttentionConfig {
     need(logit_multiplier >= 0 && std::isfinite(logit_multiplier),
          "logit_multiplier must be finite and >= 0 (0 = 1/sqrt(head_dim))");
     need(softcap >= 0 && std::isfinite(softcap), "softcap must be finite and >= 0 (0 = off)");
+    need(qk_norm_eps > 0 && std::isfinite(qk_norm_eps), "qk_norm_eps must be finite and > 0");
   }
 };
 
-/// The four projections of an attention layer (views, JAX [in, out] or PyTorch layout).
+/// The four projections of an attention layer (views, JAX [in, out] or PyTorch layout), and the
+/// optional f32 biases and q/k norm scales (empty = none).
 template <class W>
 struct AttentionWeights {
-  W wq{};  ///< [D, Hq*dh]
-  W wk{};  ///< [D, Hkv*dh]
-  W wv{};  ///< [D, Hkv*dh]
-  W wo{};  ///< [Hq*dh, D]
+  W wq{};                                   ///< [D, Hq*dh]
+  W wk{};                                   ///< [D, Hkv*dh]
+  W wv{};                                   ///< [D, Hkv*dh]
+  W wo{};                                   ///< [Hq*dh, D]
+  std::span<const float> bq{}, bk{}, bv{};  ///< biases [Hq*dh], [Hkv*dh], [Hkv*dh] (Qwen2-MoE)
+  /// RMSNorm scales over the whole q [Hq*dh] and k [Hkv*dh], before RoPE (OLMoE); both or none.
+  std::span<const float> q_norm{}, k_norm{};
+
+  [[nodiscard]] bool has_qk_norm() const noexcept { return !q_norm.empty(); }
 };
 
 }  // namespace moe
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// Backward of y = RMSNorm(x, scale) over the rows of x (x: the norm's input): dx += dL/dx rows
+/// split over the pool; dscale (if not null) += sum over rows of dy * x * r, rows in order per
+/// column slab (deterministic). r holds x.rows floats of scratch.
+inline void norm_rows_backward(ThreadPool& pool, MatrixView<const float> x, const float* scale,
+                               MatrixView<const float> dy, MatrixView<float> dx, float* dscale,
+                               float eps, float* r) {
+  constexpr std::size_t kRows = 8, kSlab = 256;
+  const std::size_t n = x.rows, d = x.cols;
+  pool.parallel_for((n + kRows - 1) / kRows, [&](std::size_t c, std::size_t) {
+    const std::size_t r1 = std::min(n, (c + 1) * kRows);
+    for (std::size_t t = c * kRows; t < r1; ++t) {
+      r[t] = rms_norm_backward(x.row(t), scale, dy.row(t), dx.row(t), d, eps);
+    }
+  });
+  if (dscale == nullptr) return;
+  pool.parallel_for((d + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
+    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d - c0);
+    for (std::size_t t = 0; t < n; ++t) {
+      rms_norm_scale_backward(x.row(t) + c0, dy.row(t) + c0, r[t], dscale + c0, m);
+    }
+  });
+}
+
+/// out[c] += sum over rows of d[:, c] (a bias gradient), rows in order per column slab. Nothing
+/// when `out` is empty (frozen).
+inline void add_column_sums(ThreadPool& pool, MatrixView<const float> d, std::span<float> out) {
+  if (out.empty()) return;
+  constexpr std::size_t kSlab = 256;
+  pool.parallel_for((d.cols + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
+    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d.cols - c0);
+    for (std::size_t t = 0; t < d.rows; ++t)
+      add(out.data() + c0, d.row(t) + c0, out.data() + c0, m);
+  });
+}
+
+MOE_SIMD_DETAIL_END
 
 MOE_SIMD_NAMESPACE_BEGIN
 
@@ -126,9 +185,22 @@ class RotaryAttention {
     check_weight_shape(w_.wk, "attention", "wk", cfg_.d_model, cfg_.kv_dim());
     check_weight_shape(w_.wv, "attention", "wv", cfg_.d_model, cfg_.kv_dim());
     check_weight_shape(w_.wo, "attention", "wo", cfg_.q_dim(), cfg_.d_model);
+    check_vector(w_.bq, "bq", cfg_.q_dim());
+    check_vector(w_.bk, "bk", cfg_.kv_dim());
+    check_vector(w_.bv, "bv", cfg_.kv_dim());
+    check_vector(w_.q_norm, "q_norm", cfg_.q_dim());
+    check_vector(w_.k_norm, "k_norm", cfg_.kv_dim());
+    if (w_.q_norm.empty() != w_.k_norm.empty()) {
+      throw ShapeError("[attention] q_norm and k_norm come together: got only " +
+                       std::string(w_.q_norm.empty() ? "k_norm" : "q_norm"));
+    }
     rope_ = Rope(cfg_.head_dim, cfg_.rope_base, cfg_.rope_layout, cfg_.rotary_dims);
-    core_ = AttentionCore{cfg_.n_q_heads, cfg_.n_kv_heads, cfg_.head_dim,
-                          static_cast<float>(cfg_.multiplier()), static_cast<float>(cfg_.softcap)};
+    core_ = AttentionCore{cfg_.n_q_heads,
+                          cfg_.n_kv_heads,
+                          cfg_.head_dim,
+                          static_cast<float>(cfg_.multiplier()),
+                          static_cast<float>(cfg_.softcap),
+                          cfg_.sliding_window};
   }
 
   [[nodiscard]] const AttentionConfig& config() const noexcept { return cfg_; }
@@ -214,27 +286,37 @@ class RotaryAttention {
 
   // ---- training (the contract of moe/layers/moe_types.hpp, per sequence-batched call) ----
 
-  /// Gradients of the four projections (frozen = data null; bf16 / int8 weights are frozen).
+  /// Gradients of the four projections (frozen = data null; bf16 / int8 weights are frozen), and
+  /// of the biases and q/k norm scales when the layer has them (empty span = frozen).
   struct Grads {
     WeightGrad wq, wk, wv, wo;
+    std::span<float> bq{}, bk{}, bv{}, q_norm{}, k_norm{};
   };
   /// What forward_train keeps for backward (views into the caller's tape).
   struct Saved {
     MatrixView<const float> q, k, v, o;  ///< rotated q [BT, Hq*dh], rotated k, v, head outputs
     const float* lse = nullptr;          ///< [BT, Hq]: log-sum-exp of every score row
     std::size_t seq_len = 0;             ///< T
+    MatrixView<const float> q_pre{}, k_pre{};  ///< q, k before their norms (q/k norms only)
   };
 
   /// Tape bytes forward_train() keeps for max_tokens rows (B * T).
   [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const noexcept {
-    return 2 * Arena::bytes_for<float>(max_tokens * cfg_.q_dim()) +
-           2 * Arena::bytes_for<float>(max_tokens * cfg_.kv_dim()) +
+    const std::size_t qk = w_.has_qk_norm() ? 3 : 2;  // q and o (k and v), + q (k) before the norm
+    return qk * Arena::bytes_for<float>(max_tokens * cfg_.q_dim()) +
+           qk * Arena::bytes_for<float>(max_tokens * cfg_.kv_dim()) +
            Arena::bytes_for<float>(max_tokens * cfg_.n_q_heads);
   }
   /// Scratch bytes of forward_train() and backward() for max_tokens rows (backward: dq, dk, dv and
-  /// the gradient of o).
+  /// the gradient of o; with q/k norms, the gradients before the norms and one float per row).
   [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
-    return workspace_bytes(max_tokens);
+    std::size_t b = workspace_bytes(max_tokens);
+    if (w_.has_qk_norm()) {
+      b += Arena::bytes_for<float>(max_tokens * cfg_.q_dim()) +
+           Arena::bytes_for<float>(max_tokens * cfg_.kv_dim()) +
+           Arena::bytes_for<float>(max_tokens);
+    }
+    return b;
   }
   /// Bytes of the pool's per-thread scratch forward_train() and backward() need for sequences of
   /// seq_len tokens.
@@ -258,9 +340,16 @@ class RotaryAttention {
     MatrixView<float> o(tape.alloc<float>(n * qd), n, qd);
     float* lse = tape.alloc<float>(n * hq);
     saved = Saved{q, k, v, o, lse, seq_len};
+    MatrixView<float> q_pre, k_pre;
+    if (w_.has_qk_norm()) {
+      q_pre = MatrixView<float>(tape.alloc<float>(n * qd), n, qd);
+      k_pre = MatrixView<float>(tape.alloc<float>(n * kvd), n, kvd);
+      saved.q_pre = q_pre;
+      saved.k_pre = k_pre;
+    }
     if (n == 0) return;
 
-    project_rotate(pool, x, q, k, v, 0, seq_len);
+    project_rotate(pool, x, q, k, v, 0, seq_len, q_pre, k_pre);
     const std::size_t block = token_block(pool, seq_len);
     const std::size_t n_blocks = (seq_len + block - 1) / block;
     const std::size_t n_seq = n / seq_len, dh = cfg_.head_dim;
@@ -293,6 +382,11 @@ class RotaryAttention {
     check_weight_grad(w_.wk, grads.wk, "attention", "wk");
     check_weight_grad(w_.wv, grads.wv, "attention", "wv");
     check_weight_grad(w_.wo, grads.wo, "attention", "wo");
+    check_vector_grad(grads.bq, w_.bq, "bq");
+    check_vector_grad(grads.bk, w_.bk, "bk");
+    check_vector_grad(grads.bv, w_.bv, "bv");
+    check_vector_grad(grads.q_norm, w_.q_norm, "q_norm");
+    check_vector_grad(grads.k_norm, w_.k_norm, "k_norm");
     const std::size_t n = x.rows, seq_len = saved.seq_len, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
     if (n == 0) return;
     check_scratch(pool, seq_len, true);
@@ -331,7 +425,25 @@ class RotaryAttention {
         rope_.apply_inverse(dq.row(t), cfg_.n_q_heads, t % seq_len);
       }
     });
-    // 4. the input projections.
+    // 4. the q/k norms (dq, dk become the gradients of the projections), then the biases.
+    if (w_.has_qk_norm()) {
+      MatrixView<float> dq_pre(scratch.alloc<float>(n * qd), n, qd);
+      MatrixView<float> dk_pre(scratch.alloc<float>(n * kvd), n, kvd);
+      float* r = scratch.alloc<float>(n);
+      fill(dq_pre.data, n * qd, 0.0f);
+      fill(dk_pre.data, n * kvd, 0.0f);
+      const auto eps = static_cast<float>(cfg_.qk_norm_eps);
+      detail::norm_rows_backward(pool, saved.q_pre, w_.q_norm.data(), dq, dq_pre,
+                                 grads.q_norm.empty() ? nullptr : grads.q_norm.data(), eps, r);
+      detail::norm_rows_backward(pool, saved.k_pre, w_.k_norm.data(), dk, dk_pre,
+                                 grads.k_norm.empty() ? nullptr : grads.k_norm.data(), eps, r);
+      dq = dq_pre;
+      dk = dk_pre;
+    }
+    detail::add_column_sums(pool, dq, grads.bq);
+    detail::add_column_sums(pool, dk, grads.bk);
+    detail::add_column_sums(pool, dv, grads.bv);
+    // 5. the input projections.
     matmul_backward_weight(pool, x, dq, grads.wq);
     matmul_backward_weight(pool, x, dk, grads.wk);
     matmul_backward_weight(pool, x, dv, grads.wv);
@@ -341,22 +453,47 @@ class RotaryAttention {
   }
 
  private:
-  /// q, k, v = x . W{q,k,v}, then RoPE on q and k; row t is at position pos0 + t % period.
+  /// q, k, v = x . W{q,k,v} (+ biases), the q/k norms, then RoPE on q and k; row t is at
+  /// position pos0 + t % period. q_pre / k_pre (training with q/k norms) receive q and k before
+  /// their norms.
   void project_rotate(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> q,
                       MatrixView<float> k, MatrixView<float> v, std::size_t pos0,
-                      std::size_t period) const {
+                      std::size_t period, MatrixView<float> q_pre = {},
+                      MatrixView<float> k_pre = {}) const {
     matmul(pool, x, w_.wq, q);
     matmul(pool, x, w_.wk, k);
     matmul(pool, x, w_.wv, v);
-    const std::size_t n = x.rows;
+    const std::size_t n = x.rows, qd = cfg_.q_dim(), kvd = cfg_.kv_dim();
+    const auto eps = static_cast<float>(cfg_.qk_norm_eps);
     constexpr std::size_t kRopeRows = 16;
     pool.parallel_for((n + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
       const std::size_t t1 = std::min(n, (task + 1) * kRopeRows);
       for (std::size_t t = task * kRopeRows; t < t1; ++t) {
+        if (!w_.bq.empty()) add(q.row(t), w_.bq.data(), q.row(t), qd);
+        if (!w_.bk.empty()) add(k.row(t), w_.bk.data(), k.row(t), kvd);
+        if (!w_.bv.empty()) add(v.row(t), w_.bv.data(), v.row(t), kvd);
+        if (w_.has_qk_norm()) {
+          if (q_pre.data != nullptr) copy(q.row(t), q_pre.row(t), qd);
+          if (k_pre.data != nullptr) copy(k.row(t), k_pre.row(t), kvd);
+          rms_norm(q.row(t), w_.q_norm.data(), q.row(t), qd, eps);
+          rms_norm(k.row(t), w_.k_norm.data(), k.row(t), kvd, eps);
+        }
         rope_.apply(k.row(t), cfg_.n_kv_heads, pos0 + t % period);
         rope_.apply(q.row(t), cfg_.n_q_heads, pos0 + t % period);
       }
     });
+  }
+
+  static void check_vector(std::span<const float> v, const char* name, std::size_t n) {
+    if (!v.empty()) check_shape("attention", name, {v.size()}, {n});
+  }
+  static void check_vector_grad(std::span<float> g, std::span<const float> v, const char* name) {
+    if (g.empty()) return;
+    if (v.empty()) {
+      throw ShapeError(std::string("[attention] gradient of '") + name +
+                       "' given, but the layer has no " + name);
+    }
+    check_shape("attention", std::string("gradient of ") + name, {g.size()}, {v.size()});
   }
 
   /// Tokens per forward task: as many as fit the per-thread scratch (results do not depend on it).

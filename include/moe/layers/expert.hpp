@@ -9,12 +9,15 @@
 //
 // GatedFfn<W, A> is one FFN with the FFN-layer interface of moe_types.hpp (dim, workspace_bytes,
 // forward), so a TransformerBlock can hold it in place of an MoE layer; it is also the type of a
-// shared expert. Expert<W, A> is E FFNs of one shape ([E, D, F], [E, D, F], [E, F, D]), stored
-// stacked as in Grok-1's files or one tensor per expert as in Hugging Face files (WeightStack);
-// MoELayer runs expert e over a contiguous block of gathered rows.
+// shared expert. SigmoidGatedFfn<W, A> is a GatedFfn whose output row t is scaled by
+// sigmoid(x_t . w_gate), w_gate [D, 1] (Qwen2-MoE's shared expert with its shared_expert_gate).
+// Expert<W, A> is E FFNs of one shape ([E, D, F], [E, D, F], [E, F, D]), stored stacked as in
+// Grok-1's files or one tensor per expert as in Hugging Face files (WeightStack); MoELayer runs
+// expert e over a contiguous block of gathered rows.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -31,6 +34,7 @@
 #include <moe/ops/activation.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/matmul_grad.hpp>
+#include <moe/ops/softmax.hpp>
 #include <moe/ops/vector.hpp>
 #include <moe/ops/weights.hpp>
 
@@ -303,6 +307,119 @@ class GatedFfn {
   }
 
   W gate_, up_, down_;
+};
+
+/// y_t = sigmoid(x_t . w) * FFN(x_t): a gated FFN scaled per token by a scalar gate, w [D, 1]
+/// (logical [in = D, out = 1]). Qwen2-MoE's shared expert (HF Qwen2MoeSparseMoeBlock:
+/// F.sigmoid(shared_expert_gate(x)) * shared_expert(x)), used as MoELayer's SharedT. Backward,
+/// with f = FFN(x), s = sigmoid(z), z = x . w:  dFFN_out = s dy;  dz_t = <dy_t, f_t> s (1 - s);
+/// dx += dz w^T;  dw += x^T dz.
+template <class W, Activation A = Activation::kSilu>
+class SigmoidGatedFfn {
+ public:
+  using weight_type = W;
+  using Result = FfnResult;
+  using ffn_type = GatedFfn<W, A>;
+
+  SigmoidGatedFfn(const ffn_type& ffn, const W& gate) : ffn_(ffn), gate_(gate) {
+    check_weight_shape(gate_, "shared_expert", "gate", ffn_.dim(), 1);
+  }
+
+  [[nodiscard]] std::size_t dim() const noexcept { return ffn_.dim(); }
+  [[nodiscard]] std::size_t hidden() const noexcept { return ffn_.hidden(); }
+  [[nodiscard]] const ffn_type& ffn() const noexcept { return ffn_; }
+  [[nodiscard]] const W& gate() const noexcept { return gate_; }
+  [[nodiscard]] std::size_t weight_bytes() const noexcept {
+    return ffn_.weight_bytes() + gate_.bytes();
+  }
+
+  [[nodiscard]] std::size_t workspace_bytes(std::size_t max_tokens) const noexcept {
+    return ffn_.workspace_bytes(max_tokens) + Arena::bytes_for<float>(max_tokens);
+  }
+
+  /// y[T, D] = sigmoid(x . w) * FFN(x). x and y must not alias.
+  FfnResult forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y, Arena& arena,
+                    const ForwardOptions& opts = {}) const {
+    ffn_.forward(pool, x, y, arena, opts);
+    Arena::Scope scope(arena);
+    float* s = arena.alloc<float>(x.rows);
+    gates(pool, x, s);
+    for (std::size_t t = 0; t < x.rows; ++t) scale(y.row(t), y.cols, s[t]);
+    return {};
+  }
+
+  // ---- training (the contract of moe_types.hpp) ----
+  struct Grads {
+    detail::GatedFfnGrads ffn{};
+    WeightGrad gate{};
+  };
+  /// The FFN's record, its output before the gate f [T, D] and the gates s [T] (tape views).
+  struct Saved {
+    typename ffn_type::Saved ffn{};
+    MatrixView<const float> f{};
+    const float* s = nullptr;
+  };
+  [[nodiscard]] std::size_t tape_bytes(std::size_t max_tokens) const noexcept {
+    return ffn_.tape_bytes(max_tokens) + Arena::bytes_for<float>(max_tokens * dim()) +
+           Arena::bytes_for<float>(max_tokens);
+  }
+  [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
+    return ffn_.training_workspace_bytes(max_tokens) + Arena::bytes_for<float>(max_tokens * dim()) +
+           Arena::bytes_for<float>(max_tokens);
+  }
+  void check_grads(const Grads& g) const {
+    ffn_.check_grads(g.ffn);
+    check_weight_grad(gate_, g.gate, "shared_expert", "gate");
+  }
+
+  FfnResult forward_train(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                          Arena& scratch, Arena& tape, Saved& saved,
+                          const ForwardOptions& opts = {}) const {
+    const std::size_t t_count = x.rows, d = dim();
+    MatrixView<float> f(tape.alloc<float>(t_count * d), t_count, d);
+    float* s = tape.alloc<float>(t_count);
+    ffn_.forward_train(pool, x, f, scratch, tape, saved.ffn, opts);
+    saved.f = f;
+    saved.s = s;
+    gates(pool, x, s);
+    for (std::size_t t = 0; t < t_count; ++t) {
+      for (std::size_t i = 0; i < d; ++i) y(t, i) = s[t] * f(t, i);
+    }
+    return {};
+  }
+
+  void backward(ThreadPool& pool, MatrixView<const float> x, const Saved& saved,
+                MatrixView<const float> dy, MatrixView<float> dx, const Grads& grads,
+                Arena& scratch, const BackwardOptions& opts = {}) const {
+    check_grads(grads);
+    const std::size_t t_count = x.rows, d = dim();
+    if (saved.f.rows != t_count || dy.rows != t_count || dx.rows != t_count) {
+      throw ShapeError("[shared_expert] backward() got " + std::to_string(t_count) +
+                       " rows, forward_train() saved " + std::to_string(saved.f.rows));
+    }
+    Arena::Scope scope(scratch);
+    MatrixView<float> df(scratch.alloc<float>(t_count * d), t_count, d);
+    float* dz = scratch.alloc<float>(t_count);
+    for (std::size_t t = 0; t < t_count; ++t) {
+      const float st = saved.s[t];
+      dz[t] = dot(dy.row(t), saved.f.row(t), d) * st * (1.0f - st);
+      for (std::size_t i = 0; i < d; ++i) df(t, i) = st * dy(t, i);
+    }
+    ffn_.backward(pool, x, saved.ffn, df, dx, grads.ffn, scratch, opts);
+    const MatrixView<const float> dzv(dz, t_count, 1);
+    matmul_backward_weight(pool, x, dzv, grads.gate);
+    matmul_backward_input(pool, dzv, gate_, dx);
+  }
+
+ private:
+  /// s[t] = sigmoid(x_t . w).
+  void gates(ThreadPool& pool, MatrixView<const float> x, float* s) const {
+    matmul(pool, x, gate_, MatrixView<float>(s, x.rows, 1));
+    for (std::size_t t = 0; t < x.rows; ++t) s[t] = 1.0f / (1.0f + std::exp(-s[t]));
+  }
+
+  ffn_type ffn_;
+  W gate_;
 };
 
 /// E gated FFNs: gate [E, D, F], up [E, D, F], down [E, F, D], stacked or separately stored.

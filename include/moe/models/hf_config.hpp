@@ -1,9 +1,9 @@
-// moe/models/hf_config.hpp: Hugging Face MoE checkpoints: config.json and the tensor table.
+// moe/models/hf_config.hpp: Hugging Face MoE checkpoints: config.json in moe's names.
 //
 //   moe::hf::Config cfg = moe::hf::read_config("DIR");          // DIR/config.json
-//   moe::io::safetensors::Checkpoint ckpt("DIR");
-//   moe::hf::check_tensors(cfg, ckpt);                           // every tensor, shape and dtype
-//   for (const moe::hf::TensorSpec& t : moe::hf::tensor_table(cfg)) ... t.name, t.shape, t.slot
+//
+// The tensors of each family (names, shapes, roles) are in hf_tensors.hpp, the model built from
+// them in hf_model.hpp.
 //
 // Families (the `architectures` entry of config.json; `model_type` when it is absent), as the
 // public modeling code of huggingface/transformers defines them (models/mixtral, models/qwen2_moe,
@@ -21,10 +21,6 @@
 // A field whose value moe cannot honour (hidden_act other than silu, RoPE scaling, Qwen2-MoE's
 // use_sliding_window, OLMoE's clip_qkv or attention_bias, ...) is a ConfigError naming the field,
 // its value and the file; an unknown architecture is a ConfigError listing the supported ones.
-//
-// tensor_table() is the one description of a family's checkpoint: every tensor's name, shape,
-// dtype and role (Slot, layer, expert), driving check_tensors() here and, next, the binding to
-// moe's decoder.
 #pragma once
 
 #include <algorithm>
@@ -410,130 +406,6 @@ inline Config read_config(const std::filesystem::path& path) {
   const std::filesystem::path file =
       std::filesystem::is_directory(path) ? path / "config.json" : path;
   return config_from_json(io::read_json_file(file), file.string());
-}
-
-/// The role of a checkpoint tensor.
-enum class Slot : std::uint8_t {
-  kEmbedding,         ///< model.embed_tokens.weight [V, D]
-  kFinalNorm,         ///< model.norm.weight [D]
-  kLmHead,            ///< lm_head.weight [V, D] (absent when tied)
-  kAttnNorm,          ///< input_layernorm.weight [D]
-  kMlpNorm,           ///< post_attention_layernorm.weight [D]
-  kWq,                ///< self_attn.q_proj.weight [Hq*dh, D]
-  kWk,                ///< self_attn.k_proj.weight [Hkv*dh, D]
-  kWv,                ///< self_attn.v_proj.weight [Hkv*dh, D]
-  kWo,                ///< self_attn.o_proj.weight [D, Hq*dh]
-  kBq,                ///< self_attn.q_proj.bias [Hq*dh]
-  kBk,                ///< self_attn.k_proj.bias [Hkv*dh]
-  kBv,                ///< self_attn.v_proj.bias [Hkv*dh]
-  kQNorm,             ///< self_attn.q_norm.weight [Hq*dh]
-  kKNorm,             ///< self_attn.k_norm.weight [Hkv*dh]
-  kRouter,            ///< the router, [E, D]
-  kExpertGate,        ///< expert e's gate projection (SiLU branch; Mixtral w1) [F, D]
-  kExpertUp,          ///< expert e's up projection (Mixtral w3) [F, D]
-  kExpertDown,        ///< expert e's down projection (Mixtral w2) [D, F]
-  kSharedGate,        ///< shared_expert.gate_proj.weight [Fs, D]
-  kSharedUp,          ///< shared_expert.up_proj.weight [Fs, D]
-  kSharedDown,        ///< shared_expert.down_proj.weight [D, Fs]
-  kSharedExpertGate,  ///< shared_expert_gate.weight [1, D] (sigmoid)
-  kDenseGate,         ///< mlp.gate_proj.weight of a dense layer [Fd, D]
-  kDenseUp,           ///< mlp.up_proj.weight [Fd, D]
-  kDenseDown,         ///< mlp.down_proj.weight [D, Fd]
-};
-
-/// One tensor a checkpoint must hold. Linear weights are PyTorch's [out, in].
-struct TensorSpec {
-  std::string name;
-  std::vector<std::size_t> shape;
-  std::optional<io::safetensors::DType> dtype;  ///< config.json's torch_dtype, when it names one
-  Slot slot = Slot::kEmbedding;
-  int layer = -1;   ///< -1 for the embedding, the final norm and the head
-  int expert = -1;  ///< -1 unless a routed expert's projection
-};
-
-/// Every tensor of the family's checkpoint for `c` (name, shape, dtype, role), in the order of
-/// the model's state dict.
-inline std::vector<TensorSpec> tensor_table(const Config& c) {
-  std::vector<TensorSpec> t;
-  const std::size_t d = c.d_model;
-  auto add = [&t, &c](std::string name, std::vector<std::size_t> shape, Slot s, int layer = -1,
-                      int expert = -1) {
-    t.push_back({std::move(name), std::move(shape), c.dtype, s, layer, expert});
-  };
-  add("model.embed_tokens.weight", {c.vocab_size, d}, Slot::kEmbedding);
-  for (std::size_t li = 0; li < c.n_layers; ++li) {
-    const int l = static_cast<int>(li);
-    const std::string p = "model.layers." + std::to_string(li) + ".";
-    add(p + "input_layernorm.weight", {d}, Slot::kAttnNorm, l);
-    add(p + "self_attn.q_proj.weight", {c.q_dim(), d}, Slot::kWq, l);
-    add(p + "self_attn.k_proj.weight", {c.kv_dim(), d}, Slot::kWk, l);
-    add(p + "self_attn.v_proj.weight", {c.kv_dim(), d}, Slot::kWv, l);
-    add(p + "self_attn.o_proj.weight", {d, c.q_dim()}, Slot::kWo, l);
-    if (c.qkv_bias) {
-      add(p + "self_attn.q_proj.bias", {c.q_dim()}, Slot::kBq, l);
-      add(p + "self_attn.k_proj.bias", {c.kv_dim()}, Slot::kBk, l);
-      add(p + "self_attn.v_proj.bias", {c.kv_dim()}, Slot::kBv, l);
-    }
-    if (c.qk_norm) {
-      add(p + "self_attn.q_norm.weight", {c.q_dim()}, Slot::kQNorm, l);
-      add(p + "self_attn.k_norm.weight", {c.kv_dim()}, Slot::kKNorm, l);
-    }
-    add(p + "post_attention_layernorm.weight", {d}, Slot::kMlpNorm, l);
-    if (!c.sparse(li)) {
-      const std::size_t ff = c.d_ff_dense;
-      add(p + "mlp.gate_proj.weight", {ff, d}, Slot::kDenseGate, l);
-      add(p + "mlp.up_proj.weight", {ff, d}, Slot::kDenseUp, l);
-      add(p + "mlp.down_proj.weight", {d, ff}, Slot::kDenseDown, l);
-      continue;
-    }
-    const std::size_t ff = c.d_ff_expert;
-    const bool mixtral = c.family == Family::kMixtral;
-    const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
-    add(moe + "gate.weight", {c.n_experts, d}, Slot::kRouter, l);
-    for (std::size_t e = 0; e < c.n_experts; ++e) {
-      const std::string x = moe + "experts." + std::to_string(e) + ".";
-      const int ei = static_cast<int>(e);
-      add(x + (mixtral ? "w1" : "gate_proj") + ".weight", {ff, d}, Slot::kExpertGate, l, ei);
-      add(x + (mixtral ? "w2" : "down_proj") + ".weight", {d, ff}, Slot::kExpertDown, l, ei);
-      add(x + (mixtral ? "w3" : "up_proj") + ".weight", {ff, d}, Slot::kExpertUp, l, ei);
-    }
-    if (c.d_ff_shared > 0) {
-      const std::size_t fs = c.d_ff_shared;
-      add(moe + "shared_expert.gate_proj.weight", {fs, d}, Slot::kSharedGate, l);
-      add(moe + "shared_expert.up_proj.weight", {fs, d}, Slot::kSharedUp, l);
-      add(moe + "shared_expert.down_proj.weight", {d, fs}, Slot::kSharedDown, l);
-    }
-    if (c.shared_expert_gate)
-      add(moe + "shared_expert_gate.weight", {1, d}, Slot::kSharedExpertGate, l);
-  }
-  add("model.norm.weight", {d}, Slot::kFinalNorm);
-  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, d}, Slot::kLmHead);
-  return t;
-}
-
-/// Checks that `ckpt` holds every tensor of tensor_table(c) with its shape and a floating dtype
-/// (config.json's torch_dtype when it names one). Other tensors in the checkpoint are ignored.
-/// Throws FormatError (a tensor is missing: names it and the index or file) or ShapeError (wrong
-/// shape or dtype: names the tensor, its file and both shapes or dtypes).
-inline void check_tensors(const Config& c, const io::safetensors::Checkpoint& ckpt) {
-  using io::safetensors::DType;
-  for (const TensorSpec& spec : tensor_table(c)) {
-    const io::safetensors::Tensor t = ckpt.tensor(spec.name);  // FormatError when missing
-    const std::string where = "[hf] tensor '" + spec.name + "' in '" + *t.file + "'";
-    if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF16) {
-      throw ShapeError(where + " has dtype " + std::string(dtype_name(t.dtype)) +
-                       ", expected a floating dtype (F32, BF16, F16)");
-    }
-    if (spec.dtype && t.dtype != *spec.dtype) {
-      throw ShapeError(where + " has dtype " + std::string(dtype_name(t.dtype)) + ", expected " +
-                       std::string(dtype_name(*spec.dtype)) + " (config.json torch_dtype)");
-    }
-    if (!std::equal(t.shape.begin(), t.shape.end(), spec.shape.begin(), spec.shape.end())) {
-      throw ShapeError(where + " has shape " +
-                       shape_str(std::vector<std::size_t>(t.shape.begin(), t.shape.end())) +
-                       ", expected " + shape_str(spec.shape));
-    }
-  }
 }
 
 }  // namespace moe::hf

@@ -1,7 +1,9 @@
 // moe/ops/attention.hpp: the attention core, forward and backward, one KV head at a time.
 //
 // For query head h of KV group g (g = h / group, group = Hq / Hkv) and query row t at position
-// p_t, over the key and value rows j = 0 .. p_t (causal):
+// p_t, over the key and value rows j = lo_t .. p_t (causal; lo_t = 0, or with a sliding window of
+// w positions lo_t = max(0, p_t - w + 1): key j is visible iff p_t - w < j <= p_t, as Mistral's
+// and Hugging Face's sliding-window masks):
 //
 //   z_j = scale * (q_t,h . k_j)                           scale: the logit multiplier
 //   c_j = cap * tanh(z_j / cap)  when cap > 0, else z_j    the logit soft-cap (Grok-1: 30)
@@ -51,9 +53,14 @@ struct AttentionCore {
   std::size_t head_dim = 0;    ///< dh
   float scale = 1.0f;          ///< logit multiplier
   float cap = 0.0f;            ///< soft-cap (0 = off)
+  std::size_t window = 0;      ///< sliding window in positions (0 = plain causal)
 
   [[nodiscard]] std::size_t group() const noexcept { return n_q_heads / n_kv_heads; }
   [[nodiscard]] std::size_t q_dim() const noexcept { return n_q_heads * head_dim; }
+  /// The first key a query at position p sees.
+  [[nodiscard]] std::size_t first_key(std::size_t p) const noexcept {
+    return window != 0 && p + 1 > window ? p + 1 - window : 0;
+  }
 };
 
 /// The key and value rows of one KV head: row j at keys + j * stride (values likewise).
@@ -267,7 +274,8 @@ MOE_SIMD_DETAIL_END
 MOE_SIMD_NAMESPACE_BEGIN
 
 /// The forward core for query rows [t0, t1) of q / o ([T, Hq*dh]; row t at position pos0 + t) and
-/// the query heads of KV group g, over the rows [0, pos0 + t + 1) of `kv` (causal). `scratch`
+/// the query heads of KV group g, over the rows [c.first_key(pos0 + t), pos0 + t + 1) of `kv`
+/// (causal, within the sliding window if any). `scratch`
 /// holds attend_scratch_bytes(c, t1 - t0, pos0 + t1) bytes (64-byte aligned). When `lse` is not
 /// null, lse[t * lse_stride + h] receives log sum_j exp(c_j) for backward.
 template <class KV>
@@ -285,31 +293,34 @@ void attend_causal(const AttentionCore& c, MatrixView<const float> q, MatrixView
     return scores + ((t - t0) * group + hi) * ls;
   };
 
-  // 1. scores s[t, hi, j] = q[t, h] . k_j for j < pos0 + t + 1, one pass over the keys.
-  for (std::size_t j0 = 0; j0 < ls; j0 += kAttentionTile) {
+  // 1. scores s[t, hi, j] = q[t, h] . k_j for lo_t <= j < pos0 + t + 1, one pass over the keys
+  //    (tiles wholly before the window are not widened).
+  const std::size_t j_first = c.first_key(pos0 + t0);
+  for (std::size_t j0 = j_first / kAttentionTile * kAttentionTile; j0 < ls; j0 += kAttentionTile) {
     const std::size_t j1 = std::min(ls, j0 + kAttentionTile);
     std::size_t ts = 0;
     const float* kt =
         tiled ? nullptr : detail::rows_as_f32(kv.keys, kv.stride, j0, j1, dh, tile, ts);
     for (std::size_t t = t0; t < t1; ++t) {
+      const std::size_t js = std::max(j0, c.first_key(pos0 + t));
       const std::size_t je = std::min(j1, pos0 + t + 1);
-      if (je <= j0) continue;
+      if (je <= js) continue;
       for (std::size_t hi = 0; hi < group; ++hi) {
         const float* qh = q.row(t) + (g * group + hi) * dh;
         float* s = score_row(t, hi);
         if (tiled) {  // straight from the rows (bf16 widened in registers)
-          detail::dot_rows_tiled(qh, kv.keys + j0 * kv.stride, kv.stride, je - j0, dh, s + j0);
+          detail::dot_rows_tiled(qh, kv.keys + js * kv.stride, kv.stride, je - js, dh, s + js);
         } else {
-          detail::dot_rows_simple(qh, kt, ts, je - j0, dh, s + j0);
+          detail::dot_rows_simple(qh, kt + (js - j0) * ts, ts, je - js, dh, s + js);
         }
       }
     }
   }
-  // 2. multiplier, soft-cap, softmax per row over its own causal length.
+  // 2. multiplier, soft-cap, softmax per row over its own visible keys.
   for (std::size_t t = t0; t < t1; ++t) {
-    const std::size_t len = pos0 + t + 1;
+    const std::size_t lo = c.first_key(pos0 + t), len = pos0 + t + 1 - lo;
     for (std::size_t hi = 0; hi < group; ++hi) {
-      float* s = score_row(t, hi);
+      float* s = score_row(t, hi) + lo;
       detail::attention_logits(s, len, c.scale, c.cap);
       if (lse) lse[t * lse_stride + g * group + hi] = logsumexp(s, len);
       softmax(s, len);
@@ -319,21 +330,22 @@ void attend_causal(const AttentionCore& c, MatrixView<const float> q, MatrixView
   for (std::size_t t = t0; t < t1; ++t) {
     for (std::size_t hi = 0; hi < group; ++hi) fill(o.row(t) + (g * group + hi) * dh, dh, 0.0f);
   }
-  for (std::size_t j0 = 0; j0 < ls; j0 += kAttentionTile) {
+  for (std::size_t j0 = j_first / kAttentionTile * kAttentionTile; j0 < ls; j0 += kAttentionTile) {
     const std::size_t j1 = std::min(ls, j0 + kAttentionTile);
     std::size_t ts = 0;
     const float* vt =
         tiled ? nullptr : detail::rows_as_f32(kv.values, kv.stride, j0, j1, dh, tile, ts);
     for (std::size_t t = t0; t < t1; ++t) {
+      const std::size_t js = std::max(j0, c.first_key(pos0 + t));
       const std::size_t je = std::min(j1, pos0 + t + 1);
-      if (je <= j0) continue;
+      if (je <= js) continue;
       for (std::size_t hi = 0; hi < group; ++hi) {
         float* oh = o.row(t) + (g * group + hi) * dh;
-        const float* w = score_row(t, hi) + j0;
+        const float* w = score_row(t, hi) + js;
         if (tiled) {
-          detail::axpy_rows_tiled(w, kv.values + j0 * kv.stride, kv.stride, je - j0, dh, oh);
+          detail::axpy_rows_tiled(w, kv.values + js * kv.stride, kv.stride, je - js, dh, oh);
         } else {
-          detail::axpy_rows_simple(w, vt, ts, je - j0, dh, oh);
+          detail::axpy_rows_simple(w, vt + (js - j0) * ts, ts, je - js, dh, oh);
         }
       }
     }
@@ -349,10 +361,10 @@ struct KvGradRows {
 };
 
 /// Backward of attend_causal over one whole sequence (query row t at position t, t < T =
-/// q.rows) for the query heads of KV group g: dq (same layout as q, this group's columns) += ...,
-/// dkv rows [0, T) += ... (see the file comment). q, o, d_o: [T, Hq*dh]; lse: the forward's,
-/// lse[t * lse_stride + h]. scratch: attend_backward_scratch_bytes(T) bytes. Keys and values are
-/// f32 (training keeps them in f32).
+/// q.rows; keys [c.first_key(t), t]) for the query heads of KV group g: dq (same layout as q, this
+/// group's columns) += ..., dkv rows [0, T) += ... (see the file comment). q, o, d_o: [T, Hq*dh];
+/// lse: the forward's, lse[t * lse_stride + h]. scratch: attend_backward_scratch_bytes(T) bytes.
+/// Keys and values are f32 (training keeps them in f32).
 inline void attend_causal_backward(const AttentionCore& c, MatrixView<const float> q,
                                    MatrixView<const float> o, MatrixView<const float> d_o,
                                    const float* lse, std::size_t lse_stride,
@@ -365,17 +377,22 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
   const simd::fbatch scale(c.scale), cap(c.cap), inv_cap(c.cap > 0 ? 1.0f / c.cap : 0.0f);
   const bool capped = c.cap > 0.0f;
   for (std::size_t t = 0; t < n_tokens; ++t) {
-    const std::size_t len = t + 1;
+    // Keys [lo, t]: ds[i], dw[i] belong to key lo + i.
+    const std::size_t lo = c.first_key(t), len = t + 1 - lo;
+    const float* keys = kv.keys + lo * kv.stride;
+    const float* values = kv.values + lo * kv.stride;
+    float* dkeys = dkv.keys + lo * dkv.stride;
+    float* dvalues = dkv.values + lo * dkv.stride;
     for (std::size_t hi = 0; hi < group; ++hi) {
       const std::size_t h = g * group + hi;
       const float* qh = q.row(t) + h * dh;
       const float* doh = d_o.row(t) + h * dh;
       if (tiled) {
-        detail::dot_rows_tiled(qh, kv.keys, kv.stride, len, dh, ds);
-        detail::dot_rows_tiled(doh, kv.values, kv.stride, len, dh, dw);
+        detail::dot_rows_tiled(qh, keys, kv.stride, len, dh, ds);
+        detail::dot_rows_tiled(doh, values, kv.stride, len, dh, dw);
       } else {
-        detail::dot_rows_simple(qh, kv.keys, kv.stride, len, dh, ds);
-        detail::dot_rows_simple(doh, kv.values, kv.stride, len, dh, dw);
+        detail::dot_rows_simple(qh, keys, kv.stride, len, dh, ds);
+        detail::dot_rows_simple(doh, values, kv.stride, len, dh, dw);
       }
       const simd::fbatch big_d(dot(doh, o.row(t) + h * dh, dh));
       const simd::fbatch l(lse[t * lse_stride + h]);
@@ -395,13 +412,13 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
       }
       float* dqh = dq.row(t) + h * dh;
       if (tiled) {
-        detail::axpy_rows_tiled(ds, kv.keys, kv.stride, len, dh, dqh);
+        detail::axpy_rows_tiled(ds, keys, kv.stride, len, dh, dqh);
       } else {
-        detail::axpy_rows_simple(ds, kv.keys, kv.stride, len, dh, dqh);
+        detail::axpy_rows_simple(ds, keys, kv.stride, len, dh, dqh);
       }
       for (std::size_t j = 0; j < len; ++j) {
-        axpy(ds[j], qh, dkv.keys + j * dkv.stride, dh);
-        axpy(dw[j], doh, dkv.values + j * dkv.stride, dh);
+        axpy(ds[j], qh, dkeys + j * dkv.stride, dh);
+        axpy(dw[j], doh, dvalues + j * dkv.stride, dh);
       }
     }
   }

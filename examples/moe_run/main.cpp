@@ -1,0 +1,607 @@
+// moe-run: runs a Hugging Face MoE checkpoint (MixtralForCausalLM, Qwen2MoeForCausalLM,
+// OlmoeForCausalLM; config.json + safetensors shards) directly from its files, zero-copy through
+// mmap. See examples/moe_run/README.md (flags, --json) and docs/hf-checkpoints.md.
+//
+//   moe-run --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)
+//           [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
+//           [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--no-bos] [--ram-budget BYTES]
+//           [--cache-policy none|lru|most-used] [--prefill-chunk N] [--no-huge-readahead]
+//
+// Exit codes: 0 success, 1 runtime error (bad checkpoint, unsupported config, bad token ids, ...),
+// 2 usage error.
+//
+// The steps of run(): open the checkpoint (config.json translated, every shard's header
+// validated, the tensor table checked), bind the views (hf::bind_weights), build the model
+// (hf::make_model, with the W and shared-expert types the checkpoint needs), plan where the
+// weights live (hf::residency_plan + WeightResidency), encode the prompt, generate.
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <sys/resource.h>
+#include <type_traits>
+#include <unistd.h>
+#include <vector>
+
+#include <moe/io/npy.hpp>
+#include <moe/io/safetensors.hpp>
+#include <moe/models/hf_config.hpp>
+#include <moe/models/hf_model.hpp>
+#include <moe/models/hf_residency.hpp>
+#include <moe/models/hf_tensors.hpp>
+#include <moe/models/weight_residency.hpp>
+#include <moe/text/generate.hpp>
+#if defined(MOE_HAVE_SENTENCEPIECE)
+#include <moe/text/tokenizer.hpp>
+#endif
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+namespace st = moe::io::safetensors;
+
+constexpr const char* kUsage =
+    "usage: moe-run --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)\n"
+    "               [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
+    "               [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--no-bos]\n"
+    "               [--ram-budget BYTES] [--cache-policy none|lru|most-used]\n"
+    "               [--prefill-chunk N] [--no-huge-readahead]\n"
+    "\n"
+    "  --checkpoint DIR      a Hugging Face checkpoint: config.json and model.safetensors or\n"
+    "                        model.safetensors.index.json with its shards (Mixtral, Qwen2-MoE,\n"
+    "                        OLMoE)\n"
+    "  --tokenizer FILE      SentencePiece model; default DIR/tokenizer.model when present\n"
+    "                        (Mixtral ships one); needed for --prompt and for printing text\n"
+    "  --prompt TEXT         prompt, encoded with BOS first (as the HF tokenizer does)\n"
+    "  --tokens IDS          prompt as comma-separated token ids (used as given)\n"
+    "  --no-bos              do not put BOS before an encoded --prompt\n"
+    "  --max-new-tokens N    tokens to generate (default 100)\n"
+    "  --temperature T       0 = greedy, ties to the lowest id (default 0, as transformers'\n"
+    "                        generate without sampling)\n"
+    "  --top-p P             nucleus mass in (0, 1] (default 1.0)\n"
+    "  --seed S              sampling seed (default 42)\n"
+    "  --threads N           worker threads (default: all cores)\n"
+    "  --dump-logits FILE    write the prompt's logits, float32 .npy [prompt_len, vocab]\n"
+    "  --json                print one JSON object on stdout, nothing on stderr but errors\n"
+    "  --stop-at-eos         stop after generating config.json's (first) eos_token_id\n"
+    "  --ram-budget BYTES    memory the process may hold (suffix K, M or G: binary units);\n"
+    "                        default 80% of the available memory\n"
+    "  --cache-policy P      experts kept mapped between uses when streaming\n"
+    "                        (default most-used)\n"
+    "  --no-huge-readahead   keep the device's read-ahead for faults on streamed weights\n"
+    "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
+    "                        experts do not fit in the budget)\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  fs::path checkpoint;
+  std::optional<fs::path> tokenizer;
+  std::optional<std::string> prompt;
+  std::optional<std::vector<std::int32_t>> tokens;
+  bool bos = true;
+  std::size_t max_new_tokens = 100;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  std::uint64_t seed = 42;
+  std::size_t threads = 0;
+  std::optional<fs::path> dump_logits;
+  bool json = false;
+  bool stop_at_eos = false;
+  std::uint64_t ram_budget = 0;  // 0: default
+  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
+  bool huge_readahead = true;
+  std::size_t prefill_chunk = 0;  // 0: automatic
+};
+
+// ---- the command line ---------------------------------------------------------------------------
+
+template <class T>
+T parse_integer(std::string_view flag, std::string_view s, T lo, T hi) {
+  T v{};
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < lo || v > hi) {
+    throw UsageError(std::string(flag) + " expects an integer in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "], got '" + std::string(s) + "'");
+  }
+  return v;
+}
+
+double parse_double(std::string_view flag, std::string_view s, double lo, double hi) {
+  const std::string str(s);
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(str.c_str(), &end);
+  if (str.empty() || end != str.c_str() + str.size() || errno != 0 || !std::isfinite(v) || v < lo ||
+      v > hi) {
+    throw UsageError(std::string(flag) + " expects a number in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "], got '" + str + "'");
+  }
+  return v;
+}
+
+/// "4G", "512M", "1048576" -> bytes (binary suffixes).
+std::uint64_t parse_bytes(std::string_view flag, std::string_view s) {
+  std::uint64_t unit = 1;
+  const std::size_t suffix =
+      s.empty() ? std::string_view::npos : std::string_view("KMG").find(s.back());
+  if (suffix != std::string_view::npos) {
+    unit = std::uint64_t{1} << (10 * (suffix + 1));
+    s.remove_suffix(1);
+  }
+  return unit * parse_integer<std::uint64_t>(flag, s, 1, (std::uint64_t{1} << 50) / unit);
+}
+
+moe::CachePolicy parse_policy(std::string_view s) {
+  for (moe::CachePolicy p :
+       {moe::CachePolicy::kNone, moe::CachePolicy::kLru, moe::CachePolicy::kMostUsed}) {
+    if (s == moe::cache_policy_name(p)) return p;
+  }
+  throw UsageError("--cache-policy expects none, lru or most-used, got '" + std::string(s) + "'");
+}
+
+std::vector<std::int32_t> parse_tokens(std::string_view s) {
+  std::vector<std::int32_t> ids;
+  while (!s.empty()) {
+    const std::size_t comma = s.find(',');
+    ids.push_back(parse_integer<std::int32_t>("--tokens", s.substr(0, comma), 0, INT32_MAX));
+    if (comma == std::string_view::npos) break;
+    s.remove_prefix(comma + 1);
+    if (s.empty()) throw UsageError("--tokens has a trailing comma");
+  }
+  if (ids.empty()) throw UsageError("--tokens is empty");
+  return ids;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  bool have_checkpoint = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (flag == "--checkpoint") {
+      a.checkpoint = std::string(value());
+      have_checkpoint = true;
+    } else if (flag == "--tokenizer") {
+      a.tokenizer = std::string(value());
+    } else if (flag == "--prompt") {
+      a.prompt = std::string(value());
+    } else if (flag == "--tokens") {
+      a.tokens = parse_tokens(value());
+    } else if (flag == "--no-bos") {
+      a.bos = false;
+    } else if (flag == "--max-new-tokens") {
+      a.max_new_tokens = parse_integer<std::size_t>(flag, value(), 0, 1u << 20);
+    } else if (flag == "--temperature") {
+      a.temperature = parse_double(flag, value(), 0.0, 1e6);
+    } else if (flag == "--top-p") {
+      a.top_p = parse_double(flag, value(), 1e-12, 1.0);
+    } else if (flag == "--seed") {
+      a.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
+    } else if (flag == "--threads") {
+      a.threads = parse_integer<std::size_t>(flag, value(), 1, 1024);
+    } else if (flag == "--dump-logits") {
+      a.dump_logits = std::string(value());
+    } else if (flag == "--json") {
+      a.json = true;
+    } else if (flag == "--stop-at-eos") {
+      a.stop_at_eos = true;
+    } else if (flag == "--ram-budget") {
+      a.ram_budget = parse_bytes(flag, value());
+    } else if (flag == "--cache-policy") {
+      a.cache_policy = parse_policy(value());
+    } else if (flag == "--no-huge-readahead") {
+      a.huge_readahead = false;
+    } else if (flag == "--prefill-chunk") {
+      a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
+    } else {
+      throw UsageError("unknown option '" + std::string(flag) + "'");
+    }
+  }
+  if (!have_checkpoint) throw UsageError("--checkpoint DIR is required");
+  if (a.prompt.has_value() == a.tokens.has_value()) {
+    throw UsageError("give exactly one of --prompt TEXT or --tokens IDS");
+  }
+  if (!a.tokenizer && fs::exists(a.checkpoint / "tokenizer.model")) {
+    a.tokenizer = a.checkpoint / "tokenizer.model";
+  }
+  if (a.prompt && !a.tokenizer) {
+    throw UsageError(
+        "--prompt needs a SentencePiece tokenizer: --tokenizer FILE, or "
+        "tokenizer.model in the checkpoint directory");
+  }
+  return a;
+}
+
+// ---- output helpers -----------------------------------------------------------------------------
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<std::uint64_t>(u.ru_maxrss) * 1024u;  // Linux reports KiB
+}
+
+/// Bytes this process caused to be read from storage (/proc/self/io read_bytes; 0 if unknown).
+std::uint64_t storage_read_bytes() {
+  std::FILE* f = std::fopen("/proc/self/io", "r");
+  if (f == nullptr) return 0;
+  char key[64];
+  unsigned long long v = 0;
+  std::uint64_t bytes = 0;
+  while (std::fscanf(f, "%63s %llu", key, &v) == 2) {
+    if (std::string_view(key) == "read_bytes:") bytes = v;
+  }
+  std::fclose(f);
+  return bytes;
+}
+
+/// Progress and summary lines on stderr; silent with --json.
+struct Log {
+  bool quiet = false;
+  bool tty = false;
+  template <class... Xs>
+  void operator()(const char* fmt, Xs... xs) const {
+    if (!quiet) std::fprintf(stderr, fmt, xs...);
+  }
+};
+
+#if defined(MOE_HAVE_SENTENCEPIECE)
+using Tokenizer = std::optional<moe::Tokenizer>;
+Tokenizer load_tokenizer(const Args& args) {
+  Tokenizer t;
+  if (args.tokenizer) t.emplace(*args.tokenizer);
+  return t;
+}
+#else
+struct Tokenizer {};
+Tokenizer load_tokenizer(const Args& args) {
+  if (args.prompt) throw moe::ConfigError("[moe-run] built without SentencePiece: no --prompt");
+  return {};
+}
+#endif
+
+/// Streams the generated text (or ids, without a tokenizer) to stdout; keeps the text for --json.
+class TextOutput {
+ public:
+  TextOutput([[maybe_unused]] const Tokenizer& tok, bool quiet) : quiet_(quiet) {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+    if (tok) stream_.emplace(tok->decode_stream());
+#endif
+  }
+  void prompt(const Args& args) {
+    if (!quiet_ && args.prompt) write(*args.prompt);  // the continuation follows right after it
+  }
+  void token(std::int32_t id) {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+    if (stream_) {
+      const std::string piece = stream_->push(id);
+      text_ += piece;
+      if (!quiet_) write(piece);
+      return;
+    }
+#endif
+    if (!quiet_) write(std::to_string(id) + " ");
+  }
+  void finish() {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+    if (stream_) {
+      const std::string rest = stream_->finish();
+      text_ += rest;
+      if (!quiet_) write(rest);
+    }
+#endif
+    if (!quiet_) write("\n");
+  }
+  [[nodiscard]] bool has_text() const noexcept {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+    return stream_.has_value();
+#else
+    return false;
+#endif
+  }
+  [[nodiscard]] const std::string& text() const noexcept {
+    return text_;
+  }
+
+ private:
+  static void write(const std::string& s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  }
+  bool quiet_;
+  std::string text_;
+#if defined(MOE_HAVE_SENTENCEPIECE)
+  std::optional<moe::DecodeStream> stream_;
+#endif
+};
+
+// ---- the run ------------------------------------------------------------------------------------
+
+/// The opened checkpoint: its config and its validated shards (headers only are read).
+struct Opened {
+  moe::hf::Config config;
+  st::Checkpoint ckpt;
+  explicit Opened(const fs::path& dir) : config(moe::hf::read_config(dir)), ckpt(dir) {
+    moe::hf::check_tensors(config, ckpt);
+  }
+};
+
+/// The prompt's ids (BOS first for an encoded --prompt unless --no-bos), checked against the
+/// vocabulary of the tokenizer and the context.
+std::vector<std::int32_t> prompt_ids(const Args& args, [[maybe_unused]] const Tokenizer& tok,
+                                     const moe::hf::Config& cfg) {
+  std::vector<std::int32_t> prompt;
+#if defined(MOE_HAVE_SENTENCEPIECE)
+  if (tok && static_cast<std::size_t>(tok->vocab_size()) > cfg.vocab_size) {
+    throw moe::ConfigError("[moe-run] the tokenizer has " + std::to_string(tok->vocab_size()) +
+                           " pieces but the checkpoint's vocabulary is " +
+                           std::to_string(cfg.vocab_size));
+  }
+  if (args.prompt) {
+    if (args.bos) {
+      const std::int64_t bos = cfg.bos_token_id ? *cfg.bos_token_id : tok->bos_id();
+      if (bos < 0) throw moe::ConfigError("[moe-run] no BOS id (config.json, tokenizer): --no-bos");
+      prompt.push_back(static_cast<std::int32_t>(bos));
+    }
+    const std::vector<std::int32_t> text = tok->encode(*args.prompt);
+    prompt.insert(prompt.end(), text.begin(), text.end());
+  }
+#endif
+  if (args.tokens) prompt = *args.tokens;
+  if (prompt.empty()) throw moe::ConfigError("[moe-run] the prompt encodes to zero tokens");
+  // Token ids are checked by generate() (TokenError naming the id) before any compute.
+  const std::size_t context = cfg.max_position_embeddings;
+  if (context > 0 && prompt.size() + args.max_new_tokens > context) {
+    throw moe::ConfigError("[moe-run] prompt (" + std::to_string(prompt.size()) + ") + " +
+                           std::to_string(args.max_new_tokens) +
+                           " new tokens exceed the context of " + std::to_string(context) +
+                           " (config.json max_position_embeddings)");
+  }
+  return prompt;
+}
+
+/// Where the weights live (library: moe::WeightResidency): all mapped when the checkpoint fits the
+/// budget, otherwise experts (and attention if needed) released after use, prefetched ahead.
+moe::WeightResidency make_residency(const Args& args, const Opened& o, std::uint64_t copied,
+                                    const Log& log) {
+  moe::ResidencyOptions opt;
+  opt.ram_budget = args.ram_budget;
+  opt.cache = args.cache_policy;
+  opt.huge_readahead = args.huge_readahead;
+  moe::WeightResidency res(moe::hf::residency_plan(o.config, o.ckpt, copied), opt);
+  res.report_faults("moe-run: error: ");
+  const moe::ResidencyStats& s = res.stats();
+  if (s.streaming) {
+    log("moe-run: the model (%.1f GB, %.2f GB of it copied) exceeds the RAM budget (%.1f GB): "
+        "streaming experts%s, %s cache of %.1f GB\n",
+        static_cast<double>(s.model_bytes) / 1e9, static_cast<double>(s.copied_bytes) / 1e9,
+        static_cast<double>(s.budget) / 1e9, s.attention_streamed ? " and attention" : "",
+        std::string(moe::cache_policy_name(args.cache_policy)).c_str(),
+        static_cast<double>(s.cache_capacity) / 1e9);
+  }
+  return res;
+}
+
+/// What one run produced, for the summary line and --json.
+struct Report {
+  std::vector<std::int32_t> prompt;
+  moe::GenerateResult result;
+  std::string weights;  ///< "bf16" or "f32"
+  double load_seconds = 0;
+  std::size_t threads = 0;
+  std::uint64_t peak_rss = 0;
+  std::uint64_t read_bytes = 0;         ///< from storage during generation
+  std::uint64_t read_bytes_decode = 0;  ///< ... during the decode steps
+  std::uint64_t copied_bytes = 0;
+  moe::ResidencyStats residency;
+  moe::CachePolicy cache_policy{};
+  std::size_t prefill_chunk = 0;
+};
+
+/// The --json object (keys documented in examples/moe_run/README.md).
+nlohmann::ordered_json json_report(const Report& r, const moe::hf::Config& cfg,
+                                   const TextOutput& out) {
+  nlohmann::ordered_json j;
+  j["prompt_tokens"] = r.prompt;
+  j["generated_tokens"] = r.result.tokens;
+  if (out.has_text()) j["text"] = out.text();
+  j["stopped_at_eos"] = r.result.stopped_at_eos;
+  j["architecture"] = moe::hf::architecture_name(cfg.family);
+  j["weights"] = r.weights;
+  j["config"] = {{"vocab_size", cfg.vocab_size},
+                 {"d_model", cfg.d_model},
+                 {"n_layers", cfg.n_layers},
+                 {"n_q_heads", cfg.n_q_heads},
+                 {"n_kv_heads", cfg.n_kv_heads},
+                 {"head_dim", cfg.head_dim},
+                 {"n_experts", cfg.n_experts},
+                 {"top_k", cfg.top_k},
+                 {"d_ff_expert", cfg.d_ff_expert},
+                 {"d_ff_shared", cfg.d_ff_shared},
+                 {"sliding_window", cfg.sliding_window}};
+  j["timings"] = {{"load_seconds", r.load_seconds},
+                  {"prefill_seconds", r.result.prefill_seconds},
+                  {"prefill_tokens_per_second", r.result.prefill_tokens_per_second()},
+                  {"decode_seconds", r.result.decode_seconds},
+                  {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
+  j["peak_rss_bytes"] = r.peak_rss;
+  j["threads"] = r.threads;
+  const moe::ResidencyStats& s = r.residency;
+  const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
+  const std::size_t decoded = r.result.tokens.size() > 1 ? r.result.tokens.size() - 1 : 0;
+  j["io"] = {
+      {"read_bytes", r.read_bytes},
+      {"read_bytes_per_decode_token",
+       decoded ? static_cast<double>(r.read_bytes_decode) / static_cast<double>(decoded) : 0.0},
+      {"disk_gb_per_second",
+       seconds > 0 ? static_cast<double>(r.read_bytes) / seconds / 1e9 : 0.0}};
+  j["residency"] = {{"ram_budget_bytes", s.budget},
+                    {"model_bytes", s.model_bytes},
+                    {"copied_bytes", s.copied_bytes},
+                    {"streaming", s.streaming},
+                    {"attention_streamed", s.attention_streamed},
+                    {"cache_policy", moe::cache_policy_name(r.cache_policy)},
+                    {"cache_capacity_bytes", s.cache_capacity},
+                    {"expert_uses", s.expert_uses},
+                    {"cache_hit_rate", s.cache_hit_rate()},
+                    {"prefill_chunk", r.prefill_chunk}};
+  return j;
+}
+
+void print_json(const nlohmann::ordered_json& j) {
+  // Invalid UTF-8 in generated text becomes U+FFFD, so the output is always valid JSON.
+  const std::string s = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fputc('\n', stdout);
+}
+
+/// The per-layer hook: the residency's steps, then prefill progress for a streamed model (whose
+/// prefill reads the whole checkpoint).
+std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(moe::WeightResidency& res,
+                                                                          std::size_t n_layers,
+                                                                          const Log& log) {
+  const bool progress = !log.quiet && res.stats().streaming;
+  return [&res, n_layers, progress](std::size_t layer, moe::MatrixView<const float> h) {
+    res.on_layer(layer, h);
+    if (progress && h.rows > 1 && ((layer + 1) % 8 == 0 || layer + 1 == n_layers)) {
+      std::fprintf(stderr, "moe-run: prefill layer %zu/%zu\n", layer + 1, n_layers);
+    }
+  };
+}
+
+/// Binds, builds and generates with weight views W and shared-expert type Shared.
+template <class W, class Shared>
+int generate_with(const Args& args, const Opened& o, const Tokenizer& tokenizer, const Log& log,
+                  Clock::time_point t_load) {
+  const moe::hf::Config& cfg = o.config;
+  const moe::hf::WeightsT<W> weights = moe::hf::bind_weights<W>(cfg, o.ckpt);
+  const auto model = moe::hf::make_model<W, Shared>(cfg, weights);
+  moe::WeightResidency residency = make_residency(args, o, weights.copied_bytes, log);
+
+  Report r;
+  r.weights = std::is_same_v<W, moe::BF16Weight> ? "bf16" : "f32";
+  r.copied_bytes = weights.copied_bytes;
+  r.prompt = prompt_ids(args, tokenizer, cfg);
+  moe::ThreadPool pool(args.threads);
+  // The prompt runs as one batch, in chunks; one token at a time when a batch (which reads all
+  // of a layer's experts at once) does not fit in the RAM budget.
+  r.prefill_chunk =
+      args.prefill_chunk ? args.prefill_chunk : (residency.batch_prefill_fits() ? 256 : 1);
+  moe::DecoderState state = model.make_state(r.prompt.size() + args.max_new_tokens,
+                                             std::min(r.prompt.size(), r.prefill_chunk));
+  r.load_seconds = seconds_since(t_load);
+  r.threads = pool.size();
+  log("moe-run: %s, %zu layers, %zu experts (top-%zu), %s weights (%.2f MB copied); loaded in "
+      "%.2f s; %zu prompt tokens, %zu threads\n",
+      std::string(moe::hf::architecture_name(cfg.family)).c_str(), cfg.n_layers, cfg.n_experts,
+      cfg.top_k, r.weights.c_str(), static_cast<double>(r.copied_bytes) / 1e6, r.load_seconds,
+      r.prompt.size(), pool.size());
+
+  moe::GenerateOptions gen;
+  gen.max_new_tokens = args.max_new_tokens;
+  gen.sampler.temperature = args.temperature;
+  gen.sampler.top_p = args.top_p;
+  gen.sampler.seed = args.seed;
+  gen.eos_id = args.stop_at_eos && !cfg.eos_token_ids.empty()
+                   ? static_cast<std::int32_t>(cfg.eos_token_ids.front())
+                   : -1;
+  gen.on_layer = layer_hook(residency, cfg.n_layers, log);
+  moe::Buffer<float> prompt_logits;
+  if (args.dump_logits) {
+    prompt_logits = moe::Buffer<float>(r.prompt.size() * cfg.vocab_size);
+    gen.prompt_logits = {prompt_logits.data(), r.prompt.size(), cfg.vocab_size};
+  }
+  TextOutput out(tokenizer, log.quiet);
+  out.prompt(args);
+  const std::uint64_t read0 = storage_read_bytes();
+  std::uint64_t read_first = 0;  // after prefill and the first sample
+  r.result = moe::generate(pool, model, state, r.prompt, gen, [&](std::int32_t id) {
+    if (read_first == 0) read_first = storage_read_bytes();
+    out.token(id);
+  });
+  out.finish();
+  const std::uint64_t read1 = storage_read_bytes();
+  r.read_bytes = read1 - read0;
+  r.read_bytes_decode = read_first ? read1 - read_first : 0;
+  if (args.dump_logits) {
+    moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {r.prompt.size(), cfg.vocab_size});
+    log("moe-run: wrote prompt logits [%zu, %zu] to %s\n", r.prompt.size(), cfg.vocab_size,
+        args.dump_logits->c_str());
+  }
+  r.peak_rss = peak_rss_bytes();
+  r.residency = residency.stats();
+  r.cache_policy = args.cache_policy;
+  const moe::GenerateResult& g = r.result;
+  log("moe-run: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
+      "(%.3f tokens/s); peak RSS %.1f MiB\n",
+      g.prompt_tokens, g.prefill_seconds, g.prefill_tokens_per_second(),
+      g.tokens.empty() ? std::size_t{0} : g.tokens.size() - 1, g.decode_seconds,
+      g.decode_tokens_per_second(), static_cast<double>(r.peak_rss) / (1024.0 * 1024.0));
+  if (args.json) print_json(json_report(r, cfg, out));
+  return 0;
+}
+
+int run(const Args& args) {
+  const Log log{args.json, isatty(fileno(stderr)) != 0};
+  const Tokenizer tokenizer = load_tokenizer(args);  // a bad path fails before the checkpoint
+  const auto t_load = Clock::now();
+  const Opened o(args.checkpoint);
+  // BF16 matrices are viewed as BF16Weight; F32 (and F16, widened at load) as F32Weight.
+  const bool bf16 = moe::hf::matrix_dtype(o.ckpt) == st::DType::kBF16;
+  const bool shared = o.config.d_ff_shared > 0;
+  using moe::BF16Weight, moe::F32Weight, moe::NoSharedExperts, moe::hf::SharedExpertOf;
+  if (bf16) {
+    return shared ? generate_with<BF16Weight, SharedExpertOf<BF16Weight>>(args, o, tokenizer, log,
+                                                                          t_load)
+                  : generate_with<BF16Weight, NoSharedExperts>(args, o, tokenizer, log, t_load);
+  }
+  return shared
+             ? generate_with<F32Weight, SharedExpertOf<F32Weight>>(args, o, tokenizer, log, t_load)
+             : generate_with<F32Weight, NoSharedExperts>(args, o, tokenizer, log, t_load);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  try {
+    args = parse_args(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "moe-run: error: %s\n\n%s", e.what(), kUsage);
+    return 2;
+  }
+  try {
+    return run(args);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "\nmoe-run: error: out of memory\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nmoe-run: error: %s\n", e.what());
+  }
+  return 1;
+}
