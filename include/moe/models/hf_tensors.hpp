@@ -156,7 +156,7 @@ inline models::Shape kv_width(const Config& c) {
 }  // namespace detail
 
 template <class W>
-inline constexpr GlobalRow<W> embedding_rows[] = {
+inline constexpr GlobalRow<W> kEmbeddingRows[] = {
     {"model.embed_tokens.weight", Slot::kEmbedding,
      [](const Config& c) {
        return models::Shape{c.vocab_size, c.d_model};
@@ -164,12 +164,12 @@ inline constexpr GlobalRow<W> embedding_rows[] = {
      &WeightsT<W>::embedding},
 };
 template <class W>
-inline constexpr GlobalRow<W> final_norm_rows[] = {
+inline constexpr GlobalRow<W> kFinalNormRows[] = {
     {"model.norm.weight", Slot::kFinalNorm, detail::width, &WeightsT<W>::final_norm},
 };
 /// Absent when tie_word_embeddings (the head is the embedding).
 template <class W>
-inline constexpr GlobalRow<W> head_rows[] = {
+inline constexpr GlobalRow<W> kHeadRows[] = {
     {"lm_head.weight", Slot::kLmHead,
      [](const Config& c) {
        return models::Shape{c.vocab_size, c.d_model};
@@ -179,7 +179,7 @@ inline constexpr GlobalRow<W> head_rows[] = {
 
 /// Every family: the pre-attention norm and the attention projections.
 template <class W>
-inline constexpr LayerRow<W> attention_rows[] = {
+inline constexpr LayerRow<W> kAttentionRows[] = {
     {"model.layers.{layer}.input_layernorm.weight", Slot::kAttnNorm, detail::width,
      &LayerWeightsT<W>::attn_norm},
     {"model.layers.{layer}.self_attn.q_proj.weight", Slot::kWq,
@@ -205,7 +205,7 @@ inline constexpr LayerRow<W> attention_rows[] = {
 };
 /// Qwen2-MoE with qkv_bias.
 template <class W>
-inline constexpr LayerRow<W> qkv_bias_rows[] = {
+inline constexpr LayerRow<W> kQkvBiasRows[] = {
     {"model.layers.{layer}.self_attn.q_proj.bias", Slot::kBq, detail::q_width,
      &LayerWeightsT<W>::bq},
     {"model.layers.{layer}.self_attn.k_proj.bias", Slot::kBk, detail::kv_width,
@@ -215,7 +215,7 @@ inline constexpr LayerRow<W> qkv_bias_rows[] = {
 };
 /// OLMoE.
 template <class W>
-inline constexpr LayerRow<W> qk_norm_rows[] = {
+inline constexpr LayerRow<W> kQkNormRows[] = {
     {"model.layers.{layer}.self_attn.q_norm.weight", Slot::kQNorm, detail::q_width,
      &LayerWeightsT<W>::q_norm},
     {"model.layers.{layer}.self_attn.k_norm.weight", Slot::kKNorm, detail::kv_width,
@@ -223,13 +223,13 @@ inline constexpr LayerRow<W> qk_norm_rows[] = {
 };
 /// Every family: the pre-MLP norm.
 template <class W>
-inline constexpr LayerRow<W> mlp_norm_rows[] = {
+inline constexpr LayerRow<W> kMlpNormRows[] = {
     {"model.layers.{layer}.post_attention_layernorm.weight", Slot::kMlpNorm, detail::width,
      &LayerWeightsT<W>::mlp_norm},
 };
 /// A dense layer (Qwen2-MoE: mlp_only_layers, or off the decoder_sparse_step grid).
 template <class W>
-inline constexpr LayerRow<W> dense_rows[] = {
+inline constexpr LayerRow<W> kDenseRows[] = {
     {"model.layers.{layer}.mlp.gate_proj.weight", Slot::kDenseGate,
      [](const Config& c) {
        return models::Shape{c.d_ff_dense, c.d_model};
@@ -261,12 +261,12 @@ inline models::Shape expert_out(const Config& c) {
 
 /// Mixtral's sparse block: the router, then each expert ("{expert}": one group per expert).
 template <class W>
-inline constexpr LayerRow<W> mixtral_router_rows[] = {
+inline constexpr LayerRow<W> kMixtralRouterRows[] = {
     {"model.layers.{layer}.block_sparse_moe.gate.weight", Slot::kRouter, detail::router_shape,
      &LayerWeightsT<W>::router},
 };
 template <class W>
-inline constexpr LayerRow<W> mixtral_expert_rows[] = {
+inline constexpr LayerRow<W> kMixtralExpertRows[] = {
     {"model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight", Slot::kExpertGate,
      detail::expert_in, &LayerWeightsT<W>::expert_gate},
     {"model.layers.{layer}.block_sparse_moe.experts.{expert}.w2.weight", Slot::kExpertDown,
@@ -276,12 +276,12 @@ inline constexpr LayerRow<W> mixtral_expert_rows[] = {
 };
 /// Qwen2-MoE's and OLMoE's sparse block.
 template <class W>
-inline constexpr LayerRow<W> router_rows[] = {
+inline constexpr LayerRow<W> kRouterRows[] = {
     {"model.layers.{layer}.mlp.gate.weight", Slot::kRouter, detail::router_shape,
      &LayerWeightsT<W>::router},
 };
 template <class W>
-inline constexpr LayerRow<W> expert_rows[] = {
+inline constexpr LayerRow<W> kExpertRows[] = {
     {"model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight", Slot::kExpertGate,
      detail::expert_in, &LayerWeightsT<W>::expert_gate},
     {"model.layers.{layer}.mlp.experts.{expert}.down_proj.weight", Slot::kExpertDown,
@@ -291,7 +291,7 @@ inline constexpr LayerRow<W> expert_rows[] = {
 };
 /// Qwen2-MoE's shared expert (shared_expert_intermediate_size > 0) and its sigmoid gate.
 template <class W>
-inline constexpr LayerRow<W> shared_expert_rows[] = {
+inline constexpr LayerRow<W> kSharedExpertRows[] = {
     {"model.layers.{layer}.mlp.shared_expert.gate_proj.weight", Slot::kSharedGate,
      [](const Config& c) {
        return models::Shape{c.d_ff_shared, c.d_model};
@@ -324,21 +324,21 @@ struct LayerGroup {
 /// The groups of layer `l` of `c`, in state-dict order.
 template <class W>
 std::vector<LayerGroup<W>> layer_groups(const Config& c, std::size_t l) {
-  std::vector<LayerGroup<W>> g{{attention_rows<W>}};
-  if (c.qkv_bias) g.push_back({qkv_bias_rows<W>});
-  if (c.qk_norm) g.push_back({qk_norm_rows<W>});
-  g.push_back({mlp_norm_rows<W>});
+  std::vector<LayerGroup<W>> g{{kAttentionRows<W>}};
+  if (c.qkv_bias) g.push_back({kQkvBiasRows<W>});
+  if (c.qk_norm) g.push_back({kQkNormRows<W>});
+  g.push_back({kMlpNormRows<W>});
   if (!c.sparse(l)) {
-    g.push_back({dense_rows<W>});
+    g.push_back({kDenseRows<W>});
     return g;
   }
   const bool mixtral = c.family == Family::kMixtral;
-  g.push_back({mixtral ? std::span<const LayerRow<W>>(mixtral_router_rows<W>)
-                       : std::span<const LayerRow<W>>(router_rows<W>)});
-  g.push_back({mixtral ? std::span<const LayerRow<W>>(mixtral_expert_rows<W>)
-                       : std::span<const LayerRow<W>>(expert_rows<W>),
+  g.push_back({mixtral ? std::span<const LayerRow<W>>(kMixtralRouterRows<W>)
+                       : std::span<const LayerRow<W>>(kRouterRows<W>)});
+  g.push_back({mixtral ? std::span<const LayerRow<W>>(kMixtralExpertRows<W>)
+                       : std::span<const LayerRow<W>>(kExpertRows<W>),
                true});
-  if (c.d_ff_shared > 0) g.push_back({shared_expert_rows<W>});
+  if (c.d_ff_shared > 0) g.push_back({kSharedExpertRows<W>});
   return g;
 }
 
@@ -358,7 +358,7 @@ inline std::string tensor_name(std::string_view pattern, std::size_t layer,
 /// expert are -1 where they do not apply): the one loop the functions below share.
 template <class W, class GlobalF, class LayerF>
 void for_each_tensor(const Config& c, GlobalF&& global, LayerF&& layer) {
-  for (const GlobalRow<W>& r : embedding_rows<W>) global(r, std::string(r.path));
+  for (const GlobalRow<W>& r : kEmbeddingRows<W>) global(r, std::string(r.path));
   for (std::size_t l = 0; l < c.n_layers; ++l) {
     for (const LayerGroup<W>& g : layer_groups<W>(c, l)) {
       const std::size_t n = g.per_expert ? c.n_experts : 1;
@@ -370,9 +370,9 @@ void for_each_tensor(const Config& c, GlobalF&& global, LayerF&& layer) {
       }
     }
   }
-  for (const GlobalRow<W>& r : final_norm_rows<W>) global(r, std::string(r.path));
+  for (const GlobalRow<W>& r : kFinalNormRows<W>) global(r, std::string(r.path));
   if (!c.tie_word_embeddings) {
-    for (const GlobalRow<W>& r : head_rows<W>) global(r, std::string(r.path));
+    for (const GlobalRow<W>& r : kHeadRows<W>) global(r, std::string(r.path));
   }
 }
 
