@@ -37,11 +37,16 @@
 #include <moe/train/checkpoint.hpp>
 #include <moe/train/optimizer.hpp>
 
+#include "../common/cli.hpp"
 #include "grok_moe.hpp"
 #include "model_config.hpp"
 #include "report.hpp"
 
 namespace {
+
+using examples::parse_double;
+using examples::parse_integer;
+using examples::UsageError;
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -87,10 +92,6 @@ constexpr const char* kUsage =
     "  --no-export           do not export at the end\n"
     "  --json                print one JSON object per evaluation on stdout\n";
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 /// The training hyperparameters a resumed run must share with the run it continues.
 struct Hyper {
   std::uint64_t steps = 2000;
@@ -112,30 +113,6 @@ struct Args {
 };
 
 // ---- command line --------------------------------------------------------------------------
-
-template <class T>
-T parse_integer(std::string_view flag, std::string_view s, T lo, T hi) {
-  T v{};
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || end != s.data() + s.size() || v < lo || v > hi) {
-    throw UsageError(std::string(flag) + " expects an integer in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "], got '" + std::string(s) + "'");
-  }
-  return v;
-}
-
-double parse_double(std::string_view flag, std::string_view s, double lo, double hi) {
-  const std::string str(s);
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(str.c_str(), &end);
-  if (str.empty() || end != str.c_str() + str.size() || errno != 0 || !std::isfinite(v) || v < lo ||
-      v > hi) {
-    throw UsageError(std::string(flag) + " expects a number in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "], got '" + str + "'");
-  }
-  return v;
-}
 
 Args parse_args(int argc, char** argv) {
   Args a;
