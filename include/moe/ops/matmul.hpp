@@ -422,7 +422,7 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   constexpr bool kDense =
       std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
   shape.dot = kDense;
-  const Plan plan = make_plan(shape, blocking, pool.scratch_bytes());
+  const Plan plan = make_plan(shape, blocking, pool.scratch_bytes(), pool.available() > 1);
   if (plan.path == Path::kNone) return false;
   if (plan.path == Path::kDot) {
     if constexpr (kDense) {
