@@ -23,6 +23,16 @@
 // softmaxes, the activations, the loss and AdamW (element-wise work), so peak_frac is the share
 // of the peak spent on the model's useful products. fwd_share / bwd_share / opt_share: the
 // step's time in forward_train, backward, and clipping + AdamW (summed over the run).
+//
+//   train_gemm/<op>/<name>/threads:1   the step's products alone, on one thread, operands hot
+//                              (in the step they come from L2/L3, written just before):
+//                              op = fwd (Y = X W), grad_input (dX += dY W^T), grad_weight
+//                              (dW += X^T dY); name = up [512 x 256 -> 512] and down
+//                              [512 x 512 -> 256] (an expert's 512 rows), q [2048 x 256 -> 256],
+//                              kv [2048 x 256 -> 64], head [2048 x 256 -> 4096] (the tied
+//                              embedding, stored [out, in]). FLOP/s and peak_frac; bench/
+//                              compare_pytorch_train.py --gemm times torch.mm (OpenBLAS) on the
+//                              same shapes next to it.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -33,6 +43,8 @@
 #include <string>
 #include <vector>
 
+#include <moe/ops/matmul.hpp>
+#include <moe/ops/matmul_grad.hpp>
 #include <moe/train/optimizer.hpp>
 
 #include "../examples/train/grok_moe.hpp"
@@ -139,6 +151,50 @@ void train_step(benchmark::State& st, bool dense) {
   moe_bench::set_counters(st, 0.0, 3.0 * n * forward_flops_per_token(s.config, !dense), threads);
 }
 
+/// One product of the training step at one of its shapes (see the file comment).
+struct GemmCase {
+  const char* name;
+  std::size_t T, in, out;
+  moe::Layout layout;
+};
+constexpr GemmCase kGemmCases[] = {{"up", 512, 256, 512, moe::Layout::kInOut},
+                                   {"down", 512, 512, 256, moe::Layout::kInOut},
+                                   {"q", 2048, 256, 256, moe::Layout::kInOut},
+                                   {"kv", 2048, 256, 64, moe::Layout::kInOut},
+                                   {"head", 2048, 256, 4096, moe::Layout::kOutIn}};
+enum class GemmOp { kForward, kGradInput, kGradWeight };
+
+void train_gemm(benchmark::State& st, GemmCase c, GemmOp op) {
+  moe::ThreadPool& pool = moe_bench::pool(1);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  auto randn = [&](std::size_t n) {
+    std::vector<float> v(n);
+    for (float& e : v) e = nd(rng);
+    return v;
+  };
+  const std::vector<float> x = randn(c.T * c.in), w = randn(c.in * c.out), dy = randn(c.T * c.out);
+  std::vector<float> y(c.T * c.out), dx(c.T * c.in), g(c.in * c.out);
+  const moe::F32Weight weight{w.data(), c.in, c.out, c.layout};
+  const moe::MatrixView<const float> xv(x.data(), c.T, c.in), dyv(dy.data(), c.T, c.out);
+  for (auto _ : st) {
+    switch (op) {
+      case GemmOp::kForward:
+        moe::matmul(pool, xv, weight, moe::MatrixView<float>(y.data(), c.T, c.out));
+        break;
+      case GemmOp::kGradInput:
+        moe::matmul_backward_input(pool, dyv, weight, moe::MatrixView<float>(dx.data(), c.T, c.in));
+        break;
+      case GemmOp::kGradWeight:
+        moe::matmul_backward_weight(pool, xv, dyv,
+                                    moe::WeightGrad{g.data(), c.in, c.out, c.layout});
+        break;
+    }
+    benchmark::ClobberMemory();
+  }
+  moe_bench::set_counters(st, 0.0, 2.0 * static_cast<double>(c.T * c.in * c.out), 1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,6 +215,22 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->MinTime(3.0);
+  }
+  for (GemmOp op : {GemmOp::kForward, GemmOp::kGradInput, GemmOp::kGradWeight}) {
+    for (const GemmCase& c : kGemmCases) {
+      const std::string name = std::string("train_gemm/") +
+                               (op == GemmOp::kForward     ? "fwd/"
+                                : op == GemmOp::kGradInput ? "grad_input/"
+                                                           : "grad_weight/") +
+                               c.name;
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [c, op](benchmark::State& s) { train_gemm(s, c, op); })
+          ->ArgNames({"threads"})
+          ->Arg(1)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.3);
+    }
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

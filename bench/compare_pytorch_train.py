@@ -26,6 +26,8 @@ PyTorch falls back to the reference BLAS): scripts/deps --bench.
 Usage:
   /usr/bin/python3 bench/compare_pytorch_train.py --bench build/release/bench/bench_train \\
       [--rounds 3] [--models moe,dense] [--reps 5]
+  /usr/bin/python3 bench/compare_pytorch_train.py --bench build/release/bench/bench_train --gemm
+      (the step's products alone, one thread: bench_train's train_gemm against torch.mm)
   /usr/bin/python3 bench/compare_pytorch_train.py --check   (the twin against the float64
       reference of tools/decoder_grad_reference.py, which the C++ gradients are tested against)
 
@@ -307,6 +309,72 @@ def run_moe(path, models):
     return res, params, doc["context"].get("load_avg", [])
 
 
+# bench_train's train_gemm shapes: name -> (T, in, out, weight stored [out, in]).
+GEMM_CASES = {"up": (512, 256, 512, False), "down": (512, 512, 256, False),
+              "q": (2048, 256, 256, False), "kv": (2048, 256, 64, False),
+              "head": (2048, 256, 4096, True)}
+GEMM_OPS = ("fwd", "grad_input", "grad_weight")
+
+
+def torch_gemm_flops(reps):
+    """FLOP/s of torch.mm on one thread for every (op, case) of bench_train's train_gemm: the
+    same products, as PyTorch's autograd runs them (x @ W, dy @ W^T, x^T @ dy)."""
+    torch.manual_seed(0)
+    res = {}
+    for name, (t, n_in, n_out, out_in) in GEMM_CASES.items():
+        x, dy = torch.randn(t, n_in), torch.randn(t, n_out)
+        w = torch.randn(n_out, n_in) if out_in else torch.randn(n_in, n_out)
+        wl = w.t() if out_in else w  # the logical [in, out] matrix (a view)
+        runs = {"fwd": lambda: x @ wl, "grad_input": lambda: dy @ wl.t(),
+                "grad_weight": (lambda: dy.t() @ x) if out_in else (lambda: x.t() @ dy)}
+        for op in GEMM_OPS:
+            f = runs[op]
+            f()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            res["%s/%s" % (op, name)] = 2.0 * t * n_in * n_out / statistics.median(times)
+    return res
+
+
+def gemm_in_child(reps):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if intel_cpu():
+        env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "gemm,%d,1" % reps],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_gemm(path, rounds, reps):
+    """train_gemm (moe, 1 thread) against torch.mm (OpenBLAS, 1 thread), alternating rounds."""
+    ratios, ours_all, theirs_all = {}, {}, {}
+    for r in range(rounds):
+        theirs = gemm_in_child(reps)
+        out = subprocess.run([path, "--benchmark_filter=train_gemm/|fma_peak/threads:1",
+                              "--benchmark_format=json"],
+                             check=True, capture_output=True, text=True).stdout
+        doc = json.loads(out)
+        peak = [b["FLOP/s"] for b in doc["benchmarks"] if "fma_peak" in b["run_name"]][0]
+        for b in doc["benchmarks"]:
+            if not b["run_name"].startswith("train_gemm/"):
+                continue
+            key = "/".join(b["run_name"].split("/")[1:3])
+            ours_all.setdefault(key, []).append(b["FLOP/s"] / peak)
+            theirs_all.setdefault(key, []).append(theirs[key] / peak)
+            ratios.setdefault(key, []).append(b["FLOP/s"] / theirs[key])
+        print("round %d done; load %s" % (r, " ".join(open("/proc/loadavg").read().split()[:3])),
+              flush=True)
+    print("\n%-22s %10s %10s %8s %14s" % ("product (1 thread)", "moe peak", "torch peak",
+                                           "ratio", "[min, max]"))
+    for key in ratios:
+        print("%-22s %10.2f %10.2f %8.2f   [%.2f, %.2f]" % (
+            key, statistics.median(ours_all[key]), statistics.median(theirs_all[key]),
+            statistics.median(ratios[key]), min(ratios[key]), max(ratios[key])))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", help="path of bench_train: measure both, in alternation, and print ratios")
@@ -314,6 +382,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5, help="timed PyTorch steps per measurement")
     ap.add_argument("--check", action="store_true", help="check the twin against the float64 reference")
+    ap.add_argument("--gemm", action="store_true",
+                    help="with --bench: the step's products alone (train_gemm) against torch.mm")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.check:
@@ -321,12 +391,21 @@ def main():
         return 0
     if a.worker:
         kind, reps, threads = a.worker.split(",")
+        if kind == "gemm":
+            torch.set_num_threads(1)
+            print(json.dumps(torch_gemm_flops(int(reps))))
+            return 0
         tps, n_params = torch_tok_per_s(kind, int(reps), int(threads))
         print(tps, n_params)
         return 0
     print("# torch %s, OPENBLAS_CORETYPE=%s (children: SkylakeX on Intel unless set), load %s" %
           (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
            " ".join(open("/proc/loadavg").read().split()[:3])), flush=True)
+    if a.gemm:
+        if not a.bench:
+            ap.error("--gemm needs --bench PATH")
+        compare_gemm(a.bench, a.rounds, max(a.reps, 20))
+        return 0
     models = a.models.split(",")
     rows = {m: [] for m in models}
     for r in range(a.rounds if a.bench else 1):
