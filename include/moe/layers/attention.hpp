@@ -126,45 +126,6 @@ struct AttentionWeights {
 
 }  // namespace moe
 
-MOE_SIMD_DETAIL_BEGIN
-
-/// Backward of y = RMSNorm(x, scale) over the rows of x (x: the norm's input): dx += dL/dx rows
-/// split over the pool; dscale (if not null) += sum over rows of dy * x * r, rows in order per
-/// column slab (deterministic). r holds x.rows floats of scratch.
-inline void norm_rows_backward(ThreadPool& pool, MatrixView<const float> x, const float* scale,
-                               MatrixView<const float> dy, MatrixView<float> dx, float* dscale,
-                               float eps, float* r) {
-  constexpr std::size_t kRows = 8, kSlab = 256;
-  const std::size_t n = x.rows, d = x.cols;
-  pool.parallel_for((n + kRows - 1) / kRows, [&](std::size_t c, std::size_t) {
-    const std::size_t r1 = std::min(n, (c + 1) * kRows);
-    for (std::size_t t = c * kRows; t < r1; ++t) {
-      r[t] = rms_norm_backward(x.row(t), scale, dy.row(t), dx.row(t), d, eps);
-    }
-  });
-  if (dscale == nullptr) return;
-  pool.parallel_for((d + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
-    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d - c0);
-    for (std::size_t t = 0; t < n; ++t) {
-      rms_norm_scale_backward(x.row(t) + c0, dy.row(t) + c0, r[t], dscale + c0, m);
-    }
-  });
-}
-
-/// out[c] += sum over rows of d[:, c] (a bias gradient), rows in order per column slab. Nothing
-/// when `out` is empty (frozen).
-inline void add_column_sums(ThreadPool& pool, MatrixView<const float> d, std::span<float> out) {
-  if (out.empty()) return;
-  constexpr std::size_t kSlab = 256;
-  pool.parallel_for((d.cols + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
-    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d.cols - c0);
-    for (std::size_t t = 0; t < d.rows; ++t)
-      add(out.data() + c0, d.row(t) + c0, out.data() + c0, m);
-  });
-}
-
-MOE_SIMD_DETAIL_END
-
 MOE_SIMD_NAMESPACE_BEGIN
 
 template <class W>
@@ -433,16 +394,16 @@ class RotaryAttention {
       fill(dq_pre.data, n * qd, 0.0f);
       fill(dk_pre.data, n * kvd, 0.0f);
       const auto eps = static_cast<float>(cfg_.qk_norm_eps);
-      detail::norm_rows_backward(pool, saved.q_pre, w_.q_norm.data(), dq, dq_pre,
-                                 grads.q_norm.empty() ? nullptr : grads.q_norm.data(), eps, r);
-      detail::norm_rows_backward(pool, saved.k_pre, w_.k_norm.data(), dk, dk_pre,
-                                 grads.k_norm.empty() ? nullptr : grads.k_norm.data(), eps, r);
+      detail::rms_norm_backward_rows(pool, saved.q_pre, w_.q_norm.data(), dq, dq_pre,
+                                     grads.q_norm.empty() ? nullptr : grads.q_norm.data(), eps, r);
+      detail::rms_norm_backward_rows(pool, saved.k_pre, w_.k_norm.data(), dk, dk_pre,
+                                     grads.k_norm.empty() ? nullptr : grads.k_norm.data(), eps, r);
       dq = dq_pre;
       dk = dk_pre;
     }
-    detail::add_column_sums(pool, dq, grads.bq);
-    detail::add_column_sums(pool, dk, grads.bk);
-    detail::add_column_sums(pool, dv, grads.bv);
+    bias_backward(pool, dq, grads.bq);
+    bias_backward(pool, dk, grads.bk);
+    bias_backward(pool, dv, grads.bv);
     // 5. the input projections.
     matmul_backward_weight(pool, x, dq, grads.wq);
     matmul_backward_weight(pool, x, dk, grads.wk);

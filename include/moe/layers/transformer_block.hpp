@@ -99,50 +99,12 @@ inline double lap(std::chrono::steady_clock::time_point& t0) noexcept {
   return s;
 }
 
-/// y = RMSNorm(x) row by row (x and y may alias), rows split over the pool in fixed chunks.
-inline void rms_norm_rows_parallel(ThreadPool& pool, MatrixView<const float> x, const float* scale,
-                                   MatrixView<float> y, float eps) {
-  constexpr std::size_t kRows = 8;
-  const std::size_t n = (x.rows + kRows - 1) / kRows;
-  if (n <= 1) {
-    rms_norm_rows(x, scale, y, eps);
-    return;
-  }
-  pool.parallel_for(n, [&](std::size_t c, std::size_t) {
-    const std::size_t r0 = c * kRows, r1 = std::min(x.rows, r0 + kRows);
-    for (std::size_t r = r0; r < r1; ++r) rms_norm(x.row(r), scale, y.row(r), x.cols, eps);
-  });
-}
-
 /// h += (post ? RMSNorm(u, post) : u), row by row.
 inline void residual_add(MatrixView<float> h, MatrixView<float> u, const float* post, float eps) {
   for (std::size_t r = 0; r < h.rows; ++r) {
     if (post) rms_norm(u.row(r), post, u.row(r), u.cols, eps);
     add(h.row(r), u.row(r), h.row(r), h.cols);
   }
-}
-
-/// Backward of y = RMSNorm(x, scale) over rows: dx += dL/dx (rows split over the pool) and, when
-/// dscale is not null, dscale += sum over rows of dy * x * r (column slabs over the pool, rows in
-/// order: deterministic). r_scratch holds x.rows floats.
-inline void rms_norm_backward_rows(ThreadPool& pool, MatrixView<const float> x, const float* scale,
-                                   MatrixView<const float> dy, MatrixView<float> dx, float* dscale,
-                                   float eps, float* r_scratch) {
-  constexpr std::size_t kRows = 8, kSlab = 256;
-  const std::size_t n = x.rows, d = x.cols;
-  pool.parallel_for((n + kRows - 1) / kRows, [&](std::size_t c, std::size_t) {
-    const std::size_t r1 = std::min(n, (c + 1) * kRows);
-    for (std::size_t r = c * kRows; r < r1; ++r) {
-      r_scratch[r] = rms_norm_backward(x.row(r), scale, dy.row(r), dx.row(r), d, eps);
-    }
-  });
-  if (dscale == nullptr) return;
-  pool.parallel_for((d + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
-    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d - c0);
-    for (std::size_t r = 0; r < n; ++r) {
-      rms_norm_scale_backward(x.row(r) + c0, dy.row(r) + c0, r_scratch[r], dscale + c0, m);
-    }
-  });
 }
 
 /// y = a + b, row by row (y may alias a or b).

@@ -5,6 +5,7 @@
 //   matmul_backward_input(pool, dy, w, dx)    dx[T, in]  += dy . W^T   any weight type and layout
 //   matmul_backward_weight(pool, x, dy, g)    g[in, out] += x^T . dy   g: a WeightGrad (f32, the
 //                                                                      weight's own layout)
+//   bias_backward(pool, dy, db)               db[out] += sum over rows of dy (y = x . W + b)
 //
 // Both ACCUMULATE (llm.c style): several paths into the same input (a residual fan-out, the
 // router and the experts reading the same x) and several token blocks into the same weight add
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <type_traits>
 
 #include <moe/config.hpp>
@@ -197,6 +199,20 @@ inline void matmul_backward_weight(ThreadPool& pool, MatrixView<const float> x,
     }
   }
   detail::backward_weight_simple(pool, x, dy, g);
+}
+
+/// db[c] += sum over the rows of dy[:, c]: the gradient of a bias added to every row. Column
+/// slabs over the pool, rows in order within each (deterministic). Nothing when db is empty
+/// (frozen).
+inline void bias_backward(ThreadPool& pool, MatrixView<const float> dy, std::span<float> db) {
+  if (db.empty()) return;
+  MOE_ASSERT(db.size() == dy.cols);
+  constexpr std::size_t kSlab = 256;
+  pool.parallel_for((dy.cols + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
+    const std::size_t c0 = c * kSlab, m = std::min(kSlab, dy.cols - c0);
+    for (std::size_t t = 0; t < dy.rows; ++t)
+      add(db.data() + c0, dy.row(t) + c0, db.data() + c0, m);
+  });
 }
 
 MOE_SIMD_NAMESPACE_END

@@ -4,6 +4,10 @@
 //
 // Backward, given dy (the same derivation as llm.c's layernorm_backward without the mean):
 //   dx = r (s * dy) - x r^3 mean(x * s * dy)          ds += dy * x * r   (summed over rows)
+//
+// Per row: rms_norm, rms_norm_backward, rms_norm_scale_backward. Over the rows of a matrix, split
+// over a pool in fixed chunks (deterministic): detail::rms_norm_rows_parallel and
+// detail::rms_norm_backward_rows.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +16,7 @@
 
 #include <moe/config.hpp>
 #include <moe/core/tensor.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/ops/vector.hpp>
 #include <moe/simd/simd.hpp>
 
@@ -87,3 +92,45 @@ inline void rms_norm_scale_backward(const float* x, const float* dy, float r, fl
 }
 
 MOE_SIMD_NAMESPACE_END
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// y = RMSNorm(x) row by row (x and y may alias), rows split over the pool in fixed chunks.
+inline void rms_norm_rows_parallel(ThreadPool& pool, MatrixView<const float> x, const float* scale,
+                                   MatrixView<float> y, float eps) {
+  constexpr std::size_t kRows = 8;
+  const std::size_t n = (x.rows + kRows - 1) / kRows;
+  if (n <= 1) {
+    rms_norm_rows(x, scale, y, eps);
+    return;
+  }
+  pool.parallel_for(n, [&](std::size_t c, std::size_t) {
+    const std::size_t r0 = c * kRows, r1 = std::min(x.rows, r0 + kRows);
+    for (std::size_t r = r0; r < r1; ++r) rms_norm(x.row(r), scale, y.row(r), x.cols, eps);
+  });
+}
+
+/// Backward of y = RMSNorm(x, scale) over rows: dx += dL/dx (rows split over the pool) and, when
+/// dscale is not null, dscale += sum over rows of dy * x * r (column slabs over the pool, rows in
+/// order: deterministic). r_scratch holds x.rows floats.
+inline void rms_norm_backward_rows(ThreadPool& pool, MatrixView<const float> x, const float* scale,
+                                   MatrixView<const float> dy, MatrixView<float> dx, float* dscale,
+                                   float eps, float* r_scratch) {
+  constexpr std::size_t kRows = 8, kSlab = 256;
+  const std::size_t n = x.rows, d = x.cols;
+  pool.parallel_for((n + kRows - 1) / kRows, [&](std::size_t c, std::size_t) {
+    const std::size_t r1 = std::min(n, (c + 1) * kRows);
+    for (std::size_t r = c * kRows; r < r1; ++r) {
+      r_scratch[r] = rms_norm_backward(x.row(r), scale, dy.row(r), dx.row(r), d, eps);
+    }
+  });
+  if (dscale == nullptr) return;
+  pool.parallel_for((d + kSlab - 1) / kSlab, [&](std::size_t c, std::size_t) {
+    const std::size_t c0 = c * kSlab, m = std::min(kSlab, d - c0);
+    for (std::size_t r = 0; r < n; ++r) {
+      rms_norm_scale_backward(x.row(r) + c0, dy.row(r) + c0, r_scratch[r], dscale + c0, m);
+    }
+  });
+}
+
+MOE_SIMD_DETAIL_END
