@@ -13,6 +13,7 @@
 
 #include <moe/ops/matmul_grad.hpp>
 
+#include "common/owned_weight.hpp"
 #include "common/test_util.hpp"
 
 namespace {
@@ -20,35 +21,8 @@ namespace {
 using moe::Layout;
 using moe::MatrixView;
 
-struct Owned {
-  std::vector<float> f32;
-  std::vector<moe::bf16> b16;
-  std::vector<std::int8_t> q;
-  std::vector<moe::bf16> scales;
-};
-
-template <class W>
-W make_weight(Owned& o, std::size_t in, std::size_t out, Layout layout, std::size_t blocks,
-              std::uint64_t seed) {
-  const std::vector<float> v = moe_test::randn(in * out, seed);
-  if constexpr (moe::is_int8_weight_v<W>) {
-    o.q.resize(in * out);
-    for (std::size_t i = 0; i < in * out; ++i) {
-      o.q[i] = static_cast<std::int8_t>(std::lround(std::clamp(v[i] * 40.0f, -127.0f, 127.0f)));
-    }
-    const std::vector<float> s = moe_test::randu(blocks * out, seed + 1, 0.005f, 0.02f);
-    for (std::size_t i = 0; i < s.size(); ++i) {  // blocks differ by 16x: a wrong block shows
-      o.scales.push_back(moe::bf16(s[i] * ((i / out) % 2 ? 16.0f : 1.0f)));
-    }
-    return W(moe::Int8Weight{o.q.data(), o.scales.data(), in, out, blocks});
-  } else if constexpr (std::is_same_v<typename W::element_type, float>) {
-    o.f32 = v;
-    return W{o.f32.data(), in, out, layout};
-  } else {
-    for (float f : v) o.b16.push_back(moe::bf16(f));
-    return W{o.b16.data(), in, out, layout};
-  }
-}
+using moe_test::make_weight;
+using Owned = moe_test::OwnedWeight;
 
 double bound(double n, double mag) {
   return (2.0 * n + 32.0) * std::ldexp(1.0, -24) * mag + 1e-30;
