@@ -954,9 +954,9 @@ class MoELayer {
       for (std::size_t c = 0; c < pr.count[t]; ++c) {
         const std::uint32_t row = pr.of_token[t * k + c];
         axpy(1.0f, dxg.row(row), dx.row(t), d);
-        gbar[pr.pair[row]] = gb[row];
       }
     });
+    for (std::size_t row = 0; row < n_rows; ++row) gbar[pr.pair[row]] = gb[row];
   }
 
   /// The shared expert's backward; padding rows' output was zeroed, so their dy is ignored.
