@@ -35,10 +35,12 @@ void add_tensor_parallel_json(nlohmann::ordered_json& j, moe::mpi::Communicator&
                               const ShardLoaded& m, const moe::DecoderProfile& prof,
                               const std::vector<std::uint64_t>& rss) {
   const std::vector<std::uint64_t> shard = comm.all_gather(m.weights.shard_bytes());
+  const std::vector<std::uint64_t> pages = comm.all_gather(m.weights.page_bytes());
   const moe::mpi::CommStats& s = comm.stats();
   j["ranks"] = comm.size();
   j["rank_peak_rss_bytes"] = rss;
   j["rank_shard_bytes"] = shard;
+  j["rank_shard_page_bytes"] = pages;
   const double compute = prof.total() - prof.reduce;
   j["tensor_parallel"] = {{"all_reduces", s.all_reduces},
                           {"all_reduce_bytes", s.all_reduce_bytes},
@@ -47,7 +49,14 @@ void add_tensor_parallel_json(nlohmann::ordered_json& j, moe::mpi::Communicator&
                           {"logit_gather_bytes", s.gather_bytes},
                           {"logit_gather_seconds", s.gather_seconds},
                           {"forward_calls", prof.calls},
-                          {"compute_seconds", compute}};
+                          {"compute_seconds", compute},
+                          {"profile_seconds",
+                           {{"embedding", prof.embedding},
+                            {"norms", prof.norms},
+                            {"attention", prof.attention},
+                            {"ffn", prof.ffn},
+                            {"head", prof.head},
+                            {"reduce", prof.reduce}}}};
 }
 
 int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {

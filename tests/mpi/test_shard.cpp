@@ -190,3 +190,17 @@ TEST_CASE("shards in threads: logits match the whole model (prefill and decode)"
     if (n == 1) CHECK(got == want);  // one shard is the whole model, bit for bit
   }
 }
+
+TEST_CASE("page_bytes_of_rows: pages under strided rows, shared pages once", "[mpi][shard]") {
+  using moe::mpi::page_bytes_of_rows;
+  const auto* base = reinterpret_cast<const void*>(std::uintptr_t{1} << 20);  // page-aligned
+  const auto at = [&](std::size_t off) {
+    return reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(base) + off);
+  };
+  CHECK(page_bytes_of_rows(base, 1, 4096, 0, 4096) == 4096);
+  CHECK(page_bytes_of_rows(at(1), 1, 4096, 0, 4096) == 8192);    // straddles two pages
+  CHECK(page_bytes_of_rows(base, 4, 1024, 1024, 4096) == 4096);  // four rows, one page
+  CHECK(page_bytes_of_rows(at(100), 3, 2048, 32768, 4096) == 3 * 4096);
+  CHECK(page_bytes_of_rows(at(3000), 3, 2048, 32768, 4096) == 6 * 4096);
+  CHECK(page_bytes_of_rows(base, 0, 10, 10, 4096) == 0);
+}

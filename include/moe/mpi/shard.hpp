@@ -25,7 +25,9 @@
 //   model.forward(pool, tokens, state, local_logits, {.reduce = all_reduce_sum});
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
@@ -127,6 +129,31 @@ struct ShardPlan {
   return s;
 }
 
+/// Bytes of the `page`-byte pages that `rows` rows of `row_bytes` bytes, `stride` bytes apart
+/// from `base`, lie on (rows in increasing address order; a page shared by two rows counts once).
+[[nodiscard]] inline std::size_t page_bytes_of_rows(const void* base, std::size_t rows,
+                                                    std::size_t row_bytes, std::size_t stride,
+                                                    std::size_t page) {
+  const auto a0 = reinterpret_cast<std::uintptr_t>(base);
+  std::uintptr_t covered = 0;  // pages [.., covered) are counted
+  std::size_t pages = 0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::uintptr_t a = a0 + r * stride;
+    const std::uintptr_t first = std::max<std::uintptr_t>(a / page, covered);
+    const std::uintptr_t end = (a + row_bytes + page - 1) / page;
+    if (end > first) pages += end - first;
+    covered = std::max(covered, end);
+  }
+  return pages * page;
+}
+
+/// page_bytes_of_rows for an int8 view's weight rows and scale rows.
+[[nodiscard]] inline std::size_t page_bytes(const Int8Weight& w, std::size_t page) {
+  const std::size_t ld = w.row_stride();
+  return page_bytes_of_rows(w.data, w.in, w.out, ld, page) +
+         page_bytes_of_rows(w.scales, w.blocks, w.out * sizeof(bf16), ld * sizeof(bf16), page);
+}
+
 /// One rank's weights: views into the checkpoint (see the file comment). Move-only in spirit:
 /// the layers' expert stacks point into `expert_views` (a moved vector keeps its buffer).
 struct ShardWeights {
@@ -146,6 +173,18 @@ struct ShardWeights {
       n += l.wq.bytes() + l.wk.bytes() + l.wv.bytes() + l.wo.bytes();
     }
     for (const auto& v : expert_views) n += v.bytes();
+    return n;
+  }
+  /// Bytes of the pages those weights lie on: what reading all of them brings into this rank's
+  /// RAM. More than shard_bytes() where a slab's rows start or end inside a page that the
+  /// neighbouring rank's slab shares (the files' payloads are not page-aligned, and a column
+  /// slab narrower than a page shares every page it touches).
+  [[nodiscard]] std::size_t page_bytes(std::size_t page = 4096) const {
+    std::size_t n = page_bytes_of_rows(head.data, 1, head.bytes(), 0, page);
+    for (const auto& l : layers) {
+      for (const Int8Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo}) n += mpi::page_bytes(*w, page);
+    }
+    for (const auto& v : expert_views) n += mpi::page_bytes(v, page);
     return n;
   }
 };
