@@ -309,12 +309,16 @@ TEST_CASE("the bound catches a wrong block or scale column", "[kernels][matmul][
 }
 
 TEST_CASE("results are bit-identical for 1, 2 and 3 threads", "[kernels][matmul][determinism]") {
+  // 1 thread, and a call nested in a pool task (run inline), plan without the extra token
+  // blocks a parallel call gets ({300, 256, 512} and {512, 512, 256} have them); nothing else
+  // may differ.
   moe::ThreadPool p1(1), p2(2), p3(3);
   struct Shape {
     std::size_t T, in, out;
   };
   const Shape shapes[] = {{1, 6144, 1000}, {1, 4096, 6144}, {1, 6144, 24},   {5, 2000, 300},
-                          {3, 600, 1100},  {16, 6144, 17},  {70, 600, 1100}, {40, 4096, 64}};
+                          {3, 600, 1100},  {16, 6144, 17},  {70, 600, 1100}, {40, 4096, 64},
+                          {300, 256, 512}, {512, 512, 256}};
   std::uint64_t seed = 500;
   for (Kind kind : kAllKinds) {
     for (const Shape& s : shapes) {
@@ -327,6 +331,11 @@ TEST_CASE("results are bit-identical for 1, 2 and 3 threads", "[kernels][matmul]
       INFO(kind_name(kind) << " T=" << s.T << " in=" << s.in << " out=" << s.out);
       CHECK(std::memcmp(y1.buf.data(), y2.buf.data(), y1.buf.size() * sizeof(float)) == 0);
       CHECK(std::memcmp(y1.buf.data(), y3.buf.data(), y1.buf.size() * sizeof(float)) == 0);
+      TestY y_nested = make_y(s.T, s.out);
+      p3.parallel_for(2, [&](std::size_t task, std::size_t) {
+        if (task == 0) run(p3, x, tw, y_nested);
+      });
+      CHECK(std::memcmp(y1.buf.data(), y_nested.buf.data(), y1.buf.size() * sizeof(float)) == 0);
       // And repeated calls on the same pool agree (dynamic scheduling differs run to run).
       TestY y2b = make_y(s.T, s.out);
       run(p2, x, tw, y2b);

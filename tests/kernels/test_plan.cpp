@@ -139,6 +139,15 @@ TEST_CASE("plans use the expected paths and fit the scratch", "[kernels][plan]")
               CHECK(p.pack == (T > b.f32_in_place_max_t));
             }
             if (in * out >= 1u << 20) CHECK(p.n_tasks() >= 4);  // enough tasks for 2+ threads
+            // A call that runs on one thread: the same K chunks (the summation order), no more
+            // token blocks than max_tb needs.
+            const Plan q = make_plan(shape(T, in, out, elem, in_out), b, scratch, false);
+            CHECK(q.path == p.path);
+            CHECK(q.chunk == p.chunk);
+            CHECK(q.n_chunks == p.n_chunks);
+            CHECK(q.kc == p.kc);
+            CHECK(q.n_tblocks <= p.n_tblocks);
+            if (q.path == Path::kPacked) CHECK(q.n_tblocks == (T + b.max_tb - 1) / b.max_tb);
           }
         }
       }

@@ -75,6 +75,11 @@ class ThreadPool {  // NOLINT(clang-analyzer-optin.performance.Padding)
 
   /// Total number of threads (workers + the calling thread).
   [[nodiscard]] std::size_t size() const noexcept { return workers_.size() + 1; }
+  /// Threads a parallel_for called from here can use: 1 inside one of this pool's own tasks
+  /// (nested calls run inline), size() otherwise.
+  [[nodiscard]] std::size_t available() const noexcept {
+    return current_pool_ == this ? 1 : size();
+  }
 
   /// Scratch block of thread `thread` (valid while a task runs on that thread).
   [[nodiscard]] std::byte* scratch(std::size_t thread) noexcept {

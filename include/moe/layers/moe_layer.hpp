@@ -208,7 +208,7 @@ class MoELayer {
     } else {
       zero_rows(y);
     }
-    compute_and_combine(pool, x, r, dsp, y, arena, opts, nullptr, nullptr);  // 4-5
+    compute_and_combine(pool, x, r, dsp, y, arena, opts);  // 4-5
     zero_padding_rows(y, opts.token_mask);
     return res;
   }
@@ -263,17 +263,20 @@ class MoELayer {
   /// Scratch bytes forward_train and backward use for up to max_tokens tokens.
   [[nodiscard]] std::size_t training_workspace_bytes(std::size_t max_tokens) const noexcept {
     const std::size_t t = max_tokens, e = n_experts(), pairs = t * top_k();
-    const std::size_t block = std::min(t, kFfnBlockRows), d = dim(), f = hidden();
-    // forward_train: the router, the losses, then the pair list + expert blocks (or shared)
-    std::size_t experts = Arena::bytes_for<float>(block * d) + Arena::bytes_for<float>(block * f);
+    const std::size_t d = dim(), f = hidden();
+    // forward_train: the router, the losses, then the pair list + the pair rows, their inputs
+    // (then outputs) and hidden activations (or the shared expert)
+    std::size_t experts = pair_rows_bytes(t) + Arena::bytes_for<std::uint32_t>(max_blocks(t)) +
+                          Arena::bytes_for<float>(pairs * d) + Arena::bytes_for<float>(pairs * f);
     if constexpr (kShared) experts = std::max(experts, shared_.training_workspace_bytes(t));
     const std::size_t fwd = std::max({router_.scratch_bytes(t), loss_bytes(t),
                                       Arena::bytes_for<std::uint32_t>(pairs) + experts});
     // backward: dz, da, dL/dw, then the widest phase
     const std::size_t grads = 2 * Arena::bytes_for<float>(t * e) + Arena::bytes_for<float>(pairs);
-    const std::size_t expert_phase = 3 * Arena::bytes_for<float>(block * d) +
-                                     2 * Arena::bytes_for<float>(block * f) +
-                                     2 * Arena::bytes_for<float>(block);
+    const std::size_t expert_phase = pair_rows_bytes(t) + Arena::bytes_for<std::uint32_t>(e) +
+                                     3 * Arena::bytes_for<float>(pairs * d) +
+                                     2 * Arena::bytes_for<float>(pairs * f) +
+                                     2 * Arena::bytes_for<float>(pairs);
     std::size_t shared_phase = 0;
     if constexpr (kShared) {
       shared_phase = Arena::bytes_for<float>(t * d) + shared_.training_workspace_bytes(t);
@@ -321,7 +324,7 @@ class MoELayer {
     } else {
       zero_rows(y);
     }
-    compute_and_combine(pool, x, r, saved.dispatch, y, scratch, o, g, u);  // 4-5
+    compute_and_combine_train(pool, x, r, saved.dispatch, y, scratch, o, g, u);  // 4-5
     zero_padding_rows(y, o.token_mask);
     return res;
   }
@@ -755,36 +758,128 @@ class MoELayer {
 
   // ---- 4. compute and 5. combine ---------------------------------------------------------------
 
-  /// For every expert, in blocks of kept pairs: gather the rows, run the expert, combine into y.
-  /// With g_tape / u_tape (forward_train) the gate and up projections go to the tape, rows in
-  /// dispatch order.
+  /// For every expert, in blocks of kept pairs: gather the rows, run the expert (its products
+  /// parallel over the pool), combine into y.
   void compute_and_combine(ThreadPool& pool, MatrixView<const float> x, const RouterOutput& r,
                            const Dispatch& dsp, MatrixView<float> y, Arena& arena,
-                           const ForwardOptions& opts, float* g_tape, float* u_tape) const {
-    const std::size_t d = dim(), f = hidden(), block = std::min(x.rows, kFfnBlockRows);
+                           const ForwardOptions& opts) const {
+    const std::size_t d = dim(), block = std::min(x.rows, kFfnBlockRows);
     Arena::Scope scope(arena);
     float* xg = arena.alloc<float>(block * d);
-    float* g = g_tape != nullptr ? nullptr : arena.alloc<float>(experts_.scratch_floats(block));
-    float* u = g_tape != nullptr ? nullptr : arena.alloc<float>(experts_.scratch_floats(block));
-    float* h = g_tape != nullptr ? arena.alloc<float>(block * f) : nullptr;
-    std::size_t row = 0;  // rows computed so far (the tape's row of the next pair)
+    float* g = arena.alloc<float>(experts_.scratch_floats(block));
+    float* u = arena.alloc<float>(experts_.scratch_floats(block));
     for (std::size_t e = 0; e < n_experts(); ++e) {
       const std::uint32_t* seg = dsp.order + dsp.offsets[e];
       for (std::size_t r0 = 0; r0 < dsp.kept[e]; r0 += block) {
         const std::size_t n = std::min<std::size_t>(block, dsp.kept[e] - r0);
         const MatrixView<float> rows(xg, n, d);
-        const HiddenDropout drop = hidden_dropout(opts, seg + r0);
         gather_rows(x, seg + r0, rows);
         // xg is read by the gate/up projections only, so it also receives the expert output.
-        if (g_tape != nullptr) {
-          experts_.compute_train(pool, e, rows, rows, g_tape + row * f, u_tape + row * f, h, drop);
-        } else {
-          experts_.compute(pool, e, rows, rows, g, u, drop);
-        }
+        experts_.compute(pool, e, rows, rows, g, u, hidden_dropout(opts, seg + r0));
         combine_rows(r.weights.data, seg + r0, rows, y);
-        row += n;
       }
     }
+  }
+
+  // ---- 4-5 in training: one task per expert block -----------------------------------------------
+  //
+  // A training batch gives every expert hundreds of rows, so forward_train and backward run the
+  // experts side by side, one task per expert block (backward: per expert, whose blocks add to
+  // the same weight gradients), each task's products on its own thread (nested pool calls run
+  // inline). Every block is the same computation as in the sequential loop (same rows, same
+  // products), and the combine / dx scatter add each token's rows in ascending expert order as
+  // that loop does, so the results equal it bit for bit for any thread count; what changes is
+  // that gathers, activations and scatters run in parallel too, and that there is one pool call
+  // per layer instead of one per product. The price: the pairs' rows live side by side in the
+  // scratch (PairRows, [pairs, D] and [pairs, F] buffers) instead of one block at a time.
+
+  /// The computed pairs in dispatch order (the tape's row order: expert 0's kept pairs, then
+  /// expert 1's, ...) and each token's rows in ascending expert order.
+  struct PairRows {
+    std::uint32_t* start = nullptr;     ///< [E + 1] expert e's rows are [start[e], start[e+1])
+    std::uint32_t* pair = nullptr;      ///< [rows] the pair (t * k + j) computed at each row
+    std::uint32_t* of_token = nullptr;  ///< [T * k] token t's rows at [t k, t k + count[t])
+    std::uint8_t* count = nullptr;      ///< [T]
+  };
+  [[nodiscard]] std::size_t pair_rows_bytes(std::size_t t) const noexcept {
+    return Arena::bytes_for<std::uint32_t>(n_experts() + 1) +
+           2 * Arena::bytes_for<std::uint32_t>(t * top_k()) + Arena::bytes_for<std::uint8_t>(t);
+  }
+  /// Upper bound on the expert blocks of one call (each expert has at most t rows).
+  [[nodiscard]] std::size_t max_blocks(std::size_t t) const noexcept {
+    return n_experts() + t * top_k() / std::min(std::max<std::size_t>(t, 1), kFfnBlockRows);
+  }
+
+  PairRows pair_rows(const Dispatch& dsp, std::size_t t_count, Arena& arena) const {
+    const std::size_t k = top_k();
+    PairRows pr;
+    pr.start = arena.alloc<std::uint32_t>(n_experts() + 1);
+    pr.pair = arena.alloc<std::uint32_t>(t_count * k);
+    pr.of_token = arena.alloc<std::uint32_t>(t_count * k);
+    pr.count = arena.alloc<std::uint8_t>(t_count);
+    std::fill_n(pr.count, t_count, std::uint8_t{0});
+    std::uint32_t row = 0;
+    for (std::size_t e = 0; e < n_experts(); ++e) {
+      pr.start[e] = row;
+      const std::uint32_t* seg = dsp.order + dsp.offsets[e];
+      for (std::uint32_t i = 0; i < dsp.kept[e]; ++i, ++row) {
+        const std::size_t t = seg[i] / k;
+        pr.pair[row] = seg[i];
+        pr.of_token[t * k + pr.count[t]++] = row;
+      }
+    }
+    pr.start[n_experts()] = row;
+    return pr;
+  }
+
+  /// forward_train's 4-5: every expert block computed in parallel into its pair rows (the gate
+  /// and up projections to the tape, g_tape / u_tape), then combined into y.
+  void compute_and_combine_train(ThreadPool& pool, MatrixView<const float> x, const RouterOutput& r,
+                                 const Dispatch& dsp, MatrixView<float> y, Arena& arena,
+                                 const ForwardOptions& opts, float* g_tape, float* u_tape) const {
+    const std::size_t d = dim(), f = hidden(), block = std::min(x.rows, kFfnBlockRows);
+    Arena::Scope scope(arena);
+    const PairRows pr = pair_rows(dsp, x.rows, arena);
+    const std::size_t n_rows = pr.start[n_experts()];
+    // Row of the pairs: input, then (in place) the expert's output.
+    const MatrixView<float> out(arena.alloc<float>(n_rows * d), n_rows, d);
+    float* h = arena.alloc<float>(n_rows * f);
+    std::uint32_t* first_row = arena.alloc<std::uint32_t>(max_blocks(x.rows));  // of each block
+    std::size_t n_blocks = 0;
+    for (std::size_t e = 0; e < n_experts(); ++e) {
+      for (std::uint32_t r0 = pr.start[e]; r0 < pr.start[e + 1]; r0 += block) {
+        first_row[n_blocks++] = r0;
+      }
+    }
+    const std::uint32_t* const start = pr.start;
+    pool.parallel_for(n_blocks, [&](std::size_t b, std::size_t) {
+      const std::size_t row = first_row[b];
+      const std::size_t e = static_cast<std::size_t>(
+          std::upper_bound(start, start + n_experts() + 1, row) - start - 1);
+      const std::size_t n = std::min<std::size_t>(block, start[e + 1] - row);
+      const MatrixView<float> rows = out.rows_slice(row, n);
+      const std::uint32_t* pairs = pr.pair + row;
+      gather_rows(x, pairs, rows);
+      experts_.compute_train(pool, e, rows, rows, g_tape + row * f, u_tape + row * f, h + row * f,
+                             hidden_dropout(opts, pairs));
+    });
+    const std::size_t k = top_k();
+    for_token_chunks(pool, x.rows, [&](std::size_t t) {
+      for (std::size_t c = 0; c < pr.count[t]; ++c) {
+        const std::uint32_t row = pr.of_token[t * k + c];
+        axpy(r.weights.data[pr.pair[row]], out.row(row), y.row(t), y.cols);
+      }
+    });
+  }
+
+  /// fn(t) for every token, in parallel chunks.
+  template <class Fn>
+  static void for_token_chunks(ThreadPool& pool, std::size_t t_count, Fn&& fn) {
+    constexpr std::size_t kChunk = 64;
+    pool.parallel_for((t_count + kChunk - 1) / kChunk, [&](std::size_t c, std::size_t) {
+      const std::size_t t1 = std::min(t_count, (c + 1) * kChunk);
+      for (std::size_t t = c * kChunk; t < t1; ++t) fn(t);
+    });
   }
 
   /// The expert dropout of a block whose rows are the pairs keys[0..n) (inactive outside training).
@@ -821,34 +916,47 @@ class MoELayer {
                         const typename ExpertT::Grads& grads, float* gbar, Arena& arena) const {
     const std::size_t d = dim(), f = hidden(), k = top_k(), block = std::min(x.rows, kFfnBlockRows);
     Arena::Scope scope(arena);
-    const MatrixView<float> xg(arena.alloc<float>(block * d), block, d);
-    const MatrixView<float> dyg(arena.alloc<float>(block * d), block, d);
-    const MatrixView<float> dxg(arena.alloc<float>(block * d), block, d);
-    float* s0 = arena.alloc<float>(block * f);
-    float* s1 = arena.alloc<float>(block * f);
-    float* w = arena.alloc<float>(block);
-    float* gb = arena.alloc<float>(block);
     const Dispatch& dsp = s.dispatch;
-    std::size_t row = 0;
-    for (std::size_t e = 0; e < n_experts(); ++e) {
-      const std::uint32_t* seg = dsp.order + dsp.offsets[e];
-      for (std::size_t r0 = 0; r0 < dsp.kept[e]; r0 += block) {
-        const std::size_t n = std::min<std::size_t>(block, dsp.kept[e] - r0);
-        const std::uint32_t* pairs = seg + r0;
-        gather_rows(x, pairs, xg.rows_slice(0, n));
-        gather_rows(dy, pairs, dyg.rows_slice(0, n));
-        for (std::size_t i = 0; i < n; ++i) w[i] = s.route.weights.data[pairs[i]];
-        fill(dxg.data, n * d, 0.0f);
-        experts_.backward_rows(pool, e, xg.rows_slice(0, n), s.gate + row * f, s.up + row * f,
-                               dyg.rows_slice(0, n), dxg.rows_slice(0, n), grads, s0, s1,
-                               RowWeights{w, gb}, hidden_dropout(s.opts, pairs));
-        for (std::size_t i = 0; i < n; ++i) {
-          axpy(1.0f, dxg.row(i), dx.row(pairs[i] / k), d);
-          gbar[pairs[i]] = gb[i];
-        }
-        row += n;
-      }
+    const PairRows pr = pair_rows(dsp, x.rows, arena);
+    const std::size_t n_rows = pr.start[n_experts()];
+    const MatrixView<float> xg(arena.alloc<float>(n_rows * d), n_rows, d);
+    const MatrixView<float> dyg(arena.alloc<float>(n_rows * d), n_rows, d);
+    const MatrixView<float> dxg(arena.alloc<float>(n_rows * d), n_rows, d);
+    float* s0 = arena.alloc<float>(n_rows * f);
+    float* s1 = arena.alloc<float>(n_rows * f);
+    float* w = arena.alloc<float>(n_rows);
+    float* gb = arena.alloc<float>(n_rows);
+    // One task per expert (its blocks add to the same gradients), the largest first.
+    std::uint32_t* experts = arena.alloc<std::uint32_t>(n_experts());
+    std::size_t n_busy = 0;
+    for (std::uint32_t e = 0; e < n_experts(); ++e) {
+      if (dsp.kept[e] > 0) experts[n_busy++] = e;
     }
+    std::stable_sort(experts, experts + n_busy, [&dsp](std::uint32_t a, std::uint32_t b) {
+      return dsp.kept[a] > dsp.kept[b];
+    });
+    pool.parallel_for(n_busy, [&](std::size_t i, std::size_t) {
+      const std::size_t e = experts[i];
+      for (std::size_t row = pr.start[e]; row < pr.start[e + 1]; row += block) {
+        const std::size_t n = std::min<std::size_t>(block, pr.start[e + 1] - row);
+        const std::uint32_t* pairs = pr.pair + row;
+        gather_rows(x, pairs, xg.rows_slice(row, n));
+        gather_rows(dy, pairs, dyg.rows_slice(row, n));
+        for (std::size_t j = 0; j < n; ++j) w[row + j] = s.route.weights.data[pairs[j]];
+        fill(dxg.row(row), n * d, 0.0f);
+        experts_.backward_rows(pool, e, xg.rows_slice(row, n), s.gate + row * f, s.up + row * f,
+                               dyg.rows_slice(row, n), dxg.rows_slice(row, n), grads, s0 + row * f,
+                               s1 + row * f, RowWeights{w + row, gb + row},
+                               hidden_dropout(s.opts, pairs));
+      }
+    });
+    for_token_chunks(pool, x.rows, [&](std::size_t t) {
+      for (std::size_t c = 0; c < pr.count[t]; ++c) {
+        const std::uint32_t row = pr.of_token[t * k + c];
+        axpy(1.0f, dxg.row(row), dx.row(t), d);
+        gbar[pr.pair[row]] = gb[row];
+      }
+    });
   }
 
   /// The shared expert's backward; padding rows' output was zeroed, so their dy is ignored.

@@ -418,11 +418,11 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   shape.elem = sizeof(typename A::E);
   shape.in_out = A::in_out(w);
   shape.a_trans = x.trans;
-  shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 1024 == 0;
+  shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 4096 == 0;
   constexpr bool kDense =
       std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
   shape.dot = kDense;
-  const Plan plan = make_plan(shape, blocking, pool.scratch_bytes());
+  const Plan plan = make_plan(shape, blocking, pool.scratch_bytes(), pool.available() > 1);
   if (plan.path == Path::kNone) return false;
   if (plan.path == Path::kDot) {
     if constexpr (kDense) {
