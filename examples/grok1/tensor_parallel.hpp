@@ -59,6 +59,18 @@ void add_tensor_parallel_json(nlohmann::ordered_json& j, moe::mpi::Communicator&
                             {"reduce", prof.reduce}}}};
 }
 
+/// TokenError unless every prompt id is in the vocabulary (generate() would find it too, but
+/// after agree(), on every rank at once).
+void check_prompt_ids(const std::vector<std::int32_t>& prompt, std::size_t vocab) {
+  for (std::size_t t = 0; t < prompt.size(); ++t) {
+    if (prompt[t] < 0 || static_cast<std::size_t>(prompt[t]) >= vocab) {
+      throw moe::TokenError("[grok1] prompt token id " + std::to_string(prompt[t]) + " at index " +
+                            std::to_string(t) + " is outside the vocabulary [0, " +
+                            std::to_string(vocab) + ")");
+    }
+  }
+}
+
 int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   const bool root = comm.rank() == 0;
   const Log log{args.json || !root, root && isatty(fileno(stderr)) != 0};
@@ -73,6 +85,7 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
     open_options.progress = validation_progress(log);
     m.emplace(args.checkpoint, open_options, comm);
     r.prompt = prompt_ids(args, *tokenizer, m->ckpt.config());
+    check_prompt_ids(r.prompt, m->ckpt.config().vocab_size);  // before agree(): one message
   } catch (const std::exception& e) {
     error = e.what();
   }

@@ -15,6 +15,7 @@ Cases:
                of the single-process run; the greedy continuation identical; --json has
                "ranks": N and one peak RSS per rank; only rank 0 prints.
   bad_dimension  -np 3: 8 query heads do not split; exit 1, the ConfigError once, no hang.
+  bad_token    a prompt id outside the vocabulary: exit 1, the TokenError once.
   rank_fails   rank 1 gets a checkpoint directory that does not exist (MPMD command line):
                exit 1, rank 0 prints "rank 1 of 2" and the path, no hang.
   rank_dies    rank 1 is a process that exits at once without MPI: mpirun ends the job with a
@@ -95,6 +96,13 @@ def case_bad_dimension(args):
     assert p.stdout == "", p.stdout
 
 
+def case_bad_token(args):
+    cmd = grok1_args(args, checkpoint(args), os.devnull)
+    cmd[cmd.index("--tokens") + 1] = "5,1003"
+    p = run(mpirun("-np", "2", *cmd), expect_rc=1)
+    assert p.stderr.count("prompt token id 1003 at index 1 is outside the vocabulary") == 1, p.stderr
+
+
 def case_rank_fails(args):
     good = grok1_args(args, checkpoint(args), os.devnull)
     bad = list(good)
@@ -127,6 +135,7 @@ def main():
         os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     cases = {"np2": lambda: case_np(args, 2), "np4": lambda: case_np(args, 4),
              "bad_dimension": lambda: case_bad_dimension(args),
+             "bad_token": lambda: case_bad_token(args),
              "rank_fails": lambda: case_rank_fails(args), "rank_dies": lambda: case_rank_dies(args)}
     cases[args.case]()
     print(f"{args.case}: ok")

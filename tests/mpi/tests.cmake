@@ -5,7 +5,7 @@ if(NOT TARGET grok1 OR NOT MOE_PYTHON3)
   message(STATUS "moe: grok1 or /usr/bin/python3 missing; the mpirun tests are not registered")
   return()
 endif()
-foreach(case np2 np4 bad_dimension rank_fails rank_dies)
+foreach(case np2 np4 bad_dimension bad_token rank_fails rank_dies)
   add_test(NAME "mpi.grok1.${case}"
            COMMAND "${MOE_PYTHON3}" "${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_grok1_mpi.py"
                    --grok1 $<TARGET_FILE:grok1> --source "${PROJECT_SOURCE_DIR}"

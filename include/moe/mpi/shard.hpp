@@ -154,9 +154,16 @@ struct ShardPlan {
          page_bytes_of_rows(w.scales, w.blocks, w.out * sizeof(bf16), ld * sizeof(bf16), page);
 }
 
-/// One rank's weights: views into the checkpoint (see the file comment). Move-only in spirit:
-/// the layers' expert stacks point into `expert_views` (a moved vector keeps its buffer).
+/// One rank's weights: views into the checkpoint (see the file comment). Move-only: the layers'
+/// expert stacks point into `expert_views` (a moved vector keeps its buffer, a copy would not).
 struct ShardWeights {
+  ShardWeights() = default;
+  ShardWeights(const ShardWeights&) = delete;
+  ShardWeights& operator=(const ShardWeights&) = delete;
+  ShardWeights(ShardWeights&&) noexcept = default;
+  ShardWeights& operator=(ShardWeights&&) noexcept = default;
+  ~ShardWeights() = default;
+
   grok1::Config config;  ///< the full model's
   ShardPlan plan;
   EmbeddingTable embedding;  ///< the full table (lookup of any token)
