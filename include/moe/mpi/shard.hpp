@@ -299,7 +299,7 @@ template <class Model = grok1::Model>
     Moe moe(RouterT(l.router, grok1::routing(c)),
             ExpertT(l.expert_gate, l.expert_up, l.expert_down));
     blocks.emplace_back(
-        std::move(attention), std::move(moe),
+        std::move(attention), moe,
         BlockNorms{l.norm_pre_attn, l.norm_post_attn, l.norm_pre_moe, l.norm_post_moe},
         grok1::block_config(c));
   }
