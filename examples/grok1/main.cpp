@@ -5,6 +5,7 @@
 //         [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
 //         [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]
 //         [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]
+//   mpirun -np N grok1 ...   tensor parallel over N ranks (tensor_parallel.hpp)
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
 #include <algorithm>
@@ -35,6 +36,9 @@
 #endif
 
 #include <nlohmann/json.hpp>
+#if defined(MOE_HAVE_MPI)
+#include <moe/mpi/tensor_parallel.hpp>
+#endif
 
 #include "../common/cli.hpp"
 
@@ -495,9 +499,16 @@ int run(const Args& args) {
   return 0;
 }
 
+#if defined(MOE_HAVE_MPI)
+#include "tensor_parallel.hpp"  // MPI mode (uses the definitions above)
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(MOE_HAVE_MPI)
+  if (moe::mpi::launched_by_mpirun()) return main_tensor_parallel(argc, argv);
+#endif
   Args args;
   try {
     args = parse_args(argc, argv);

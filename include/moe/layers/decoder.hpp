@@ -74,9 +74,19 @@ struct DecoderConfig {
   double embedding_multiplier = 1.0;  ///< Grok-1: 78.38367176906169 (sqrt(6144))
   double output_multiplier = 1.0;     ///< Grok-1: 0.5773502691896257 (1/sqrt(3))
   double rms_eps = 1e-5;              ///< of the final norm
+  /// Columns of the head and of the logits (0 = vocab_size). A tensor-parallel shard computes
+  /// only its slice of the vocabulary (moe/mpi/): its untied head is that slice, [D, head_vocab].
+  std::size_t head_vocab = 0;
+
+  [[nodiscard]] std::size_t logits_cols() const noexcept {
+    return head_vocab == 0 ? vocab_size : head_vocab;
+  }
 
   void validate() const {
     check_config(vocab_size > 0 && d_model > 0, "decoder", "vocab_size and d_model must be > 0");
+    check_config(head_vocab <= vocab_size, "decoder",
+                 "head_vocab (" + std::to_string(head_vocab) + ") exceeds vocab_size (" +
+                     std::to_string(vocab_size) + ")");
     check_config(rms_eps > 0, "decoder", "rms_eps must be > 0");
     check_config(std::isfinite(embedding_multiplier) && std::isfinite(output_multiplier), "decoder",
                  "multipliers must be finite");
@@ -89,6 +99,8 @@ struct DecoderOptions {
   DecoderProfile* profile = nullptr;
   /// When set, called after every block with the residual stream h [T, D] (tests, debugging).
   std::function<void(std::size_t layer, MatrixView<const float> h)> on_layer;
+  /// Tensor parallel: sums every block's partial attention and FFN outputs across shards.
+  PartialSum reduce;
 };
 
 /// Per-step options of Decoder::forward_train (backward uses the same).
@@ -253,7 +265,10 @@ class Decoder {
       check_config(a.n_kv_heads == a0.n_kv_heads && a.head_dim == a0.head_dim, "decoder",
                    "block " + std::to_string(l) + " has a different KV shape than block 0");
     }
-    if (head_) check_weight_shape(*head_, "decoder", "head", d, v);
+    if (head_) check_weight_shape(*head_, "decoder", "head", d, cfg_.logits_cols());
+    check_config(head_ || cfg_.logits_cols() == v, "decoder",
+                 "a head over a vocabulary slice (head_vocab " + std::to_string(cfg_.head_vocab) +
+                     ") must be an untied head");
   }
 
   [[nodiscard]] const DecoderConfig& config() const noexcept { return cfg_; }
@@ -316,12 +331,12 @@ class Decoder {
       }
       blocks_[l].attention().check(pool, cache, l, t_count);
     }
-    if (logits.data == nullptr || logits.cols != cfg_.vocab_size ||
+    const std::size_t lc = cfg_.logits_cols();
+    if (logits.data == nullptr || logits.cols != lc ||
         (logits.rows != t_count && logits.rows != 1)) {
       throw ShapeError("[decoder] logits have shape " + shape_str({logits.rows, logits.cols}) +
-                       ", expected " + shape_str({t_count, cfg_.vocab_size}) +
-                       " (every token) or " + shape_str({1, cfg_.vocab_size}) +
-                       " (the last token)");
+                       ", expected " + shape_str({t_count, lc}) + " (every token) or " +
+                       shape_str({1, lc}) + " (the last token)");
     }
   }
 
@@ -508,12 +523,12 @@ class Decoder {
   void step(ThreadPool& pool, std::int32_t token, DecoderState& state, std::span<float> logits,
             const DecoderOptions& options = {}) const {
     const std::int32_t tok[1] = {token};
-    if (logits.size() != cfg_.vocab_size) {
+    if (logits.size() != cfg_.logits_cols()) {
       throw ShapeError("[decoder] logits have shape " + shape_str({logits.size()}) + ", expected " +
-                       shape_str({cfg_.vocab_size}));
+                       shape_str({cfg_.logits_cols()}));
     }
     forward(pool, std::span<const std::int32_t>(tok, 1), state,
-            MatrixView<float>(logits.data(), 1, cfg_.vocab_size), options);
+            MatrixView<float>(logits.data(), 1, cfg_.logits_cols()), options);
   }
 
  private:
@@ -526,15 +541,16 @@ class Decoder {
     Arena& arena = state.arena();
     Arena::Scope scope(arena);
     MatrixView<float> h(arena.alloc<float>(t_count * d), t_count, d);
+    const PartialSum* reduce = options.reduce ? &options.reduce : nullptr;
 
     embed_rows(pool, emb_, tokens, static_cast<float>(cfg_.embedding_multiplier), h);
     if (prof) prof->embedding += detail::lap(t0);
 
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       if constexpr (std::is_void_v<ffn_result_type>) {
-        blocks_[l].forward(pool, h, state.cache(), l, arena, prof);
+        blocks_[l].forward(pool, h, state.cache(), l, arena, prof, {}, reduce);
       } else {
-        auto r = blocks_[l].forward(pool, h, state.cache(), l, arena, prof);
+        auto r = blocks_[l].forward(pool, h, state.cache(), l, arena, prof, {}, reduce);
         if (!ffn_results.empty()) ffn_results[l] = std::move(r);
       }
       if (options.on_layer) options.on_layer(l, h);
@@ -575,6 +591,8 @@ class Decoder {
     const std::size_t n = tokens.size(), seq_len = st.seq_len_;
     if (seq_len == 0)
       throw ConfigError("[decoder] the training state is empty (make_training_state)");
+    check_config(cfg_.logits_cols() == cfg_.vocab_size, "decoder",
+                 "a vocabulary-slice head (head_vocab) is for inference only");
     if (n == 0 || n % seq_len != 0 || n > st.batch_ * seq_len) {
       throw ShapeError("[decoder] forward_train() got " + std::to_string(n) +
                        " tokens; the state takes whole sequences of " + std::to_string(seq_len) +

@@ -12,6 +12,11 @@
 // type with the FFN interface of moe/layers/moe_types.hpp (MoELayer, a dense gated FFN, ...).
 // The block's forward returns what the Ffn's forward returns (MoEResult for an MoE layer).
 //
+// Tensor parallel (moe/mpi/): each rank's block holds a slice of the heads and of every expert's
+// hidden width, so its attention and FFN outputs are partial sums; forward()'s optional
+// PartialSum is called on each sub-block output u [T, D] before the post-norm and residual add
+// (e.g. an MPI all-reduce), which makes every rank's residual stream the full model's.
+//
 // Decoders that mix dense and MoE layers (GLaM: an MoE layer in every other block; DeepSeek and
 // Qwen-MoE: the first blocks dense) use DenseOrMoE<MoE, Dense> as their Ffn: each block holds
 // either its MoE layer or its dense FFN, chosen at construction, and returns
@@ -23,6 +28,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -72,12 +78,19 @@ struct DecoderProfile {
   double attention = 0;  ///< projections, RoPE, cache append, attention core, output projection
   double ffn = 0;        ///< the FFN / MoE layer (router and experts)
   double head = 0;       ///< LM head (and output multiplier)
+  double reduce = 0;     ///< the PartialSum of tensor-parallel blocks (e.g. MPI all-reduces)
   std::size_t calls = 0;
   std::size_t tokens = 0;
 
-  [[nodiscard]] double total() const noexcept { return embedding + norms + attention + ffn + head; }
+  [[nodiscard]] double total() const noexcept {
+    return embedding + norms + attention + ffn + head + reduce;
+  }
   void reset() noexcept { *this = DecoderProfile{}; }
 };
+
+/// Sums a sub-block's partial output u [T, D] in place across the shards of a tensor-parallel
+/// model (see the file comment); every shard calls it in the same order.
+using PartialSum = std::function<void(MatrixView<float> u)>;
 
 /// The FFN interface a TransformerBlock calls (see moe/layers/moe_types.hpp).
 template <class F>
@@ -355,9 +368,11 @@ class TransformerBlock {
   }
 
   /// Updates the residual stream h [T, D] in place; layer `layer` of `cache` gets T positions.
+  /// `reduce` (tensor parallel) sums the attention and FFN outputs across shards.
   ffn_result_type forward(ThreadPool& pool, MatrixView<float> h, KvCache& cache, std::size_t layer,
                           Arena& arena, DecoderProfile* profile = nullptr,
-                          const ForwardOptions& ffn_options = {}) const {
+                          const ForwardOptions& ffn_options = {},
+                          const PartialSum* reduce = nullptr) const {
     const std::size_t t_count = h.rows, d = dim();
     MOE_ASSERT(h.cols == d);
     Arena::Scope scope(arena);
@@ -374,17 +389,20 @@ class TransformerBlock {
     charge(&DecoderProfile::norms);
     attn_.forward(pool, a, u, cache, layer, arena);
     charge(&DecoderProfile::attention);
+    sum_partials(reduce, u, charge);
     detail::residual_add(h, u, sandwich ? norms_.post_attn.data() : nullptr, eps_);
     detail::rms_norm_rows_parallel(pool, h, norms_.pre_ffn.data(), a, eps_);
     charge(&DecoderProfile::norms);
     if constexpr (std::is_void_v<ffn_result_type>) {
       ffn_.forward(pool, a, u, arena, ffn_options);
       charge(&DecoderProfile::ffn);
+      sum_partials(reduce, u, charge);
       detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
       charge(&DecoderProfile::norms);
     } else {
       ffn_result_type result = ffn_.forward(pool, a, u, arena, ffn_options);
       charge(&DecoderProfile::ffn);
+      sum_partials(reduce, u, charge);
       detail::residual_add(h, u, sandwich ? norms_.post_ffn.data() : nullptr, eps_);
       charge(&DecoderProfile::norms);
       return result;
@@ -392,6 +410,13 @@ class TransformerBlock {
   }
 
  private:
+  template <class Charge>
+  static void sum_partials(const PartialSum* reduce, MatrixView<float> u, Charge& charge) {
+    if (reduce == nullptr || !*reduce) return;
+    (*reduce)(u);
+    charge(&DecoderProfile::reduce);
+  }
+
   /// y = base + (post ? RMSNorm(u, post) : u); u is rewritten only through a scratch copy.
   void post_norm_add(ThreadPool& pool, MatrixView<const float> base, MatrixView<const float> u,
                      const float* post, MatrixView<float> y, Arena& scratch) const {

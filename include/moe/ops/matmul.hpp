@@ -105,7 +105,7 @@ struct WeightAccess<Int8Weight> {
   using E = std::int8_t;
   static constexpr bool kInt8 = true;
   static bool in_out(const Int8Weight&) noexcept { return true; }
-  static std::size_t ld(const Int8Weight& w) noexcept { return w.out; }
+  static std::size_t ld(const Int8Weight& w) noexcept { return w.row_stride(); }
   static const bf16* scales(const Int8Weight& w) noexcept { return w.scales; }
   static std::size_t block_rows(const Int8Weight& w) noexcept { return w.block_rows(); }
   static RowReader<E> reader(const Int8Weight&) noexcept { return {}; }

@@ -11,6 +11,11 @@
 //       weight int8 [in, out] row-major, scales bf16 [blocks, out], blocks = 1 or 8 (any divisor
 //       of `in` is accepted). Row i uses scale row i / (in / blocks). Dequantization is exact:
 //       w = float(int8) * float(scale) in f32 (8-bit x 8-bit significands fit in 24 bits).
+//       `ld` (0 = out) is the row stride of both weight and scales, in elements: a column slab
+//       [:, c0, c0 + out) of a wider [in, ld] matrix is a view too (data + c0, scales + c0), so a
+//       tensor-parallel shard reads its columns in place (moe/mpi/shard.hpp). The forward
+//       products (matmul, matvec, Int8ActWeight) honour it; the backward products
+//       (matmul_grad.hpp) need a contiguous weight (ld 0 or out).
 //   Int8ActWeight (opt-in, approximate)
 //       the same memory as an Int8Weight, computed with int8 ACTIVATIONS: matmul quantises each
 //       token's activations per scale block to int8 and accumulates exact int32 dot products
@@ -79,11 +84,15 @@ struct Int8Weight {
   std::size_t in = 0;
   std::size_t out = 0;
   std::size_t blocks = 1;  ///< rows of `scales`; row i uses scale row i / block_rows()
+  std::size_t ld = 0;      ///< row stride of data and scales in elements (0 = out: contiguous)
 
   [[nodiscard]] std::size_t block_rows() const noexcept { return in / blocks; }
+  /// Distance between rows i and i + 1 (of data, and of scales), in elements.
+  [[nodiscard]] std::size_t row_stride() const noexcept { return ld == 0 ? out : ld; }
   /// Exact dequantized W[i, o].
   [[nodiscard]] float at(std::size_t i, std::size_t o) const noexcept {
-    return static_cast<float>(data[i * out + o]) * scales[(i / block_rows()) * out + o].to_float();
+    const std::size_t s = row_stride();
+    return static_cast<float>(data[i * s + o]) * scales[(i / block_rows()) * s + o].to_float();
   }
   [[nodiscard]] std::size_t bytes() const noexcept {
     return in * out + blocks * out * sizeof(bf16);
@@ -162,6 +171,10 @@ void validate_weight(const W& w, std::string_view component, std::string_view na
       throw ShapeError(where + " has scales " + shape_str({w.blocks, w.out}) +
                        " whose row count does not divide in = " + std::to_string(w.in));
     }
+    if (w.row_stride() < w.out) {
+      throw ShapeError(where + " has row stride " + std::to_string(w.ld) +
+                       " < out = " + std::to_string(w.out));
+    }
   }
 }
 
@@ -215,12 +228,17 @@ struct WeightStack {
     return {v.empty() ? W{} : v.front(), v.size(), v.empty() ? nullptr : v.data()};
   }
 
-  /// View of expert e (pointer arithmetic, or the e-th separate view).
+  /// View of expert e (pointer arithmetic, or the e-th separate view). A stacked int8 stack
+  /// with a row stride is a column slab of every expert ([E, in, ld] stored).
   [[nodiscard]] W operator[](std::size_t e) const noexcept {
     if (views != nullptr) return views[e];
     W w = first;
-    if (w.data != nullptr) w.data += e * first.in * first.out;
-    if constexpr (is_int8_weight_v<W>) w.scales += e * first.blocks * first.out;
+    if constexpr (is_int8_weight_v<W>) {
+      if (w.data != nullptr) w.data += e * first.in * first.row_stride();
+      w.scales += e * first.blocks * first.row_stride();
+    } else {
+      if (w.data != nullptr) w.data += e * first.in * first.out;
+    }
     return w;
   }
   [[nodiscard]] bool separate() const noexcept { return views != nullptr; }

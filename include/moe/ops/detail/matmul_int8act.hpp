@@ -300,16 +300,16 @@ void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk,
   acc.zero();
   const std::int8_t* xq = s.xq + (t - blk.t0) * ldq;
   const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;
+  const std::size_t ldw = w.row_stride();
   if (!raw) {
     int8act_kernel<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
   } else if (pack_out) {
-    int8act_kernel<MR, true, true>(kc, xq, ldq, w.data + k0 * w.out + n, w.out, cols, 0, s.strip,
-                                   acc);
+    int8act_kernel<MR, true, true>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, 0, s.strip, acc);
   } else {
-    int8act_kernel<MR, true, false>(kc, xq, ldq, w.data + k0 * w.out + n, w.out, cols, pf, nullptr,
+    int8act_kernel<MR, true, false>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, pf, nullptr,
                                     acc);
   }
-  const bf16* sw = w.scales + (k0 / w.block_rows()) * w.out + n;
+  const bf16* sw = w.scales + (k0 / w.block_rows()) * ldw + n;
   int8act_store(acc, std::min(MR, blk.t1 - t), s.xsum + (t - blk.t0), s.sx + (t - blk.t0), sw, cols,
                 blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0), blk.d.ld, load_y);
 }
