@@ -48,7 +48,7 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
       std::vector<float> o(n * qd), lse(n * k.hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
           dv(n * kvd, 0.0f);
       moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
-                         moe::attend_backward_scratch_bytes(T));
+                         moe::attend_backward_scratch_bytes(core, T));
       float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
       double max_z = 0;
       for (std::size_t b = 0; b < B; ++b) {

@@ -86,7 +86,7 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
         std::vector<float> o(n * qd), lse(n * hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
             dv(n * kvd, 0.0f);
         moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
-                           moe::attend_backward_scratch_bytes(T));
+                           moe::attend_backward_scratch_bytes(core, T));
         float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
         for (std::size_t b = 0; b < B; ++b) {
           const std::size_t r0 = b * T;

@@ -82,9 +82,11 @@ inline constexpr std::size_t kAttentionTile = 64;
          Arena::round_up(kAttentionTile * c.head_dim * sizeof(float));
 }
 
-/// Bytes of scratch attend_causal_backward() needs for a sequence of T tokens.
-[[nodiscard]] inline std::size_t attend_backward_scratch_bytes(std::size_t seq_len) noexcept {
-  return 2 * Arena::round_up(seq_len * sizeof(float));
+/// Bytes of scratch attend_causal_backward() needs for a sequence of T tokens (two rows of T
+/// floats per query head of a KV group).
+[[nodiscard]] inline std::size_t attend_backward_scratch_bytes(const AttentionCore& c,
+                                                               std::size_t seq_len) noexcept {
+  return 2 * c.group() * Arena::round_up(seq_len * sizeof(float));
 }
 
 }  // namespace moe
@@ -352,6 +354,70 @@ void attend_causal(const AttentionCore& c, MatrixView<const float> q, MatrixView
   }
 }
 
+MOE_SIMD_NAMESPACE_END
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// One query row and head of attend_causal_backward: with s_j = q . k_j, z_j = scale s_j
+/// (soft-capped), w_j = exp(z_j - lse), D = do . o: writes ds[j] = scale dL/dz_j and dw[j] = w_j
+/// for the len keys (rows at keys / values + j * stride).
+inline void score_grads(const AttentionCore& c, const float* qh, const float* oh, const float* doh,
+                        const float* keys, const float* values, std::size_t stride, std::size_t len,
+                        float lse, float* ds, float* dw, bool tiled) noexcept {
+  const std::size_t dh = c.head_dim;
+  const simd::fbatch scale(c.scale), cap(c.cap), inv_cap(c.cap > 0 ? 1.0f / c.cap : 0.0f);
+  const bool capped = c.cap > 0.0f;
+  if (tiled) {
+    dot_rows_tiled(qh, keys, stride, len, dh, ds);
+    dot_rows_tiled(doh, values, stride, len, dh, dw);
+  } else {
+    dot_rows_simple(qh, keys, stride, len, dh, ds);
+    dot_rows_simple(doh, values, stride, len, dh, dw);
+  }
+  const simd::fbatch big_d(dot(doh, oh, dh));
+  const simd::fbatch l(lse);
+  for (std::size_t j = 0; j < len; j += simd::kLanes) {
+    const std::size_t n = std::min(simd::kLanes, len - j);
+    simd::fbatch z = simd::load_n(ds + j, n) * scale;
+    simd::fbatch factor(1.0f);
+    if (capped) {
+      const simd::fbatch th = simd::tanh(z * inv_cap);
+      z = cap * th;
+      factor = simd::fnma(th, th, simd::fbatch(1.0f));
+    }
+    const simd::fbatch w = simd::exp(z - l);
+    const simd::fbatch dz = w * (simd::load_n(dw + j, n) - big_d) * factor;
+    simd::store_n(ds + j, dz * scale, n);
+    simd::store_n(dw + j, w, n);
+  }
+}
+
+/// y[0, dh) += sum_{hi < group} a[hi * a_stride] * x[hi * dh .. hi * dh + dh), the heads in order
+/// (each element the same chain of FMAs as group successive axpy calls), y loaded and stored once.
+inline void add_group_rows(const float* a, std::size_t a_stride, const float* x, std::size_t dh,
+                           std::size_t group, float* y) noexcept {
+  std::size_t c = 0;
+  for (; c + simd::kLanes <= dh; c += simd::kLanes) {
+    simd::fbatch acc = simd::load(y + c);
+    for (std::size_t hi = 0; hi < group; ++hi) {
+      acc = simd::fma(simd::fbatch(a[hi * a_stride]), simd::load(x + hi * dh + c), acc);
+    }
+    simd::store(y + c, acc);
+  }
+  if (c < dh) {
+    const std::size_t n = dh - c;
+    simd::fbatch acc = simd::load_n(y + c, n);
+    for (std::size_t hi = 0; hi < group; ++hi) {
+      acc = simd::fma(simd::fbatch(a[hi * a_stride]), simd::load_n(x + hi * dh + c, n), acc);
+    }
+    simd::store_n(y + c, acc, n);
+  }
+}
+
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
+
 /// Where attend_causal_backward() adds the key and value gradients of one KV head: row j at
 /// keys + j * stride (values likewise).
 struct KvGradRows {
@@ -372,54 +438,35 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
                                    const KvGradRows& dkv, std::size_t g, float* scratch) noexcept {
   const std::size_t dh = c.head_dim, group = c.group(), n_tokens = q.rows;
   const bool tiled = dh % simd::kLanes == 0;
-  float* ds = scratch;  // scores, then scale * dz
-  float* dw = scratch + Arena::round_up(n_tokens * sizeof(float)) / sizeof(float);  // dw, then w
-  const simd::fbatch scale(c.scale), cap(c.cap), inv_cap(c.cap > 0 ? 1.0f / c.cap : 0.0f);
-  const bool capped = c.cap > 0.0f;
+  // Per query head hi of the group: ds[hi] (scores, then scale * dz) and dw[hi] (dw, then w).
+  const std::size_t row = Arena::round_up(n_tokens * sizeof(float)) / sizeof(float);
+  float* const ds = scratch;
+  float* const dw = scratch + group * row;
   for (std::size_t t = 0; t < n_tokens; ++t) {
-    // Keys [lo, t]: ds[i], dw[i] belong to key lo + i.
+    // Keys [lo, t]: ds[hi * row + i], dw[hi * row + i] belong to key lo + i.
     const std::size_t lo = c.first_key(t), len = t + 1 - lo;
     const float* keys = kv.keys + lo * kv.stride;
     const float* values = kv.values + lo * kv.stride;
-    float* dkeys = dkv.keys + lo * dkv.stride;
-    float* dvalues = dkv.values + lo * dkv.stride;
     for (std::size_t hi = 0; hi < group; ++hi) {
       const std::size_t h = g * group + hi;
-      const float* qh = q.row(t) + h * dh;
-      const float* doh = d_o.row(t) + h * dh;
-      if (tiled) {
-        detail::dot_rows_tiled(qh, keys, kv.stride, len, dh, ds);
-        detail::dot_rows_tiled(doh, values, kv.stride, len, dh, dw);
-      } else {
-        detail::dot_rows_simple(qh, keys, kv.stride, len, dh, ds);
-        detail::dot_rows_simple(doh, values, kv.stride, len, dh, dw);
-      }
-      const simd::fbatch big_d(dot(doh, o.row(t) + h * dh, dh));
-      const simd::fbatch l(lse[t * lse_stride + h]);
-      for (std::size_t j = 0; j < len; j += simd::kLanes) {
-        const std::size_t n = std::min(simd::kLanes, len - j);
-        simd::fbatch z = simd::load_n(ds + j, n) * scale;
-        simd::fbatch factor(1.0f);
-        if (capped) {
-          const simd::fbatch th = simd::tanh(z * inv_cap);
-          z = cap * th;
-          factor = simd::fnma(th, th, simd::fbatch(1.0f));
-        }
-        const simd::fbatch w = simd::exp(z - l);
-        const simd::fbatch dz = w * (simd::load_n(dw + j, n) - big_d) * factor;
-        simd::store_n(ds + j, dz * scale, n);
-        simd::store_n(dw + j, w, n);
-      }
+      detail::score_grads(c, q.row(t) + h * dh, o.row(t) + h * dh, d_o.row(t) + h * dh, keys,
+                          values, kv.stride, len, lse[t * lse_stride + h], ds + hi * row,
+                          dw + hi * row, tiled);
       float* dqh = dq.row(t) + h * dh;
       if (tiled) {
-        detail::axpy_rows_tiled(ds, keys, kv.stride, len, dh, dqh);
+        detail::axpy_rows_tiled(ds + hi * row, keys, kv.stride, len, dh, dqh);
       } else {
-        detail::axpy_rows_simple(ds, keys, kv.stride, len, dh, dqh);
+        detail::axpy_rows_simple(ds + hi * row, keys, kv.stride, len, dh, dqh);
       }
-      for (std::size_t j = 0; j < len; ++j) {
-        axpy(ds[j], qh, dkeys + j * dkv.stride, dh);
-        axpy(dw[j], doh, dvalues + j * dkv.stride, dh);
-      }
+    }
+    // dk_j += sum_hi ds[hi][j] q_hi, dv_j += sum_hi w[hi][j] do_hi: each key row loaded and
+    // stored once per query for the whole group (the heads in order, as one head at a time would
+    // add them).
+    const float* q0 = q.row(t) + g * group * dh;
+    const float* do0 = d_o.row(t) + g * group * dh;
+    for (std::size_t j = 0; j < len; ++j) {
+      detail::add_group_rows(ds + j, row, q0, dh, group, dkv.keys + (lo + j) * dkv.stride);
+      detail::add_group_rows(dw + j, row, do0, dh, group, dkv.values + (lo + j) * dkv.stride);
     }
   }
 }

@@ -419,6 +419,7 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   shape.in_out = A::in_out(w);
   shape.a_trans = x.trans;
   shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 4096 == 0;
+  shape.y_alias = (y.stride * sizeof(float)) % 4096 == 0;
   constexpr bool kDense =
       std::is_same_v<W, DenseWeight<float>> || std::is_same_v<W, DenseWeight<bf16>>;
   shape.dot = kDense;

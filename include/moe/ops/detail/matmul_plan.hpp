@@ -7,10 +7,10 @@
 // parameter sets on any machine), make_plan of the shapes, the weight type, the Blocking, the
 // pool's scratch size and whether the call can run in parallel at all, NEVER of the thread
 // count: that is what makes results bit-identical for 1, 2 or N threads (the parallel flag only
-// changes how tokens are cut into blocks, which no result depends on). A task is (K chunk c, token block b, column slab s). Tasks of different
-// chunks that write the same (b, s) tile are combined in chunk order by whichever of them
-// finishes last (see run() in matmul.hpp), so the summation order is fixed too, and no task ever
-// waits for another.
+// changes how tokens are cut into blocks, which no result depends on). A task is (K chunk c, token
+// block b, column slab s). Tasks of different chunks that write the same (b, s) tile are combined
+// in chunk order by whichever of them finishes last (see run() in matmul.hpp), so the summation
+// order is fixed too, and no task ever waits for another.
 //
 // Three paths:
 //  * kDirect (weights [in, out], T <= kMR): the micro-kernel reads the weight in place, a few
@@ -126,6 +126,10 @@ struct Shape {
   /// 512) they spread over 64-128 positions and the copy only costs time (measured: 8-17 % on
   /// the D 256 training shapes).
   bool a_alias = false;
+  /// Y's row stride is a multiple of 4 KiB (out = 1024, 4096, 6144, 32768 floats): its rows map
+  /// to the same L1 / L2 sets, so the packed path accumulates in a contiguous tile
+  /// (Blocking::c_tile). At 1 or 2 KiB (out = 256, 512) the copies in and out only cost time.
+  bool y_alias = true;
   bool dot = true;  ///< an [out, in] weight of this type has a dot kernel (else: packed)
 };
 
@@ -250,7 +254,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
         q.a_floats = 0;
       }
       q.c_floats = q.tb * round_up(q.nc, kNR);
-      q.c_tile = b.c_tile && q.work_floats() * sizeof(float) <= scratch_bytes;
+      q.c_tile = b.c_tile && s.y_alias && q.work_floats() * sizeof(float) <= scratch_bytes;
       if (!q.c_tile) q.c_floats = 0;
     };
     size_buffers();
