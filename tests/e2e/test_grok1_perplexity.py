@@ -24,7 +24,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
+# One BLAS thread for the float64 reference: on the shared 2-core machine OpenBLAS's own threads
+# against the build and grok1 took the reference from 8 s to 90 s.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 # Measured when the test was written (Intel Xeon, AVX-512 VNNI; 1 and 2 threads alike):
 # exact 4.021172, int8 activations 4.017912 nats/token: the perplexity moved by -0.33 %. Over the
