@@ -306,38 +306,14 @@ void add_grads() {
 
 // ---- int8 activations on the Grok-shaped demo decoder ---------------------------------------
 
-moe::WeightStack<moe::Int8ActWeight> act(const moe::WeightStack<moe::Int8Weight>& s) {
-  return {moe::Int8ActWeight(s.first), s.count};
-}
-
 /// Prefill of T tokens through Config::demo() (12 layers, D 256, 8 experts, F 512), exact int8
 /// or int8 activations; the int8act run also reports its logits' error against the exact model
 /// (max and rms |delta| over the logits' standard deviation).
 void bm_decoder(benchmark::State& state, bool int8act, std::size_t T) {
   static const moe::grok1::Config cfg = moe::grok1::Config::demo();
   static const moe::grok1::RandomWeights rw(cfg, 7);
-  static const moe::grok1::WeightsT<moe::Int8ActWeight> wa = [] {
-    moe::grok1::WeightsT<moe::Int8ActWeight> a;
-    a.embedding = rw.weights().embedding;
-    a.final_norm = rw.weights().final_norm;
-    for (const auto& l : rw.weights().layers) {
-      moe::grok1::LayerWeightsT<moe::Int8ActWeight> m;
-      m.wq = moe::Int8ActWeight(l.wq);
-      m.wk = moe::Int8ActWeight(l.wk);
-      m.wv = moe::Int8ActWeight(l.wv);
-      m.wo = moe::Int8ActWeight(l.wo);
-      m.norm_pre_attn = l.norm_pre_attn;
-      m.norm_post_attn = l.norm_post_attn;
-      m.norm_pre_moe = l.norm_pre_moe;
-      m.norm_post_moe = l.norm_post_moe;
-      m.router = l.router;
-      m.expert_gate = act(l.expert_gate);
-      m.expert_up = act(l.expert_up);
-      m.expert_down = act(l.expert_down);
-      a.layers.push_back(m);
-    }
-    return a;
-  }();
+  static const moe::grok1::WeightsT<moe::Int8ActWeight> wa =
+      moe::grok1::int8_activations(rw.weights());
   moe::ThreadPool& pool = moe_bench::pool(2);
   const std::size_t V = cfg.vocab_size;
   std::vector<std::int32_t> tokens(T);

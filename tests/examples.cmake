@@ -42,3 +42,15 @@ if(TARGET train_minimal)
   add_test(NAME "examples.train_minimal" COMMAND train_minimal 150)
   set_tests_properties("examples.train_minimal" PROPERTIES LABELS "e2e;train" TIMEOUT 600)
 endif()
+
+# grok1 --perplexity / --activations int8 on the trained model (examples/data/austen-moe) over a
+# held-out Austen passage: exact mode equals a float64 reference, int8 activations stay within 2 %
+# of its perplexity (tests/e2e/test_grok1_perplexity.py says why).
+if(TARGET moe_tokenizer)
+  foreach(case exact int8 errors)
+    add_test(NAME "grok1.perplexity.${case}"
+             COMMAND "${MOE_PYTHON3}" "${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grok1_perplexity.py"
+                     --grok1 $<TARGET_FILE:grok1> --source "${PROJECT_SOURCE_DIR}" --case ${case})
+    set_tests_properties("grok1.perplexity.${case}" PROPERTIES LABELS "e2e" TIMEOUT 300)
+  endforeach()
+endif()

@@ -5,6 +5,7 @@
 //         [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]
 //         [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]
 //         [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]
+//         [--activations exact|int8] [--perplexity FILE]
 //   mpirun -np N grok1 ...   tensor parallel over N ranks (tensor_parallel.hpp)
 //
 // Exit codes: 0 success, 1 runtime error (bad checkpoint, bad token ids, ...), 2 usage error.
@@ -32,6 +33,7 @@
 #include <moe/models/weight_residency.hpp>
 #include <moe/text/generate.hpp>
 #if defined(MOE_HAVE_SENTENCEPIECE)
+#include <moe/text/corpus.hpp>
 #include <moe/text/tokenizer.hpp>
 #endif
 
@@ -41,6 +43,7 @@
 #endif
 
 #include "../common/cli.hpp"
+#include "perplexity.hpp"
 
 namespace {
 
@@ -51,6 +54,7 @@ using examples::parse_policy;
 using examples::parse_tokens;
 using examples::storage_read_bytes;
 using examples::UsageError;
+using grok1_example::Activations;
 
 using Clock = std::chrono::steady_clock;
 
@@ -59,7 +63,7 @@ constexpr const char* kUsage =
     "             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--threads N]\n"
     "             [--dump-logits FILE.npy] [--json] [--stop-at-eos] [--ram-budget BYTES]\n"
     "             [--cache-policy none|lru|most-used] [--speculation] [--prefill-chunk N]\n"
-    "             [--no-huge-readahead]\n"
+    "             [--no-huge-readahead] [--activations exact|int8] [--perplexity FILE]\n"
     "\n"
     "  --checkpoint DIR      directory holding ckpt-0/ (or ckpt/) and optionally config.json\n"
     "  --tokenizer FILE      SentencePiece model (the release's tokenizer.model); needed for\n"
@@ -82,7 +86,12 @@ constexpr const char* kUsage =
     "                        not pay off in docs/performance.md)\n"
     "  --no-huge-readahead   keep the device's read-ahead for faults on streamed weights\n"
     "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
-    "                        experts do not fit in the budget)\n";
+    "                        experts do not fit in the budget)\n"
+    "  --activations A       exact (default: f32 products) or int8 (activations quantised\n"
+    "                        per token, VNNI; approximate) for the int8 matrices\n"
+    "  --perplexity FILE     instead of generating: mean next-token cross-entropy and\n"
+    "                        perplexity over FILE's text (needs --tokenizer), in windows of\n"
+    "                        the model's max_seq_len\n";
 
 struct Args {
   std::filesystem::path checkpoint;
@@ -102,6 +111,8 @@ struct Args {
   bool speculate = false;
   bool huge_readahead = true;
   std::size_t prefill_chunk = 0;  // 0: automatic
+  Activations activations = Activations::kExact;
+  std::optional<std::filesystem::path> perplexity;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -151,11 +162,20 @@ Args parse_args(int argc, char** argv) {
       a.huge_readahead = false;
     } else if (flag == "--prefill-chunk") {
       a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
+    } else if (flag == "--activations") {
+      a.activations = grok1_example::parse_activations(value());
+    } else if (flag == "--perplexity") {
+      a.perplexity = std::string(value());
     } else {
       throw UsageError("unknown option '" + std::string(flag) + "'");
     }
   }
   if (!have_checkpoint) throw UsageError("--checkpoint DIR is required");
+  if (a.perplexity) {
+    if (a.prompt || a.tokens) throw UsageError("--perplexity FILE takes no --prompt or --tokens");
+    if (!a.tokenizer) throw UsageError("--perplexity needs --tokenizer FILE");
+    return a;
+  }
   if (a.prompt.has_value() == a.tokens.has_value()) {
     throw UsageError("give exactly one of --prompt TEXT or --tokens IDS");
   }
@@ -215,16 +235,35 @@ moe::grok1::ProgressFn validation_progress(const Log& log) {
   };
 }
 
-/// The checkpoint, its weight views and the model over them (views only: nothing is copied).
+/// The checkpoint, its weight views and the model over them (views only: nothing is copied);
+/// with --activations int8, also the int8-activation views and their model, which run instead.
 struct Loaded {
+  using ActModel = moe::grok1::ModelOf<moe::Int8ActWeight>;
   moe::grok1::Checkpoint ckpt;
   moe::grok1::Weights weights;
   moe::grok1::Model model;
+  std::optional<moe::grok1::WeightsT<moe::Int8ActWeight>> act_weights;
+  std::optional<ActModel> act_model;
 
-  Loaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options)
+  Loaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options,
+         Activations activations)
       : ckpt(moe::grok1::Checkpoint::open(dir, options)),
         weights(moe::grok1::bind_weights(ckpt)),
-        model(moe::grok1::make_model(ckpt.config(), weights)) {}
+        model(moe::grok1::make_model(ckpt.config(), weights)) {
+    if (activations == Activations::kInt8) {
+      act_weights.emplace(moe::grok1::int8_activations(weights));
+      act_model.emplace(moe::grok1::make_model(ckpt.config(), *act_weights));
+    }
+  }
+  /// f(the model that runs).
+  template <class F>
+  void with_model(F&& f) const {
+    if (act_model) {
+      f(*act_model);
+    } else {
+      f(model);
+    }
+  }
 };
 
 /// The prompt's ids (encoded without BOS, as run.py), checked against the context.
@@ -371,6 +410,7 @@ struct Report {
   moe::CachePolicy cache_policy{};
   bool speculate = false;
   std::size_t prefill_chunk = 0;
+  Activations activations = Activations::kExact;
 };
 
 void print_summary(const Report& r, const Log& log) {
@@ -401,6 +441,7 @@ nlohmann::ordered_json json_report(const Report& r, const moe::grok1::Config& cf
                   {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
   j["peak_rss_bytes"] = r.peak_rss;
   j["threads"] = r.threads;
+  j["activations"] = grok1_example::activations_name(r.activations);
   j["streamed_experts"] = r.residency.streaming;
   const moe::ResidencyStats& s = r.residency;
   const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
@@ -439,14 +480,75 @@ void generate(const Loaded& m, moe::ThreadPool& pool, moe::DecoderState& state,
               const moe::GenerateOptions& gen, TextOutput& out, Report& r) {
   const std::uint64_t read0 = storage_read_bytes();
   std::uint64_t read_first = 0;  // after prefill and the first sample
-  r.result = moe::generate(pool, m.model, state, r.prompt, gen, [&](std::int32_t id) {
-    if (read_first == 0) read_first = storage_read_bytes();
-    out.token(id);
+  m.with_model([&](const auto& model) {
+    r.result = moe::generate(pool, model, state, r.prompt, gen, [&](std::int32_t id) {
+      if (read_first == 0) read_first = storage_read_bytes();
+      out.token(id);
+    });
   });
   out.finish();
   const std::uint64_t read1 = storage_read_bytes();
   r.read_bytes = read1 - read0;
   r.read_bytes_decode = read_first ? read1 - read_first : 0;
+}
+
+/// --perplexity FILE: the text's ids (as examples/train tokenises it), scored window by window;
+/// progress on stderr (in place on a terminal, else a line every 5 s), the result on stdout.
+int run_perplexity(const Args& args, [[maybe_unused]] const Tokenizer& tokenizer, const Loaded& m,
+                   moe::WeightResidency& residency, const Log& log) {
+#if defined(MOE_HAVE_SENTENCEPIECE)
+  const moe::grok1::Config& cfg = m.ckpt.config();
+  moe::ThreadPool pool(args.threads);
+  moe::CorpusOptions no_cache;
+  no_cache.use_cache = false;  // never write FILE.tokens next to the user's file
+  const moe::TokenStream text =
+      moe::tokenize_corpus(pool, *tokenizer, {*args.perplexity}, no_cache);
+  const char* mode = grok1_example::activations_name(args.activations);
+  log("grok1: perplexity over %s: %zu tokens, windows of %zu, %s activations, %zu threads\n",
+      args.perplexity->c_str(), text.size(), cfg.max_seq_len, mode, pool.size());
+  auto t_last = Clock::now();
+  auto progress = [&](std::size_t done, std::size_t total) {
+    if (log.quiet) return;
+    if (log.tty) {
+      std::fprintf(stderr, "\rgrok1: perplexity window %zu/%zu", done, total);
+      if (done == total) std::fputc('\n', stderr);
+    } else if (done == total || seconds_since(t_last) >= 5.0) {
+      t_last = Clock::now();
+      std::fprintf(stderr, "grok1: perplexity window %zu/%zu\n", done, total);
+    }
+  };
+  grok1_example::PerplexityResult p;
+  m.with_model([&](const auto& model) {
+    p = grok1_example::perplexity(pool, model, text.ids(), cfg.max_seq_len, cfg.vocab_size,
+                                  progress, layer_hook(residency, cfg.n_layers, Log{true, false}));
+  });
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["file"] = args.perplexity->string();
+    j["activations"] = mode;
+    j["tokens"] = p.n_ids;
+    j["predicted_tokens"] = p.n_predicted;
+    j["windows"] = p.n_windows;
+    j["window"] = p.window;
+    j["mean_cross_entropy"] = p.mean_cross_entropy;
+    j["perplexity"] = p.perplexity();
+    j["seconds"] = p.seconds;
+    j["tokens_per_second"] = p.tokens_per_second();
+    j["threads"] = pool.size();
+    print_json(j);
+  } else {
+    std::printf(
+        "mean cross-entropy %.6f nats/token, perplexity %.4f (%zu tokens predicted, %zu "
+        "windows of %zu, %s activations)\n",
+        p.mean_cross_entropy, p.perplexity(), p.n_predicted, p.n_windows, p.window, mode);
+  }
+  log("grok1: scored %zu tokens in %.2f s (%.0f tokens/s); peak RSS %.1f MiB\n", p.n_predicted,
+      p.seconds, p.tokens_per_second(), static_cast<double>(peak_rss_bytes()) / (1024.0 * 1024.0));
+  return 0;
+#else
+  (void)args, (void)m, (void)residency, (void)log;
+  throw moe::ConfigError("[grok1] built without SentencePiece: no --perplexity");
+#endif
 }
 
 int run(const Args& args) {
@@ -455,10 +557,11 @@ int run(const Args& args) {
   const auto t_load = Clock::now();
   moe::grok1::OpenOptions open_options;
   open_options.progress = validation_progress(log);
-  const Loaded m(args.checkpoint, open_options);
+  const Loaded m(args.checkpoint, open_options, args.activations);
   const moe::grok1::Config& cfg = m.ckpt.config();
   log("grok1: %s\n", m.ckpt.summary().c_str());
   moe::WeightResidency residency = make_residency(args, m.ckpt, log);
+  if (args.perplexity) return run_perplexity(args, tokenizer, m, residency, log);
 
   Report r;
   r.prompt = prompt_ids(args, tokenizer, cfg);
@@ -467,8 +570,11 @@ int run(const Args& args) {
   // of a layer's experts at once) does not fit in the RAM budget.
   r.prefill_chunk =
       args.prefill_chunk ? args.prefill_chunk : (residency.batch_prefill_fits() ? 256 : 1);
-  moe::DecoderState state = m.model.make_state(r.prompt.size() + args.max_new_tokens,
-                                               std::min(r.prompt.size(), r.prefill_chunk));
+  moe::DecoderState state;
+  m.with_model([&](const auto& model) {
+    state = model.make_state(r.prompt.size() + args.max_new_tokens,
+                             std::min(r.prompt.size(), r.prefill_chunk));
+  });
   r.load_seconds = seconds_since(t_load);
   r.threads = pool.size();
   log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads\n", r.load_seconds, r.prompt.size(),
@@ -494,6 +600,7 @@ int run(const Args& args) {
   r.residency = residency.stats();
   r.cache_policy = args.cache_policy;
   r.speculate = args.speculate;
+  r.activations = args.activations;
   print_summary(r, log);
   if (args.json) print_json(json_report(r, cfg, out));
   return 0;

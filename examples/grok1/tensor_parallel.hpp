@@ -153,6 +153,11 @@ int main_tensor_parallel(int argc, char** argv) {
   Args args;
   try {
     args = parse_args(argc, argv);
+    // Not in MPI mode (yet): say so rather than ignore them.
+    if (args.perplexity) throw UsageError("--perplexity is not available under mpirun");
+    if (args.activations != grok1_example::Activations::kExact) {
+      throw UsageError("--activations int8 is not available under mpirun");
+    }
   } catch (const UsageError& e) {
     if (root) std::fprintf(stderr, "grok1: error: %s\n\n%s", e.what(), kUsage);
     return 2;

@@ -9,15 +9,18 @@
 //   auto model = grok1::make_model(config, weights);       // validates, builds views only
 //   auto state = model.make_state(/*capacity*/ 1024, /*max_tokens*/ 128);
 //   model.forward(pool, tokens, state, logits);
+//   auto approx = grok1::int8_activations(weights);    // opt-in: int8 activations (approximate)
 //
 // attention_config / block_config / decoder_config translate grok1::Config into the components'
 // configurations (sandwich norms, soft-cap 30, multipliers, half-split RoPE, tied head).
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include <moe/core/error.hpp>
 #include <moe/layers/attention.hpp>
 #include <moe/layers/decoder.hpp>
 #include <moe/layers/policies.hpp>
@@ -109,6 +112,46 @@ ModelOf<W> make_model(const Config& config, const WeightsT<W>& weights) {
   }
   return ModelOf<W>(decoder_config(config), weights.embedding, std::move(blocks),
                     weights.final_norm);
+}
+
+/// The same weights as int8-activation views (Int8ActWeight, ops/weights.hpp: activations
+/// quantised per token and block, VNNI products; approximate, opt-in): the attention projections
+/// and the experts. The router, norms and the embedding / tied head stay as they are (f32,
+/// exact). Views only: `weights` must outlive the result. Throws ConfigError unless W is an int8
+/// weight type.
+template <class W>
+WeightsT<Int8ActWeight> int8_activations(const WeightsT<W>& weights) {
+  if constexpr (!is_int8_weight_v<W>) {
+    throw ConfigError(
+        "[grok1] int8 activations need int8 weights; the projections and experts are " +
+        (weights.layers.empty() ? std::string("not int8")
+                                : weight_type_name(weights.layers[0].wq)));
+  } else {
+    auto stack = [](const WeightStack<W>& s) {
+      return WeightStack<Int8ActWeight>{Int8ActWeight(s.first), s.count};
+    };
+    WeightsT<Int8ActWeight> a;
+    a.embedding = weights.embedding;
+    a.final_norm = weights.final_norm;
+    a.layers.reserve(weights.layers.size());
+    for (const LayerWeightsT<W>& l : weights.layers) {
+      LayerWeightsT<Int8ActWeight> m;
+      m.wq = Int8ActWeight(l.wq);
+      m.wk = Int8ActWeight(l.wk);
+      m.wv = Int8ActWeight(l.wv);
+      m.wo = Int8ActWeight(l.wo);
+      m.norm_pre_attn = l.norm_pre_attn;
+      m.norm_post_attn = l.norm_post_attn;
+      m.norm_pre_moe = l.norm_pre_moe;
+      m.norm_post_moe = l.norm_post_moe;
+      m.router = l.router;
+      m.expert_gate = stack(l.expert_gate);
+      m.expert_up = stack(l.expert_up);
+      m.expert_down = stack(l.expert_down);
+      a.layers.push_back(m);
+    }
+    return a;
+  }
 }
 
 }  // namespace moe::grok1
