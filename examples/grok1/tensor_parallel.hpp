@@ -4,7 +4,8 @@
 // shard: its heads' columns of the attention projections, its 1/N of every expert's hidden
 // units, its vocabulary slice of the head and the embedding rows it looks up. --ram-budget,
 // --cache-policy, --speculation and --no-huge-readahead do not apply (no weight streaming:
-// each rank's shard is meant to fit in its RAM).
+// each rank's shard is meant to fit in its RAM); --perplexity and --activations int8 are not
+// available yet (usage error, exit 2).
 //
 // Errors while loading (a rank cannot open its files, a dimension N does not split) reach every
 // rank (Communicator::agree): rank 0 prints the failing rank's message and every rank exits with
