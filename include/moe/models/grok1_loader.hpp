@@ -6,10 +6,15 @@
 //
 // This is where the file format (io/, models/grok1_checkpoint.hpp) meets the layers
 // (models/grok1.hpp): neither of those headers includes the other. The binding is a loop over
-// the tensor table (grok1_tensors.hpp): each field gets the view of its file.
+// the tensor table (grok1_tensors.hpp): each field gets the view of its file. The embedding is
+// read in place whatever its alignment (an EmbeddingTable: no copy of the release's 3.2 GB
+// table); with BindOptions::release_head (a RAM budget that cannot hold it) the tied head
+// reads it in chunks and unmaps each chunk after use, so it never holds the whole table.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <type_traits>
 
 #include <moe/models/grok1.hpp>
 #include <moe/models/grok1_checkpoint.hpp>
@@ -18,16 +23,34 @@
 
 namespace moe::grok1 {
 
+struct BindOptions {
+  /// The tied head reads the embedding in chunks of about head_chunk_bytes and unmaps each chunk
+  /// from the process after use (EmbeddingTable::release_head_pages). For a RAM budget that
+  /// cannot hold the table (WeightResidency::stats().head_released); the logits are the same bits.
+  bool release_head = false;
+  std::size_t head_chunk_bytes = std::size_t{64} << 20;
+};
+
 /// Views of every tensor of `ckpt`, in the model's weight struct. The Checkpoint must outlive
 /// the returned views (they point into its mappings). Validates the result against the
 /// checkpoint's config (throws ShapeError naming the tensor).
-inline Weights bind_weights(const Checkpoint& ckpt) {
+inline Weights bind_weights(const Checkpoint& ckpt, const BindOptions& options = {}) {
   const Config& c = ckpt.config();
   const FileIndex& index = ckpt.index();
   Weights w;
   for (std::size_t g = 0; g < kGlobalTensors; ++g) {
-    global_tensors<>[g].field.visit(
-        w, [&](auto& view) { models::bind(view, ckpt.stored(index.of_global(g))); });
+    global_tensors<>[g].field.visit(w, [&](auto& view) {
+      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(view)>, EmbeddingTable>) {
+        models::bind(view, ckpt.stored_in_place(index.of_global(g)));
+      } else {
+        models::bind(view, ckpt.stored(index.of_global(g)));
+      }
+    });
+  }
+  if (options.release_head) {
+    const std::size_t row_bytes = w.embedding.cols * w.embedding.element_bytes();
+    w.embedding.head_chunk_rows = std::max<std::size_t>(1, options.head_chunk_bytes / row_bytes);
+    w.embedding.release_head_pages = true;
   }
   w.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {
