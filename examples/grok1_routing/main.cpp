@@ -310,7 +310,7 @@ int replay(const std::vector<std::string_view>& a) {
         return x.uses ? static_cast<double>(x.hits) / static_cast<double>(x.uses) : 0.0;
       };
       std::printf(
-          "| %.0f | %s | %s | %.1f (%.0f) | %s | %.3f | %.1f | %.1f | %.3f | %.1f | %.1f |\n",
+          "| %.1f | %s | %s | %.1f (%.0f) | %s | %.3f | %.1f | %.1f | %.3f | %.1f | %.1f |\n",
           static_cast<double>(budget) / (1ull << 30),
           split.attention_streamed ? "streamed" : "resident",
           split.head_released ? "chunks" : "resident",
