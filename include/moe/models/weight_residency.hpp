@@ -87,9 +87,9 @@ struct LayerRanges {
 struct ResidencyPlan {
   std::vector<LayerRanges> layers;
   std::vector<MappedRange> always;  ///< read by every token outside the layers (e.g. a mapped head)
-  /// Read by every token in chunks of chunk_bytes, each unmapped right after use when streaming
-  /// (e.g. a tied head over a mapped embedding: EmbeddingTable::release_head_pages). The budget
-  /// counts one chunk of them when streaming.
+  /// Read by every token in chunks of chunk_bytes (e.g. a tied head over a mapped embedding). The
+  /// budget counts them whole when it can, else one chunk, and the reader then unmaps each chunk
+  /// after use (ResidencyStats::head_released; EmbeddingTable::release_head_pages).
   std::vector<MappedRange> chunked;
   std::uint64_t chunk_bytes = 0;
   std::vector<const io::MappedFile*> files;  ///< every mapped file (size checks, totals)
@@ -330,7 +330,7 @@ inline BudgetSplit split_budget(const ResidencyPlan& plan, std::uint64_t budget,
 /// The expert cache's bookkeeping and decisions, apart from the memory they act on: which experts
 /// stay mapped between uses, within a capacity in bytes, under a CachePolicy. WeightResidency
 /// drives it with the experts it observes after each layer and unmaps what it evicts; a recorded
-/// routing trace drives the same code (examples/grok1/routing.cpp: hit rates of real routing at
+/// routing trace drives the same code (examples/grok1_routing: hit rates of real routing at
 /// Grok-1's expert size).
 class ExpertCache {
  public:
