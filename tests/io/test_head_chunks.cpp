@@ -1,5 +1,5 @@
 // The Grok-1 embedding read in place (no aligned copy) and the tied head in vocabulary chunks
-// (EmbeddingTable::head_chunk_rows), each chunk's pages unmapped after use (release_head_pages):
+// (EmbeddingTable::head_chunk_rows), each chunk's pages unmapped after use (grok1::unmap_rows):
 // the logits are the same bits as the previous path (an aligned copy of the misaligned table, one
 // product), for decode (1 row) and prompt (9 rows) logits and awkward chunk sizes; the released
 // chunks are no longer mapped; the residency counts one chunk of the table, not all of it.
@@ -78,7 +78,7 @@ TEST_CASE("head chunks: the in-place embedding and the chunked head give the sam
     o.head_chunk_bytes = rows * row_bytes;
     const moe::grok1::Weights w = moe::grok1::bind_weights(ck, o);
     CHECK(w.embedding.head_chunk_rows == rows);
-    CHECK(w.embedding.release_head_pages);
+    CHECK(w.embedding.after_head_chunk == &moe::grok1::unmap_rows);
     CHECK(run(c, w) == want);  // bit for bit
   }
 }
@@ -105,7 +105,7 @@ TEST_CASE("head chunks: each chunk is unmapped after the head has read it", "[io
   for (bool release : {false, true}) {
     INFO("release " << release);
     table.head_chunk_rows = kChunkRows;
-    table.release_head_pages = release;
+    table.after_head_chunk = release ? &moe::grok1::unmap_rows : nullptr;
     map.advise(moe::io::Advice::kDontNeed);
     REQUIRE(mapped_bytes(map, kOffset, n) == 0);
     moe::tied_logits(pool, {h.data(), 1, kD}, table, {got.data(), 1, kV});

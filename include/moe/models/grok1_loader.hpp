@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <sys/mman.h>
 #include <type_traits>
 
 #include <moe/models/grok1.hpp>
@@ -23,9 +25,25 @@
 
 namespace moe::grok1 {
 
+/// Unmaps the whole pages of rows [first, first + count) of a table in a read-only file mapping
+/// from the process (MADV_DONTNEED; pages the rows share with neighbouring bytes stay): they are
+/// read again from the page cache or the file on the next use. An EmbeddingTable's
+/// after_head_chunk for a checkpoint's table; never for a table in anonymous memory (which
+/// MADV_DONTNEED would zero).
+inline void unmap_rows(const EmbeddingTable& table, std::size_t first, std::size_t count) {
+  const std::size_t row_bytes = table.cols * table.element_bytes();
+  const auto page = static_cast<std::uintptr_t>(io::detail::page_size());
+  const auto b = reinterpret_cast<std::uintptr_t>(table.data + first * row_bytes);
+  const std::uintptr_t begin = (b + page - 1) / page * page;
+  const std::uintptr_t end = (b + count * row_bytes) / page * page;
+  if (end > begin) {
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // a hint
+  }
+}
+
 struct BindOptions {
   /// The tied head reads the embedding in chunks of about head_chunk_bytes and unmaps each chunk
-  /// from the process after use (EmbeddingTable::release_head_pages). For a RAM budget that
+  /// from the process after use (unmap_rows). For a RAM budget that
   /// cannot hold the table (WeightResidency::stats().head_released); the logits are the same bits.
   bool release_head = false;
   std::size_t head_chunk_bytes = std::size_t{64} << 20;
@@ -50,7 +68,7 @@ inline Weights bind_weights(const Checkpoint& ckpt, const BindOptions& options =
   if (options.release_head) {
     const std::size_t row_bytes = w.embedding.cols * w.embedding.element_bytes();
     w.embedding.head_chunk_rows = std::max<std::size_t>(1, options.head_chunk_bytes / row_bytes);
-    w.embedding.release_head_pages = true;
+    w.embedding.after_head_chunk = &unmap_rows;
   }
   w.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {

@@ -89,7 +89,7 @@ struct ResidencyPlan {
   std::vector<MappedRange> always;  ///< read by every token outside the layers (e.g. a mapped head)
   /// Read by every token in chunks of chunk_bytes (e.g. a tied head over a mapped embedding). The
   /// budget counts them whole when it can, else one chunk, and the reader then unmaps each chunk
-  /// after use (ResidencyStats::head_released; EmbeddingTable::release_head_pages).
+  /// after use (ResidencyStats::head_released; grok1::unmap_rows).
   std::vector<MappedRange> chunked;
   std::uint64_t chunk_bytes = 0;
   std::vector<const io::MappedFile*> files;  ///< every mapped file (size checks, totals)

@@ -24,10 +24,10 @@
 //
 // A table larger than the RAM one wants to spend on it (Grok-1's f32 embedding is 3.2 GB, read in
 // place from the checkpoint's mapping) can be read by the tied head in vocabulary chunks
-// (EmbeddingTable::head_chunk_rows), each chunk's file pages unmapped from the process right after
-// the head has read it (release_head_pages, MADV_DONTNEED): the head then never holds more than one
-// chunk of the table. The logits are the same bits as in one product (every logit is one row of
-// the table dotted with h, whatever the chunk).
+// (EmbeddingTable::head_chunk_rows), after each of which the head calls after_head_chunk (e.g.
+// grok1::unmap_rows, which unmaps the chunk's file pages from the process): the head then never
+// holds more than one chunk of the table. The logits are the same bits as in one product (every
+// logit is one row of the table dotted with h, whatever the chunk).
 #pragma once
 
 #include <algorithm>
@@ -38,8 +38,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <moe/config.hpp>
 #include <moe/core/bf16.hpp>
@@ -75,11 +73,10 @@ struct EmbeddingTable {
   bool contiguous = true;  ///< false when built from a strided MatrixView (rejected by validate)
   /// The tied head reads this many vocabulary rows at a time (0: all in one product).
   std::size_t head_chunk_rows = 0;
-  /// After the tied head has read a chunk, unmap the chunk's whole pages from the process
-  /// (MADV_DONTNEED). ONLY for a table in a read-only file mapping (a checkpoint read in place):
-  /// its pages are read again from the file on the next use; on anonymous memory this would zero
-  /// the table.
-  bool release_head_pages = false;
+  /// Called by the tied head after it has read rows [first, first + count) (nullptr: nothing),
+  /// e.g. grok1::unmap_rows for a table in a file mapping larger than the RAM budget.
+  void (*after_head_chunk)(const EmbeddingTable& table, std::size_t first,
+                           std::size_t count) = nullptr;
 
   EmbeddingTable() = default;
   /// An f32 table from a matrix view (must be contiguous; checked by validate()).
@@ -179,21 +176,6 @@ struct EmbeddingTable {
   }
 };
 
-namespace detail {
-
-/// MADV_DONTNEED on the whole pages inside [p, p + n) (a hint: failures are ignored). Pages the
-/// range only partly covers are left alone, so nothing outside the range is touched.
-inline void release_pages(const void* p, std::size_t n) noexcept {
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto b = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t begin = (b + page - 1) / page * page, end = (b + n) / page * page;
-  if (end > begin) {
-    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // NOLINT
-  }
-}
-
-}  // namespace detail
-
 }  // namespace moe
 
 MOE_SIMD_DETAIL_BEGIN
@@ -282,17 +264,16 @@ MOE_SIMD_DETAIL_END
 MOE_SIMD_NAMESPACE_BEGIN
 
 /// logits [T, V] = h [T, D] . table^T (the tied LM head); in chunks of table.head_chunk_rows
-/// vocabulary rows when set, each released after use with table.release_head_pages (same bits).
+/// vocabulary rows when set, table.after_head_chunk called after each (same bits).
 inline void tied_logits(ThreadPool& pool, MatrixView<const float> h, const EmbeddingTable& table,
                         MatrixView<float> logits) {
   MOE_ASSERT(h.cols == table.cols && logits.cols == table.rows && logits.rows == h.rows);
-  const std::size_t v = table.rows, row_bytes = table.cols * table.element_bytes();
+  const std::size_t v = table.rows;
   const std::size_t chunk = table.head_chunk_rows ? std::min(table.head_chunk_rows, v) : v;
   for (std::size_t v0 = 0; v0 < v; v0 += chunk) {
     const std::size_t n = std::min(chunk, v - v0);
     detail::tied_logits_rows(pool, h, table, v0, logits.cols_slice(v0, n));
-    if (table.release_head_pages)
-      moe::detail::release_pages(table.data + v0 * row_bytes, n * row_bytes);
+    if (table.after_head_chunk != nullptr) table.after_head_chunk(table, v0, n);
   }
 }
 
