@@ -235,22 +235,27 @@ moe::grok1::ProgressFn validation_progress(const Log& log) {
   };
 }
 
-/// The checkpoint, its weight views and the model over them (views only: nothing is copied);
-/// with --activations int8, also the int8-activation views and their model, which run instead.
+moe::WeightResidency make_residency(const Args& args, const moe::grok1::Checkpoint& ckpt,
+                                    const Log& log);
+
+/// The checkpoint, where its weights live, its weight views and the model over them (views
+/// only; a streamed model's tied head releases the embedding chunk by chunk); with
+/// --activations int8, also the int8-activation views and their model, which run instead.
 struct Loaded {
   using ActModel = moe::grok1::ModelOf<moe::Int8ActWeight>;
   moe::grok1::Checkpoint ckpt;
+  moe::WeightResidency residency;
   moe::grok1::Weights weights;
   moe::grok1::Model model;
   std::optional<moe::grok1::WeightsT<moe::Int8ActWeight>> act_weights;
   std::optional<ActModel> act_model;
 
-  Loaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options,
-         Activations activations)
-      : ckpt(moe::grok1::Checkpoint::open(dir, options)),
-        weights(moe::grok1::bind_weights(ckpt)),
+  Loaded(const Args& args, const moe::grok1::OpenOptions& options, const Log& log)
+      : ckpt(moe::grok1::Checkpoint::open(args.checkpoint, options)),
+        residency(make_residency(args, ckpt, log)),
+        weights(moe::grok1::bind_weights(ckpt, {.release_head = residency.stats().head_released})),
         model(moe::grok1::make_model(ckpt.config(), weights)) {
-    if (activations == Activations::kInt8) {
+    if (args.activations == Activations::kInt8) {
       act_weights.emplace(moe::grok1::int8_activations(weights));
       act_model.emplace(moe::grok1::make_model(ckpt.config(), *act_weights));
     }
@@ -313,9 +318,10 @@ moe::WeightResidency make_residency(const Args& args, const moe::grok1::Checkpoi
   const moe::ResidencyStats& s = res.stats();
   if (s.streaming) {
     log("grok1: the model (%.1f GB, %.1f GB of it copied) exceeds the RAM budget (%.1f GB): "
-        "streaming experts%s, %s cache of %.1f GB, speculation %s\n",
+        "streaming experts%s%s, %s cache of %.1f GB, speculation %s\n",
         static_cast<double>(s.model_bytes) / 1e9, static_cast<double>(s.copied_bytes) / 1e9,
         static_cast<double>(s.budget) / 1e9, s.attention_streamed ? " and attention" : "",
+        s.head_released ? " (head in chunks)" : "",
         std::string(moe::cache_policy_name(args.cache_policy)).c_str(),
         static_cast<double>(s.cache_capacity) / 1e9, args.speculate ? "on" : "off");
   }
@@ -457,6 +463,7 @@ nlohmann::ordered_json json_report(const Report& r, const moe::grok1::Config& cf
                     {"copied_bytes", s.copied_bytes},
                     {"streaming", s.streaming},
                     {"attention_streamed", s.attention_streamed},
+                    {"head_released", s.head_released},
                     {"cache_policy", moe::cache_policy_name(r.cache_policy)},
                     {"cache_capacity_bytes", s.cache_capacity},
                     {"expert_uses", s.expert_uses},
@@ -557,10 +564,10 @@ int run(const Args& args) {
   const auto t_load = Clock::now();
   moe::grok1::OpenOptions open_options;
   open_options.progress = validation_progress(log);
-  const Loaded m(args.checkpoint, open_options, args.activations);
+  Loaded m(args, open_options, log);
   const moe::grok1::Config& cfg = m.ckpt.config();
   log("grok1: %s\n", m.ckpt.summary().c_str());
-  moe::WeightResidency residency = make_residency(args, m.ckpt, log);
+  moe::WeightResidency& residency = m.residency;
   if (args.perplexity) return run_perplexity(args, tokenizer, m, residency, log);
 
   Report r;

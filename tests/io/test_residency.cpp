@@ -227,6 +227,7 @@ double synthetic_hit_rate(const Model& m, moe::CachePolicy policy, const std::ve
   o.cache = policy;
   o.speculate = false;
   o.ram_budget = moe::WeightResidency::kOverhead + m.ckpt.copied_bytes() +
+                 moe::detail::range_bytes(plan.chunked) +  // the embedding (< one head chunk)
                  (2 + capacity_experts) * one + 2 * moe::detail::range_bytes(plan.layers[0].dense) +
                  (1u << 16);
   moe::WeightResidency res(plan, o);

@@ -106,7 +106,7 @@ TEST_CASE("embedding: a decoder reads bf16, int8 and unaligned f32 tables in pla
     return moe::grok1::Model(moe::grok1::decoder_config(cfg), t, base.blocks(),
                              rw.weights().final_norm);
   };
-  const float* e = rw.weights().embedding.data;
+  const auto* e = reinterpret_cast<const float*>(rw.weights().embedding.data);
   const std::vector<float> ref = logits_of(base);
   const double scale = moe_test::max_abs(ref.data(), ref.size());
   REQUIRE(scale > 0.1);

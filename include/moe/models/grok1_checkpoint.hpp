@@ -22,10 +22,12 @@
 // zero-copy when their payload happens to be aligned in the file; in the release most are NOT
 // (numpy's pickle header puts the payload at an arbitrary offset, e.g. byte 151 for the
 // embeddings and an odd offset for every scales array), and a misaligned float* / bf16* must not
-// be dereferenced. For those, the first call to the accessor copies the payload into an owned,
-// 64-byte-aligned buffer (thread-safe; copied_bytes() reports the total: for the 314B release
-// ~3.2 GB of embeddings, ~19 MB of norms/routers, ~125 MB of scales). raw(i) gives the
-// unconverted io::Array (bytes, any alignment) for consumers that handle unaligned data.
+// be dereferenced. For those, the first call to a typed accessor copies the payload into an owned,
+// 64-byte-aligned buffer (thread-safe; copied_bytes() reports the total). stored_in_place(i)
+// gives the payload where it is, at any byte alignment, for views that read unaligned data:
+// bind_weights binds the embedding (an EmbeddingTable) that way, so for the 314B release only
+// ~19 MB of norms/routers and ~125 MB of scales are copied, not the 3.2 GB embedding. raw(i) gives
+// the unconverted io::Array (bytes, any alignment).
 #pragma once
 
 #include <algorithm>
@@ -278,6 +280,19 @@ class Checkpoint {
       t.storage = models::Storage::kF32;
       t.data = aligned_f32(f);
     }
+    return t;
+  }
+  /// File `index` as a tensor read in place, its data at any byte alignment (`aligned` says
+  /// which): for an EmbeddingTable, which reads unaligned rows. No copy is made.
+  [[nodiscard]] models::StoredTensor stored_in_place(std::size_t index) const {
+    const TensorFile& f = file(index);
+    if (f.quantized || f.weight.dtype != io::DType::kF32) return stored(index);
+    models::StoredTensor t;
+    t.where = f.where();
+    t.shape = f.weight.shape;
+    t.storage = models::Storage::kF32;
+    t.data = f.weight.data;
+    t.aligned = f.weight.aligned();
     return t;
   }
   /// File `index` bound to a view type (MatrixView<const float>, std::span<const float>,

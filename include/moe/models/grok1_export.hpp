@@ -457,7 +457,13 @@ inline void write_tensor_file(const std::filesystem::path& path, std::size_t ind
   const TensorRef ref = tensor_at(index, c.n_layers);
   if (!ref.in_layer) {  // the two tensors outside the layers
     if (name == "language_model/in_out_embed/embeddings") {
-      f32({wts.embedding.data, c.vocab_size * c.d_model}, {c.vocab_size, c.d_model});
+      const EmbeddingTable& e = wts.embedding;
+      if (e.dtype != EmbeddingDtype::kF32 || reinterpret_cast<std::uintptr_t>(e.data) % 4 != 0) {
+        throw ConfigError("[grok1_export] tensor '" + name + "' must be an aligned f32 table in " +
+                          "memory, not " + std::string(embedding_dtype_name(e.dtype)));
+      }
+      f32({reinterpret_cast<const float*>(e.data), c.vocab_size * c.d_model},
+          {c.vocab_size, c.d_model});
     } else if (name == "language_model/rms_norm/scale") {
       f32(wts.final_norm, {c.d_model});
     } else {

@@ -1,15 +1,18 @@
 // moe/models/grok1_residency.hpp: the ResidencyPlan of an opened Grok-1 checkpoint.
 //
 //   auto ckpt = moe::grok1::Checkpoint::open(dir);
-//   moe::grok1::Weights w = moe::grok1::bind_weights(ckpt);     // makes the aligned copies
 //   moe::WeightResidency res(moe::grok1::residency_plan(ckpt), {.ram_budget = budget});
-//   gen.on_layer = res.hook();
+//   moe::grok1::Weights w = moe::grok1::bind_weights(ckpt, {.release_head =
+//   res.stats().streaming}); gen.on_layer = res.hook();
 //
 // The plan is a loop over the tensor table (grok1_tensors.hpp): the expert stacks ([E, in, out]
 // int8 + [E, blocks, out] scales) are split into one byte range per expert, everything else of a
 // layer is its dense part, and each expert's probe page lies inside its slice of the gate
-// tensor (slices under 4 MiB have none: their use is not observed). Build it after binding the
-// weights, so that copied_bytes counts every aligned copy.
+// tensor (slices under 4 MiB have none: their use is not observed). The embedding (read in place,
+// also the tied head) is read in chunks released after use when the budget cannot hold it
+// (ResidencyStats::head_released, BindOptions::release_head). The
+// copies counted are those bind_weights makes (misaligned norms, routers and scales), so the plan
+// may be built before or after binding.
 #pragma once
 
 #include <cstddef>
@@ -17,6 +20,7 @@
 
 #include <moe/io/mapped_file.hpp>
 #include <moe/models/grok1_checkpoint.hpp>
+#include <moe/models/grok1_loader.hpp>
 #include <moe/models/grok1_tensors.hpp>
 #include <moe/models/weight_residency.hpp>
 
@@ -46,14 +50,27 @@ inline ResidencyPlan residency_plan(const Checkpoint& ck) {
   ResidencyPlan plan;
   plan.top_k = c.top_k;
   plan.rms_eps = c.rms_eps;
-  plan.copied_bytes = ck.copied_bytes();
-  for (const TensorFile& f : ck.files()) plan.files.push_back(&f.map);
+  const std::size_t embedding = ck.index().of_global(0);
+  for (const TensorFile& f : ck.files()) {
+    plan.files.push_back(&f.map);
+    // What bind_weights copies: misaligned scales and f32 tensors except the embedding.
+    if (f.quantized && !f.scales.aligned()) plan.copied_bytes += f.scales.nbytes;
+    if (!f.quantized && !f.weight.aligned() && f.index != embedding) {
+      plan.copied_bytes += f.weight.nbytes;
+    }
+  }
   auto whole = [](const TensorFile& f, const io::Array& a) {
     return MappedRange{&f.map, a.offset, a.nbytes};
   };
   for (std::size_t g = 0; g < kGlobalTensors; ++g) {
-    const TensorFile& f = ck.file(ck.index().of_global(g));
-    if (f.weight.aligned()) plan.always.push_back(whole(f, f.weight));  // else copied
+    const std::size_t i = ck.index().of_global(g);
+    const TensorFile& f = ck.file(i);
+    if (i == embedding) {
+      plan.chunked.push_back(whole(f, f.weight));
+      plan.chunk_bytes = BindOptions{}.head_chunk_bytes;
+    } else if (f.weight.aligned()) {
+      plan.always.push_back(whole(f, f.weight));  // else copied
+    }
   }
   plan.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {

@@ -31,6 +31,7 @@
 #include <moe/core/tensor.hpp>
 #include <moe/models/grok1_config.hpp>
 #include <moe/models/tensor_table.hpp>
+#include <moe/ops/embedding.hpp>
 #include <moe/ops/weights.hpp>
 
 namespace moe::grok1 {
@@ -58,7 +59,9 @@ struct WeightsT {
   using weight_type = W;
   using layer_type = LayerWeightsT<W>;
 
-  MatrixView<const float> embedding;  ///< [V, D] (row = token); also the tied output head
+  /// [V, D] f32 (row = token), read in place at any byte alignment; also the tied output head.
+  /// A MatrixView<const float> converts to it.
+  EmbeddingTable embedding;
   std::span<const float> final_norm;  ///< [D]
   std::vector<LayerWeightsT<W>> layers;
 
@@ -74,7 +77,7 @@ using Weights = WeightsT<Int8Weight>;
 // ---- the table ----------------------------------------------------------------------------------
 
 template <class W>
-using GlobalField = models::Member<WeightsT<W>, MatrixView<const float>, std::span<const float>>;
+using GlobalField = models::Member<WeightsT<W>, EmbeddingTable, std::span<const float>>;
 template <class W>
 using LayerField =
     models::Member<LayerWeightsT<W>, W, WeightStack<W>, std::span<const float>, F32Weight>;

@@ -29,6 +29,7 @@
 #include <moe/core/bf16.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/tensor.hpp>
+#include <moe/ops/embedding.hpp>
 #include <moe/ops/weights.hpp>
 
 namespace moe::models {
@@ -109,7 +110,8 @@ inline std::string tensor_path(std::string_view pattern, std::size_t layer) {
 
 // ---- binding: a stored tensor -> a view ---------------------------------------------------------
 
-/// A tensor as a reader found it, with its data aligned for its element type.
+/// A tensor as a reader found it, with its data aligned for its element type (or, with
+/// `aligned` false, at any byte address: only an EmbeddingTable binds such data).
 struct StoredTensor {
   std::string where;  ///< how messages name it, e.g. "'DIR/ckpt-0/tensor00002_000' (name)"
   Storage storage = Storage::kF32;
@@ -118,6 +120,7 @@ struct StoredTensor {
   const bf16* scales = nullptr;    ///< kInt8Scaled: bf16 [..., blocks, out]
   std::size_t blocks = 1;          ///< kInt8Scaled: scale rows per matrix
   Layout layout = Layout::kInOut;  ///< 2-D f32 weights: how the file orders the matrix
+  bool aligned = true;             ///< data is aligned for its element type
 };
 
 namespace detail {
@@ -127,20 +130,38 @@ namespace detail {
                    shape_str(t.shape) + ", which cannot be viewed as " + view);
 }
 
+/// Views other than EmbeddingTable dereference typed pointers: their data must be aligned.
+inline void require_aligned(const StoredTensor& t, const char* view) {
+  if (!t.aligned) {
+    throw ShapeError("[models] " + t.where + " is not aligned for its element type in the file, " +
+                     "so it cannot be viewed in place as " + view);
+  }
+}
+
 }  // namespace detail
 
+/// An f32 [V, D] table read in place (any byte alignment).
+inline void bind(EmbeddingTable& v, const StoredTensor& t) {
+  if (t.storage != Storage::kF32 || t.shape.size() != 2) {
+    detail::bad_binding(t, "an f32 embedding table");
+  }
+  v = EmbeddingTable::f32(t.data, t.shape[0], t.shape[1]);
+}
 inline void bind(MatrixView<const float>& v, const StoredTensor& t) {
   if (t.storage != Storage::kF32 || t.shape.size() != 2) detail::bad_binding(t, "an f32 matrix");
+  detail::require_aligned(t, "an f32 matrix");
   v = MatrixView<const float>(static_cast<const float*>(t.data), t.shape[0], t.shape[1]);
 }
 inline void bind(std::span<const float>& v, const StoredTensor& t) {
   if (t.storage != Storage::kF32) detail::bad_binding(t, "an f32 vector");
+  detail::require_aligned(t, "an f32 vector");
   std::size_t n = 1;
   for (std::size_t d : t.shape) n *= d;
   v = {static_cast<const float*>(t.data), n};
 }
 inline void bind(F32Weight& v, const StoredTensor& t) {
   if (t.storage != Storage::kF32 || t.shape.size() != 2) detail::bad_binding(t, "an f32 weight");
+  detail::require_aligned(t, "an f32 weight");
   const bool in_out = t.layout == Layout::kInOut;
   v = F32Weight{static_cast<const float*>(t.data), t.shape[in_out ? 0 : 1], t.shape[in_out ? 1 : 0],
                 t.layout};
@@ -149,6 +170,7 @@ inline void bind(Int8Weight& v, const StoredTensor& t) {
   if (t.storage != Storage::kInt8Scaled || t.shape.size() != 2) {
     detail::bad_binding(t, "an int8 weight");
   }
+  detail::require_aligned(t, "an int8 weight");
   v = Int8Weight{static_cast<const std::int8_t*>(t.data), t.scales, t.shape[0], t.shape[1],
                  t.blocks};
 }
@@ -156,6 +178,7 @@ inline void bind(WeightStack<Int8Weight>& v, const StoredTensor& t) {
   if (t.storage != Storage::kInt8Scaled || t.shape.size() != 3) {
     detail::bad_binding(t, "a stack of int8 weights");
   }
+  detail::require_aligned(t, "a stack of int8 weights");
   v.first = Int8Weight{static_cast<const std::int8_t*>(t.data), t.scales, t.shape[1], t.shape[2],
                        t.blocks};
   v.count = t.shape[0];
@@ -172,6 +195,16 @@ inline void check_view(const MatrixView<const float>& v, std::string_view compon
   if (v.stride != v.cols) throw ShapeError(where + " must be contiguous");
   const std::size_t got[] = {v.rows, v.cols};
   check_shape(component, name, got, want.span());
+}
+inline void check_view(const EmbeddingTable& v, std::string_view component, const std::string& name,
+                       const Shape& want) {
+  const std::span<const std::size_t> w = want.span();
+  if (w.size() != 2) {
+    throw ShapeError("[" + std::string(component) + "] tensor '" + name +
+                     "' is an embedding table " + "but its table shape " +
+                     shape_str(want.vector()) + " is not 2-D");
+  }
+  v.validate(component, name, w[0], w[1]);
 }
 inline void check_view(std::span<const float> v, std::string_view component,
                        const std::string& name, const Shape& want) {

@@ -11,7 +11,8 @@
 //
 // It is driven by the decoder's per-layer hook alone; after layer l it runs these steps:
 //   1. observe   which of layer l's experts ran (a probe page per expert, see below)
-//   2. cache     keep the experts the cache policy wants mapped, within the cache capacity; unmap
+//   2. cache     keep the experts the cache policy wants mapped, within the cache capacity
+//                (ExpertCache decides; a recorded routing trace can drive it alone); unmap
 //                (MADV_DONTNEED) the others. The pages stay in the page cache until the kernel
 //                needs the memory, so an unmapped expert costs a re-read only under pressure.
 //   3. release   layer l's attention, when the budget cannot hold every layer's attention
@@ -31,8 +32,11 @@
 // the hit rates count only observed experts.
 //
 // The budget counts what the process holds: mapped checkpoint pages plus the weight bytes the
-// reader copied into its own memory (ResidencyPlan::copied_bytes, e.g. Grok-1's misaligned f32
-// embedding) plus a fixed allowance for activations, KV cache and code (kOverhead).
+// reader copied into its own memory (ResidencyPlan::copied_bytes, e.g. Grok-1's misaligned norms
+// and scales) plus a fixed allowance for activations, KV cache and code (kOverhead). A table read
+// in chunks (ResidencyPlan::chunked: Grok-1's tied head) counts whole when the budget holds it
+// beside every layer's attention, else one chunk, and is then released chunk by chunk
+// (ResidencyStats::head_released; split_budget has the order).
 #pragma once
 
 #include <algorithm>
@@ -83,6 +87,11 @@ struct LayerRanges {
 struct ResidencyPlan {
   std::vector<LayerRanges> layers;
   std::vector<MappedRange> always;  ///< read by every token outside the layers (e.g. a mapped head)
+  /// Read by every token in chunks of chunk_bytes (e.g. a tied head over a mapped embedding). The
+  /// budget counts them whole when it can, else one chunk, and the reader then unmaps each chunk
+  /// after use (ResidencyStats::head_released; grok1::unmap_rows).
+  std::vector<MappedRange> chunked;
+  std::uint64_t chunk_bytes = 0;
   std::vector<const io::MappedFile*> files;  ///< every mapped file (size checks, totals)
   std::uint64_t copied_bytes = 0;            ///< weight bytes the reader copied into process memory
   std::size_t top_k = 2;
@@ -119,6 +128,7 @@ struct ResidencyStats {
   std::uint64_t cache_capacity = 0;   ///< bytes of experts kept mapped between uses
   bool streaming = false;             ///< false: everything stays mapped
   bool attention_streamed = false;    ///< attention released after use too
+  bool head_released = false;         ///< ResidencyPlan::chunked released chunk by chunk
   std::size_t expert_uses = 0;        ///< observed (layer, expert) uses, decode steps only
   std::size_t cache_hits = 0;         ///< ... of which the expert was still mapped
   std::size_t speculated = 0;         ///< experts prefetched by speculation
@@ -264,11 +274,164 @@ inline std::uint64_t default_ram_budget() {
   return detail::available_memory() / 10 * 8;
 }
 
+/// Activations, KV cache, scratch, code and the page-cache slack of prefetching: what the budget
+/// keeps free besides the weights.
+inline constexpr std::uint64_t kResidencyOverhead = std::uint64_t{384} << 20;
+
+/// How a budget divides between a plan's parts (sizes only: no memory is touched).
+struct BudgetSplit {
+  std::uint64_t model_bytes = 0;     ///< mapped file bytes + copied bytes
+  bool streaming = false;            ///< the model does not fit: experts are released after use
+  bool attention_streamed = false;   ///< every layer's attention does not fit beside the rest
+  bool head_released = false;        ///< the chunked tables do not fit whole: one chunk counts
+  std::uint64_t cache_capacity = 0;  ///< what is left for the expert cache
+  bool batch_fits = true;            ///< a layer's experts all fit at once (batched prefill)
+};
+
+/// The budget's split for `plan` (ranges' lengths and files' sizes). Fixed: copies, the tables
+/// read by every token, kResidencyOverhead, the largest top_k experts of a layer. Then, as far as
+/// the budget goes, in this order (all read by every token): every layer's attention (else one
+/// layer's at a time), the chunked tables whole (else one chunk), the expert cache.
+inline BudgetSplit split_budget(const ResidencyPlan& plan, std::uint64_t budget,
+                                CachePolicy policy) {
+  BudgetSplit b;
+  std::uint64_t mapped = 0;
+  for (const io::MappedFile* f : plan.files) mapped += f->size();
+  b.model_bytes = mapped + plan.copied_bytes;
+  b.streaming = b.model_bytes + kResidencyOverhead > budget;
+  if (!b.streaming) return b;
+  std::uint64_t dense = 0, max_dense = 0, max_working = 0, max_layer_experts = 0;
+  for (const LayerRanges& ranges : plan.layers) {
+    const std::uint64_t d = detail::range_bytes(ranges.dense);
+    dense += d;
+    max_dense = std::max(max_dense, d);
+    std::vector<std::uint64_t> sizes;
+    for (const auto& e : ranges.experts) sizes.push_back(detail::range_bytes(e));
+    std::sort(sizes.rbegin(), sizes.rend());
+    const auto k = static_cast<std::ptrdiff_t>(std::min(plan.top_k, sizes.size()));
+    max_working =
+        std::max(max_working, std::accumulate(sizes.begin(), sizes.begin() + k, std::uint64_t{0}));
+    max_layer_experts =
+        std::max(max_layer_experts, std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0}));
+  }
+  const std::uint64_t chunked = detail::range_bytes(plan.chunked);
+  const std::uint64_t chunk = std::min<std::uint64_t>(plan.chunk_bytes, chunked);
+  const std::uint64_t fixed = plan.copied_bytes + detail::range_bytes(plan.always) + chunk +
+                              kResidencyOverhead + max_working;
+  b.attention_streamed = fixed + dense > budget;
+  const std::uint64_t resident_dense = b.attention_streamed ? max_dense : dense;
+  b.head_released = fixed + resident_dense + (chunked - chunk) > budget;
+  const std::uint64_t used = fixed + resident_dense + (b.head_released ? 0 : chunked - chunk);
+  b.cache_capacity = policy == CachePolicy::kNone || used >= budget ? 0 : budget - used;
+  b.batch_fits = used - max_working + max_layer_experts <= budget;
+  return b;
+}
+
+/// The expert cache's bookkeeping and decisions, apart from the memory they act on: which experts
+/// stay mapped between uses, within a capacity in bytes, under a CachePolicy. WeightResidency
+/// drives it with the experts it observes after each layer and unmaps what it evicts; a recorded
+/// routing trace drives the same code (examples/grok1_routing: hit rates of real routing at
+/// Grok-1's expert size).
+class ExpertCache {
+ public:
+  /// What one layer's run did: experts observed to run, and how many of them were cached.
+  struct Step {
+    std::size_t uses = 0;
+    std::size_t hits = 0;
+  };
+
+  ExpertCache() = default;
+  /// `bytes[layer][expert]`: the size of each expert.
+  ExpertCache(CachePolicy policy, std::uint64_t capacity,
+              const std::vector<std::vector<std::uint64_t>>& bytes)
+      : policy_(policy), capacity_(capacity) {
+    experts_.resize(bytes.size());
+    for (std::size_t l = 0; l < bytes.size(); ++l) {
+      for (std::uint64_t b : bytes[l]) experts_[l].push_back(Entry{b});
+    }
+  }
+
+  /// After `layer` ran: `seen[e]` is 1 when expert e ran, 0 when it did not, -1 when unknown.
+  /// Counts the uses (a hit when the expert was cached), then admits every expert not known to
+  /// be idle, evicting what the policy values less (`evict(layer, expert)` for each; an expert
+  /// worth less than every cached one is not admitted).
+  template <class Evict>
+  Step after_layer(std::size_t layer, std::span<const int> seen, Evict&& evict) {
+    ++tick_;
+    Step step;
+    std::vector<Entry>& xs = experts_.at(layer);
+    for (std::size_t e = 0; e < xs.size() && e < seen.size(); ++e) {
+      if (seen[e] != 1) continue;
+      Entry& x = xs[e];
+      ++x.uses;
+      x.last_use = tick_;
+      ++step.uses;
+      step.hits += x.cached ? 1 : 0;
+    }
+    for (std::size_t e = 0; e < xs.size(); ++e) {
+      const int s = e < seen.size() ? seen[e] : -1;
+      if (s != 0 && !xs[e].cached && xs[e].bytes <= capacity_) admit(layer, e, evict);
+    }
+    return step;
+  }
+
+  [[nodiscard]] bool cached(std::size_t layer, std::size_t e) const {
+    return experts_.at(layer).at(e).cached;
+  }
+  [[nodiscard]] std::uint64_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::uint64_t cached_bytes() const noexcept { return cached_bytes_; }
+
+ private:
+  struct Entry {
+    std::uint64_t bytes = 0;
+    bool cached = false;
+    std::uint64_t uses = 0;
+    std::uint64_t last_use = 0;
+  };
+
+  template <class Evict>
+  void admit(std::size_t layer, std::size_t e, Evict& evict) {
+    Entry& x = experts_[layer][e];
+    while (cached_bytes_ + x.bytes > capacity_) {
+      Entry* victim = nullptr;
+      std::size_t victim_layer = 0, victim_e = 0;
+      for (std::size_t l = 0; l < experts_.size(); ++l) {
+        for (std::size_t k = 0; k < experts_[l].size(); ++k) {
+          Entry& y = experts_[l][k];
+          if (!y.cached || (l == layer && k == e)) continue;
+          if (victim == nullptr || worse(y, *victim)) {
+            victim = &y;
+            victim_layer = l;
+            victim_e = k;
+          }
+        }
+      }
+      if (victim == nullptr || !worse(*victim, x)) return;  // x is the least worth keeping
+      victim->cached = false;
+      cached_bytes_ -= victim->bytes;
+      evict(victim_layer, victim_e);
+    }
+    x.cached = true;
+    cached_bytes_ += x.bytes;
+  }
+
+  // True when `a` is less worth keeping than `b` under the policy.
+  [[nodiscard]] bool worse(const Entry& a, const Entry& b) const noexcept {
+    if (policy_ == CachePolicy::kMostUsed && a.uses != b.uses) return a.uses < b.uses;
+    return a.last_use < b.last_use;
+  }
+
+  CachePolicy policy_ = CachePolicy::kNone;
+  std::uint64_t capacity_ = 0;
+  std::vector<std::vector<Entry>> experts_;
+  std::uint64_t cached_bytes_ = 0;
+  std::uint64_t tick_ = 0;
+};
+
 class WeightResidency {
  public:
-  /// Activations, KV cache, scratch, code and the page-cache slack of prefetching: what the
-  /// budget keeps free besides the weights.
-  static constexpr std::uint64_t kOverhead = std::uint64_t{384} << 20;
+  /// What the budget keeps free besides the weights (kResidencyOverhead).
+  static constexpr std::uint64_t kOverhead = kResidencyOverhead;
 
   WeightResidency(ResidencyPlan plan, const ResidencyOptions& options = {})
       : plan_(std::move(plan)), opt_(options) {
@@ -276,19 +439,21 @@ class WeightResidency {
     check_config(n_layers > 0, "residency", "the plan has no layers");
     stats_.budget = opt_.ram_budget ? opt_.ram_budget : default_ram_budget();
     stats_.copied_bytes = plan_.copied_bytes;
-    std::uint64_t mapped = 0;
-    for (const io::MappedFile* f : plan_.files) mapped += f->size();
-    stats_.model_bytes = mapped + plan_.copied_bytes;
-    stats_.streaming = stats_.model_bytes + kOverhead > stats_.budget;
+    const BudgetSplit split = split_budget(plan_, stats_.budget, opt_.cache);
+    stats_.model_bytes = split.model_bytes;
+    stats_.streaming = split.streaming;
+    stats_.attention_streamed = split.attention_streamed;
+    stats_.head_released = split.head_released;
+    stats_.cache_capacity = split.cache_capacity;
+    batch_fits_ = split.batch_fits;
     experts_.resize(n_layers);
+    std::vector<std::vector<std::uint64_t>> bytes(n_layers);
     for (std::size_t l = 0; l < n_layers; ++l) {
       experts_[l].resize(plan_.layers[l].experts.size());
-      for (std::size_t e = 0; e < experts_[l].size(); ++e) {
-        experts_[l][e].bytes = detail::range_bytes(plan_.layers[l].experts[e]);
-      }
+      for (const auto& e : plan_.layers[l].experts) bytes[l].push_back(detail::range_bytes(e));
     }
+    cache_ = ExpertCache(opt_.cache, stats_.cache_capacity, bytes);
     if (stats_.streaming) {
-      plan_budget();
       if (opt_.huge_readahead) {
         for (const io::MappedFile* f : plan_.files) {
           detail::advise_range({f, 0, f->size()}, io::Advice::kHugePage);
@@ -315,11 +480,10 @@ class WeightResidency {
     check_config(layer < plan_.layers.size(), "residency",
                  "layer " + std::to_string(layer) + " is outside the plan");
     const std::size_t next = (layer + 1) % plan_.layers.size();
-    ++tick_;
     if (stats_.streaming) {
       const bool decode = h.rows == 1;
       observe(layer, decode);
-      cache(layer);
+      cache(layer, decode);
       if (stats_.attention_streamed) {
         for (const MappedRange& r : plan_.layers[layer].dense) {
           detail::advise_range(r, io::Advice::kDontNeed);
@@ -387,44 +551,9 @@ class WeightResidency {
 
  private:
   struct Expert {
-    std::uint64_t bytes = 0;
-    bool cached = false;      ///< kept mapped between uses
     bool prefetched = false;  ///< speculation asked for it before its layer ran
     int last_seen = -1;       ///< in the last run of its layer: 1 ran, 0 did not, -1 unknown
-    std::uint64_t uses = 0;
-    std::uint64_t last_use = 0;
   };
-
-  // The fixed part of the budget; what is left is the expert cache.
-  void plan_budget() {
-    std::uint64_t dense = 0, max_working = 0, max_layer_experts = 0;
-    for (std::size_t l = 0; l < plan_.layers.size(); ++l) {
-      dense += detail::range_bytes(plan_.layers[l].dense);
-      std::vector<std::uint64_t> sizes;
-      for (const Expert& x : experts_[l]) sizes.push_back(x.bytes);
-      std::sort(sizes.rbegin(), sizes.rend());
-      const std::size_t k = std::min(plan_.top_k, sizes.size());
-      max_working =
-          std::max(max_working,
-                   std::accumulate(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(k),
-                                   std::uint64_t{0}));
-      max_layer_experts = std::max(max_layer_experts,
-                                   std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0}));
-    }
-    const std::uint64_t always = detail::range_bytes(plan_.always);
-    std::uint64_t max_dense = 0;
-    for (const LayerRanges& ranges : plan_.layers) {
-      max_dense = std::max(max_dense, detail::range_bytes(ranges.dense));
-    }
-    const std::uint64_t fixed = plan_.copied_bytes + always + kOverhead + max_working;
-    stats_.attention_streamed = fixed + dense > stats_.budget;
-    const std::uint64_t resident_dense = stats_.attention_streamed ? max_dense : dense;
-    const std::uint64_t used = fixed + resident_dense;
-    stats_.cache_capacity =
-        opt_.cache == CachePolicy::kNone || used >= stats_.budget ? 0 : stats_.budget - used;
-    batch_fits_ = plan_.copied_bytes + always + kOverhead + resident_dense + max_layer_experts <=
-                  stats_.budget;
-  }
 
   // 1. Which experts of `layer` ran: the probe page is mapped again.
   void observe(std::size_t layer, bool decode) {
@@ -435,71 +564,35 @@ class WeightResidency {
       const MappedRange& p = e < ranges.probes.size() ? ranges.probes[e] : MappedRange{};
       x.last_seen = p.file ? pagemap_.present(p.file->data() + p.offset) : -1;
       if (x.last_seen < 0) unknown = true;
-      if (x.last_seen != 1) {
-        x.prefetched = false;
-        continue;
-      }
-      ++x.uses;
-      x.last_use = tick_;
-      if (decode) {
-        ++stats_.expert_uses;
-        stats_.cache_hits += x.cached ? 1 : 0;
-        stats_.speculation_hits += x.prefetched ? 1 : 0;
-      }
+      if (decode && x.last_seen == 1 && x.prefetched) ++stats_.speculation_hits;
       x.prefetched = false;
     }
     if (unknown) ++stats_.unobserved_layers;
   }
 
-  // 2. Keep what the policy wants within the capacity; unmap the rest; re-arm the probes.
-  void cache(std::size_t layer) {
+  // 2. The cache's decision (ExpertCache); unmap what it does not keep; re-arm the probes.
+  void cache(std::size_t layer, bool decode) {
     const LayerRanges& ranges = plan_.layers[layer];
-    for (std::size_t e = 0; e < experts_[layer].size(); ++e) {
-      Expert& x = experts_[layer][e];
-      if (x.last_seen != 0 && !x.cached && x.bytes <= stats_.cache_capacity) insert(layer, e);
+    std::vector<int> seen;
+    for (const Expert& x : experts_[layer]) seen.push_back(x.last_seen);
+    const ExpertCache::Step step =
+        cache_.after_layer(layer, seen, [&](std::size_t victim_layer, std::size_t victim_e) {
+          for (const MappedRange& r : plan_.layers[victim_layer].experts[victim_e]) {
+            detail::advise_range(r, io::Advice::kDontNeed);
+          }
+        });
+    if (decode) {
+      stats_.expert_uses += step.uses;
+      stats_.cache_hits += step.hits;
     }
     for (std::size_t e = 0; e < experts_[layer].size(); ++e) {
-      const Expert& x = experts_[layer][e];
-      if (!x.cached) {
+      if (!cache_.cached(layer, e)) {
         for (const MappedRange& r : ranges.experts[e])
           detail::advise_range(r, io::Advice::kDontNeed);
       } else if (e < ranges.probes.size()) {
         detail::advise_range(ranges.probes[e], io::Advice::kDontNeed);  // to see the next use
       }
     }
-  }
-
-  void insert(std::size_t layer, std::size_t e) {
-    Expert& x = experts_[layer][e];
-    while (cached_bytes_ + x.bytes > stats_.cache_capacity) {
-      Expert* victim = nullptr;
-      std::size_t victim_layer = 0, victim_e = 0;
-      for (std::size_t l = 0; l < experts_.size(); ++l) {
-        for (std::size_t k = 0; k < experts_[l].size(); ++k) {
-          Expert& y = experts_[l][k];
-          if (!y.cached || (l == layer && k == e)) continue;
-          if (victim == nullptr || worse(y, *victim)) {
-            victim = &y;
-            victim_layer = l;
-            victim_e = k;
-          }
-        }
-      }
-      if (victim == nullptr || !worse(*victim, x)) return;  // x is the least worth keeping
-      victim->cached = false;
-      cached_bytes_ -= victim->bytes;
-      for (const MappedRange& r : plan_.layers[victim_layer].experts[victim_e]) {
-        detail::advise_range(r, io::Advice::kDontNeed);
-      }
-    }
-    x.cached = true;
-    cached_bytes_ += x.bytes;
-  }
-
-  // True when `a` is less worth keeping than `b` under the policy.
-  [[nodiscard]] bool worse(const Expert& a, const Expert& b) const noexcept {
-    if (opt_.cache == CachePolicy::kMostUsed && a.uses != b.uses) return a.uses < b.uses;
-    return a.last_use < b.last_use;
   }
 
   // 5. Prefetch what layer `next` will read.
@@ -515,7 +608,7 @@ class WeightResidency {
       Expert& x = experts_[next][e];
       x.prefetched = true;
       if (e < ranges.probes.size() && ranges.probes[e].file != nullptr) ++stats_.speculated;
-      if (x.cached) continue;
+      if (cache_.cached(next, e)) continue;
       for (const MappedRange& r : ranges.experts[e]) detail::advise_range(r, io::Advice::kWillNeed);
     }
   }
@@ -549,8 +642,7 @@ class WeightResidency {
   ResidencyOptions opt_;
   ResidencyStats stats_;
   std::vector<std::vector<Expert>> experts_;
-  std::uint64_t cached_bytes_ = 0;
-  std::uint64_t tick_ = 0;
+  ExpertCache cache_;
   bool batch_fits_ = true;
   detail::PagemapReader pagemap_;
 };

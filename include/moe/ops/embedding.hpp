@@ -21,6 +21,13 @@
 //
 // The f32 and bf16 tied-head products go through moe::matmul / matmul_backward_* on the table's
 // weight view; int8 runs its own loops (one widened row per vocabulary entry).
+//
+// A table larger than the RAM one wants to spend on it (Grok-1's f32 embedding is 3.2 GB, read in
+// place from the checkpoint's mapping) can be read by the tied head in vocabulary chunks
+// (EmbeddingTable::head_chunk_rows), after each of which the head calls after_head_chunk (e.g.
+// grok1::unmap_rows, which unmaps the chunk's file pages from the process): the head then never
+// holds more than one chunk of the table. The logits are the same bits as in one product (every
+// logit is one row of the table dotted with h, whatever the chunk).
 #pragma once
 
 #include <algorithm>
@@ -64,6 +71,12 @@ struct EmbeddingTable {
   std::size_t blocks = 1;               ///< int8: rows of `scales` (divides V)
   EmbeddingDtype dtype = EmbeddingDtype::kF32;
   bool contiguous = true;  ///< false when built from a strided MatrixView (rejected by validate)
+  /// The tied head reads this many vocabulary rows at a time (0: all in one product).
+  std::size_t head_chunk_rows = 0;
+  /// Called by the tied head after it has read rows [first, first + count) (nullptr: nothing),
+  /// e.g. grok1::unmap_rows for a table in a file mapping larger than the RAM budget.
+  void (*after_head_chunk)(const EmbeddingTable& table, std::size_t first,
+                           std::size_t count) = nullptr;
 
   EmbeddingTable() = default;
   /// An f32 table from a matrix view (must be contiguous; checked by validate()).
@@ -211,35 +224,57 @@ inline void embed_backward(ThreadPool& pool, std::span<const std::int32_t> token
   });
 }
 
-/// logits [T, V] = h [T, D] . table^T (the tied LM head).
-inline void tied_logits(ThreadPool& pool, MatrixView<const float> h, const EmbeddingTable& table,
-                        MatrixView<float> logits) {
-  MOE_ASSERT(h.cols == table.cols && logits.cols == table.rows && logits.rows == h.rows);
+MOE_SIMD_NAMESPACE_END
+
+MOE_SIMD_DETAIL_BEGIN
+
+/// logits[:, v0 .. v0 + logits.cols) = h . table[v0 .. v0 + logits.cols)^T.
+inline void tied_logits_rows(ThreadPool& pool, MatrixView<const float> h,
+                             const EmbeddingTable& table, std::size_t v0,
+                             MatrixView<float> logits) {
+  const std::size_t n = logits.cols, d = table.cols;
+  const unsigned char* rows = table.data + v0 * d * table.element_bytes();
   switch (table.dtype) {
     case EmbeddingDtype::kF32:
-      matmul(pool, h, table.f32_head(), logits);
+      matmul(pool, h, F32Weight{reinterpret_cast<const float*>(rows), d, n, Layout::kOutIn},
+             logits);
       return;
     case EmbeddingDtype::kBF16:
-      matmul(pool, h, table.bf16_head(), logits);
+      matmul(pool, h, BF16Weight{reinterpret_cast<const bf16*>(rows), d, n, Layout::kOutIn},
+             logits);
       return;
     case EmbeddingDtype::kInt8:
       break;
   }
   // int8: one exactly dequantized row per vocabulary entry (in the pool's scratch), dotted with
   // every row of h.
-  const std::size_t v_count = table.rows, d = table.cols;
   MOE_ASSERT(pool.scratch_bytes() >= d * sizeof(float));
-  pool.parallel_for((v_count + detail::kHeadRows - 1) / detail::kHeadRows,
-                    [&](std::size_t task, std::size_t thread) {
-                      auto* row = reinterpret_cast<float*>(pool.scratch(thread));
-                      const std::size_t v1 = std::min(v_count, (task + 1) * detail::kHeadRows);
-                      for (std::size_t v = task * detail::kHeadRows; v < v1; ++v) {
-                        table.lookup(v, row);
-                        for (std::size_t t = 0; t < h.rows; ++t) {
-                          logits(t, v) = dot(h.row(t), row, d);
-                        }
-                      }
-                    });
+  pool.parallel_for((n + kHeadRows - 1) / kHeadRows, [&](std::size_t task, std::size_t thread) {
+    auto* row = reinterpret_cast<float*>(pool.scratch(thread));
+    const std::size_t j1 = std::min(n, (task + 1) * kHeadRows);
+    for (std::size_t j = task * kHeadRows; j < j1; ++j) {
+      table.lookup(v0 + j, row);
+      for (std::size_t t = 0; t < h.rows; ++t) logits(t, j) = dot(h.row(t), row, d);
+    }
+  });
+}
+
+MOE_SIMD_DETAIL_END
+
+MOE_SIMD_NAMESPACE_BEGIN
+
+/// logits [T, V] = h [T, D] . table^T (the tied LM head); in chunks of table.head_chunk_rows
+/// vocabulary rows when set, table.after_head_chunk called after each (same bits).
+inline void tied_logits(ThreadPool& pool, MatrixView<const float> h, const EmbeddingTable& table,
+                        MatrixView<float> logits) {
+  MOE_ASSERT(h.cols == table.cols && logits.cols == table.rows && logits.rows == h.rows);
+  const std::size_t v = table.rows;
+  const std::size_t chunk = table.head_chunk_rows ? std::min(table.head_chunk_rows, v) : v;
+  for (std::size_t v0 = 0; v0 < v; v0 += chunk) {
+    const std::size_t n = std::min(chunk, v - v0);
+    detail::tied_logits_rows(pool, h, table, v0, logits.cols_slice(v0, n));
+    if (table.after_head_chunk != nullptr) table.after_head_chunk(table, v0, n);
+  }
 }
 
 /// dh [T, D] += dlogits [T, V] . table (the tied head's input gradient; any table dtype).
