@@ -956,7 +956,8 @@ class MoELayer {
         axpy(1.0f, dxg.row(row), dx.row(t), d);
       }
     });
-    for (std::size_t row = 0; row < n_rows; ++row) gbar[pr.pair[row]] = gb[row];
+    const std::uint32_t* pair_of_row = pr.pair;
+    for (std::size_t row = 0; row < n_rows; ++row) gbar[pair_of_row[row]] = gb[row];
   }
 
   /// The shared expert's backward; padding rows' output was zeroed, so their dy is ignored.

@@ -33,12 +33,12 @@ namespace moe::grok1 {
 inline void unmap_rows(const EmbeddingTable& table, std::size_t first, std::size_t count) {
   const std::size_t row_bytes = table.cols * table.element_bytes();
   const auto page = static_cast<std::uintptr_t>(io::detail::page_size());
-  const auto b = reinterpret_cast<std::uintptr_t>(table.data + first * row_bytes);
-  const std::uintptr_t begin = (b + page - 1) / page * page;
+  auto* p =
+      const_cast<std::byte*>(reinterpret_cast<const std::byte*>(table.data)) + first * row_bytes;
+  const auto b = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t begin = (b + page - 1) / page * page;  // whole pages inside the rows
   const std::uintptr_t end = (b + count * row_bytes) / page * page;
-  if (end > begin) {
-    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // a hint
-  }
+  if (end > begin) ::madvise(p + (begin - b), end - begin, MADV_DONTNEED);  // a hint
 }
 
 struct BindOptions {
