@@ -21,41 +21,6 @@
 
 namespace {
 
-using moe::Int8ActWeight;
-using moe::Int8Weight;
-using moe::WeightStack;
-
-Int8ActWeight act(const Int8Weight& w) {
-  return Int8ActWeight(w);
-}
-WeightStack<Int8ActWeight> act(const WeightStack<Int8Weight>& s) {
-  return {Int8ActWeight(s.first), s.count};
-}
-
-/// The same views, computed with int8 activations.
-moe::grok1::WeightsT<Int8ActWeight> with_int8_activations(const moe::grok1::Weights& w) {
-  moe::grok1::WeightsT<Int8ActWeight> a;
-  a.embedding = w.embedding;
-  a.final_norm = w.final_norm;
-  for (const auto& l : w.layers) {
-    moe::grok1::LayerWeightsT<Int8ActWeight> m;
-    m.wq = act(l.wq);
-    m.wk = act(l.wk);
-    m.wv = act(l.wv);
-    m.wo = act(l.wo);
-    m.norm_pre_attn = l.norm_pre_attn;
-    m.norm_post_attn = l.norm_post_attn;
-    m.norm_pre_moe = l.norm_pre_moe;
-    m.norm_post_moe = l.norm_post_moe;
-    m.router = l.router;
-    m.expert_gate = act(l.expert_gate);
-    m.expert_up = act(l.expert_up);
-    m.expert_down = act(l.expert_down);
-    a.layers.push_back(m);
-  }
-  return a;
-}
-
 struct Metrics {
   double max_rel = 0;     ///< max |delta logit| / std of the exact logits
   double rms_rel = 0;     ///< rms |delta logit| / std
@@ -69,7 +34,7 @@ Metrics measure(std::size_t n_layers, std::size_t T, std::size_t steps) {
   auto cfg = moe::grok1::Config::demo();
   cfg.n_layers = n_layers;
   const moe::grok1::RandomWeights rw(cfg, 7);
-  const auto wa = with_int8_activations(rw.weights());
+  const auto wa = moe::grok1::int8_activations(rw.weights());
   const auto exact = moe::grok1::make_model(cfg, rw.weights());
   const auto approx = moe::grok1::make_model(cfg, wa);
   moe::ThreadPool pool(2);
