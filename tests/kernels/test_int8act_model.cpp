@@ -106,3 +106,27 @@ TEST_CASE("int8 activations on a Grok-shaped decoder: logit error within the sta
   CHECK(all.rms_rel <= 0.5);
   CHECK(all.agreement >= 0.5);
 }
+
+TEST_CASE("int8 activations: views over the release's stacked experts; bad weights are refused",
+          "[kernels][int8act][model]") {
+  auto cfg = moe::grok1::Config::tiny();
+  const moe::grok1::RandomWeights rw(cfg, 3);
+  const auto wa = moe::grok1::int8_activations(rw.weights());
+  REQUIRE(wa.layers.size() == cfg.n_layers);
+  const auto& l = rw.weights().layers[1];
+  const auto& a = wa.layers[1];
+  CHECK(a.wo.data == l.wo.data);  // views, no copies
+  CHECK(a.expert_down.count == l.expert_down.count);
+  CHECK(a.expert_down[2].data == l.expert_down[2].data);  // expert e is the same tensor
+  CHECK(a.router.data == l.router.data);
+  CHECK(a.norm_post_moe.data() == l.norm_post_moe.data());
+  // An expert stack of separate views (as a tensor-parallel shard binds) has no stacked form.
+  auto split = rw.weights();
+  std::vector<moe::Int8Weight> views;
+  for (std::size_t e = 0; e < cfg.n_experts; ++e) views.push_back(l.expert_up[e]);
+  split.layers[1].expert_up = moe::WeightStack<moe::Int8Weight>::of(views);
+  CHECK_THROWS_AS(moe::grok1::int8_activations(split), moe::ConfigError);
+  // f32 weights have nothing to quantise against.
+  const moe::grok1::WeightsT<moe::F32Weight> f32;
+  CHECK_THROWS_WITH(moe::grok1::int8_activations(f32), Catch::Contains("int8 weights"));
+}

@@ -130,25 +130,12 @@ TEST_CASE("grok1: an f32 copy of the int8 weights gives the same logits", "[mode
     return moe::F32Weight{store.back().data(), w.in, w.out, moe::Layout::kInOut};
   };
   store.reserve(64);
-  moe::grok1::WeightsT<moe::F32Weight> f;
-  f.embedding = q.embedding;
-  f.final_norm = q.final_norm;
-  for (const auto& l : q.layers) {
-    moe::grok1::LayerWeightsT<moe::F32Weight> g;
-    g.wq = deq(l.wq);
-    g.wk = deq(l.wk);
-    g.wv = deq(l.wv);
-    g.wo = deq(l.wo);
-    g.norm_pre_attn = l.norm_pre_attn;
-    g.norm_post_attn = l.norm_post_attn;
-    g.norm_pre_moe = l.norm_pre_moe;
-    g.norm_post_moe = l.norm_post_moe;
-    g.router = l.router;
-    g.expert_gate = {deq(l.expert_gate.first, cfg.n_experts), cfg.n_experts};
-    g.expert_up = {deq(l.expert_up.first, cfg.n_experts), cfg.n_experts};
-    g.expert_down = {deq(l.expert_down.first, cfg.n_experts), cfg.n_experts};
-    f.layers.push_back(g);
-  }
+  const auto f = moe::grok1::map_weights<moe::F32Weight>(
+      q, [&](const moe::Int8Weight& w) { return deq(w); },
+      [&](const moe::WeightStack<moe::Int8Weight>& s) {
+        return moe::WeightStack<moe::F32Weight>{deq(s.first, s.count), s.count};
+      });
+  REQUIRE(store.size() <= 64);  // no reallocation moved a view's storage
   moe::ThreadPool pool(2);
   const auto m8 = moe::grok1::make_model(cfg, q);
   const auto m32 = moe::grok1::make_model(cfg, f);

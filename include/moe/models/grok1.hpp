@@ -118,7 +118,7 @@ ModelOf<W> make_model(const Config& config, const WeightsT<W>& weights) {
 /// quantised per token and block, VNNI products; approximate, opt-in): the attention projections
 /// and the experts. The router, norms and the embedding / tied head stay as they are (f32,
 /// exact). Views only: `weights` must outlive the result. Throws ConfigError unless W is an int8
-/// weight type.
+/// weight type and every expert stack is one stacked tensor (as the release stores them).
 template <class W>
 WeightsT<Int8ActWeight> int8_activations(const WeightsT<W>& weights) {
   if constexpr (!is_int8_weight_v<W>) {
@@ -127,30 +127,14 @@ WeightsT<Int8ActWeight> int8_activations(const WeightsT<W>& weights) {
         (weights.layers.empty() ? std::string("not int8")
                                 : weight_type_name(weights.layers[0].wq)));
   } else {
+    auto matrix = [](const W& w) { return Int8ActWeight(w); };
     auto stack = [](const WeightStack<W>& s) {
+      check_config(s.views == nullptr, "grok1",
+                   "int8 activations need each expert stack stored as one tensor (this one is " +
+                       std::to_string(s.count) + " separate views)");
       return WeightStack<Int8ActWeight>{Int8ActWeight(s.first), s.count};
     };
-    WeightsT<Int8ActWeight> a;
-    a.embedding = weights.embedding;
-    a.final_norm = weights.final_norm;
-    a.layers.reserve(weights.layers.size());
-    for (const LayerWeightsT<W>& l : weights.layers) {
-      LayerWeightsT<Int8ActWeight> m;
-      m.wq = Int8ActWeight(l.wq);
-      m.wk = Int8ActWeight(l.wk);
-      m.wv = Int8ActWeight(l.wv);
-      m.wo = Int8ActWeight(l.wo);
-      m.norm_pre_attn = l.norm_pre_attn;
-      m.norm_post_attn = l.norm_post_attn;
-      m.norm_pre_moe = l.norm_pre_moe;
-      m.norm_post_moe = l.norm_post_moe;
-      m.router = l.router;
-      m.expert_gate = stack(l.expert_gate);
-      m.expert_up = stack(l.expert_up);
-      m.expert_down = stack(l.expert_down);
-      a.layers.push_back(m);
-    }
-    return a;
+    return map_weights<Int8ActWeight>(weights, matrix, stack);
   }
 }
 

@@ -70,6 +70,35 @@ struct WeightsT {
   void validate(const Config& config) const;
 };
 
+/// The same model with its projections and expert stacks turned into another weight type:
+/// `matrix(const W&) -> V` for wq, wk, wv, wo and `stack(const WeightStack<W>&) -> WeightStack<V>`
+/// for the three expert stacks; the embedding, the norms and the router (f32 in every checkpoint)
+/// are carried over as they are. The result holds whatever views the two functions return (the
+/// int8-activation views of grok1::int8_activations, dequantised copies in the tests).
+template <class V, class W, class MatrixFn, class StackFn>
+WeightsT<V> map_weights(const WeightsT<W>& weights, MatrixFn&& matrix, StackFn&& stack) {
+  WeightsT<V> out;
+  out.embedding = weights.embedding;
+  out.final_norm = weights.final_norm;
+  out.layers.reserve(weights.layers.size());
+  for (const LayerWeightsT<W>& l : weights.layers) {
+    LayerWeightsT<V>& m = out.layers.emplace_back();
+    m.wq = matrix(l.wq);
+    m.wk = matrix(l.wk);
+    m.wv = matrix(l.wv);
+    m.wo = matrix(l.wo);
+    m.norm_pre_attn = l.norm_pre_attn;
+    m.norm_post_attn = l.norm_post_attn;
+    m.norm_pre_moe = l.norm_pre_moe;
+    m.norm_post_moe = l.norm_post_moe;
+    m.router = l.router;
+    m.expert_gate = stack(l.expert_gate);
+    m.expert_up = stack(l.expert_up);
+    m.expert_down = stack(l.expert_down);
+  }
+  return out;
+}
+
 /// The checkpoint's types: int8 projections and experts with bf16 scales.
 using LayerWeights = LayerWeightsT<Int8Weight>;
 using Weights = WeightsT<Int8Weight>;
