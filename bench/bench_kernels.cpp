@@ -9,6 +9,7 @@
 //   eigen/f32/<in>x<out>/T:<T>/threads:N         Eigen 3.4 on the same f32 [in, out] data
 //   matmul/int8act_b<B>/<in>x<out>/T:<T>/threads:N   Int8ActWeight (int8 activations, VNNI)
 //   zen5plan/<weight>/<in>x<out>/T:<T>/threads:N  moe::matmul with the Zen 5 host's blocking
+//   emrplan/<weight>/<in>x<out>/T:<T>/threads:N   ... with the Emerald Rapids host's blocking
 //                                                 (to compare with this host's, same run)
 //   grad_input/<weight>/<in>x<out>/T:<T>           matmul_backward_input  (dx += dy W^T)
 //   grad_weight/<layout>/<in>x<out>/T:<T>          matmul_backward_weight (g += x^T dy)
@@ -408,13 +409,20 @@ void register_all() {
           ->MinTime(0.2);
     }
   }
-  // The Zen 5 host's blocking on this host (same run): what the host-derived plan changes.
+  // The two tuning hosts' blockings on this host (same run): what the host-derived plan
+  // changes, and whether the other vendor's rules would do better here. threads:1 reports
+  // peak_frac_cpu, which a busy machine disturbs least.
   static const moe::detail::Blocking zen5 =
       moe::detail::blocking_for(moe::detail::HostInfo::zen5());
-  for (std::size_t T : {16, 64, 256}) {
-    for (Shape s : {kGrokUp, kSmall}) {
-      for (WType wt : {WType::kF32, WType::kBf16, WType::kInt8}) {
-        add_matmul(wt, s, T, 2, 0.2, &zen5, "zen5plan/");
+  static const moe::detail::Blocking emr =
+      moe::detail::blocking_for(moe::detail::HostInfo::emerald_rapids());
+  for (std::size_t threads : {2, 1}) {
+    for (std::size_t T : {16, 64, 256}) {
+      for (Shape s : {kGrokUp, kSmall}) {
+        for (WType wt : {WType::kF32, WType::kBf16, WType::kInt8}) {
+          add_matmul(wt, s, T, threads, 0.2, &zen5, "zen5plan/");
+          add_matmul(wt, s, T, threads, 0.2, &emr, "emrplan/");
+        }
       }
     }
   }

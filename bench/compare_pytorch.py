@@ -18,8 +18,9 @@ PyTorch's OpenMP pool and OpenBLAS's pthread pool never nest or oversubscribe th
   1T    OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1
   2T    OMP_NUM_THREADS=2, OPENBLAS_NUM_THREADS=2 (OMP_WAIT_POLICY=PASSIVE)
   2Tb   OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=2 (only the GEMMs threaded)
-and the fastest setting is PyTorch's figure ("best"). OPENBLAS_CORETYPE=SkylakeX is set on Intel
-CPUs unless given (Debian's OpenBLAS misdetects recent CPUs and falls back to slow kernels).
+and the fastest setting is PyTorch's figure ("best"). OPENBLAS_CORETYPE=SkylakeX is set on every
+AVX-512 host (Debian's OpenBLAS misdetects recent CPUs and falls back to slower kernels;
+--openblas-coretype overrides).
 
 Usage (Debian's python3 with python3-torch and libopenblas0-pthread: scripts/deps --bench):
   /usr/bin/python3 bench/compare_pytorch.py [--bench build/release/bench/bench_moe] [--rounds 5] \
@@ -103,12 +104,31 @@ def torch_tok_per_s(dtype_name, t, reps, threads):
 SETTINGS = {"1T": (1, 1), "2T": (2, 2), "2Tb": (1, 2)}
 
 
-def intel_cpu():
+def avx512_cpu():
     try:
         with open("/proc/cpuinfo") as f:
-            return "GenuineIntel" in f.read(4096)
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
     except OSError:
-        return False
+        pass
+    return False
+
+
+CORETYPE = "auto"  # --openblas-coretype
+
+
+def set_blas_coretype(env):
+    """OpenBLAS's kernels for the children: SkylakeX (AVX-512) on any AVX-512 host by default,
+    whatever the environment says (Debian 12's OpenBLAS 0.3.21 predates Zen 5, and a machine-wide
+    OPENBLAS_CORETYPE=Haswell makes PyTorch's training step 1.45x slower on Zen 5: PyTorch gets its
+    best BLAS); --openblas-coretype NAME forces one, "inherit" keeps the environment's."""
+    if CORETYPE == "inherit":
+        return
+    if CORETYPE != "auto":
+        env["OPENBLAS_CORETYPE"] = CORETYPE
+    elif avx512_cpu():
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"
 
 
 def torch_in_child(dtype_name, t, reps, setting):
@@ -116,8 +136,7 @@ def torch_in_child(dtype_name, t, reps, setting):
     omp, blas = SETTINGS[setting]
     env = dict(os.environ, OMP_NUM_THREADS=str(omp), OPENBLAS_NUM_THREADS=str(blas),
                MKL_NUM_THREADS=str(omp), OMP_WAIT_POLICY="PASSIVE")
-    if intel_cpu():
-        env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    set_blas_coretype(env)
     if dtype_name == "bf16noamx":
         env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
     dt = "bf16" if dtype_name == "bf16noamx" else dtype_name
@@ -144,16 +163,25 @@ def main():
     ap.add_argument("--bench", help="path of bench_moe: measure both, in alternation, and print ratios")
     ap.add_argument("--tokens", default="1,16,256")
     ap.add_argument("--dtypes", default="f32,bf16,bf16noamx,bf16w")
+    ap.add_argument("--openblas-coretype", default="auto",
+                    help="OPENBLAS_CORETYPE of PyTorch's children: auto (SkylakeX on AVX-512 hosts), "
+                         "inherit (the environment's) or a name")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=10, help="PyTorch calls per measurement")
     a = ap.parse_args()
+    global CORETYPE
+    CORETYPE = a.openblas_coretype
     if a.worker:
         dt, t, reps, threads = a.worker.split(",")
         print(torch_tok_per_s(dt, int(t), int(reps), int(threads)))
         return 0
-    print("# torch %s, OPENBLAS_CORETYPE=%s (children: SkylakeX on Intel unless set)" %
-          (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)")), flush=True)
+    child = {}
+    set_blas_coretype(child)
+    print("# torch %s, OPENBLAS_CORETYPE %s here, %s in PyTorch's children" %
+          (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+           child.get("OPENBLAS_CORETYPE", os.environ.get("OPENBLAS_CORETYPE", "(unset)"))),
+          flush=True)
     tokens = [int(t) for t in a.tokens.split(",")]
     summary = []
     for dt in a.dtypes.split(","):

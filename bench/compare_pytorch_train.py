@@ -20,8 +20,8 @@ weighted index_add_), as bench/compare_pytorch.py does for the layer.
 Threads: every PyTorch measurement runs in a child process with pinned thread pools (as
 bench/compare_pytorch.py): 1T (OMP 1, OpenBLAS 1), 2T (OMP 2, OpenBLAS 2, OMP_WAIT_POLICY=PASSIVE),
 2Tb (OMP 1, OpenBLAS 2); the fastest is PyTorch's figure ("best"). OPENBLAS_CORETYPE=SkylakeX
-is set on Intel CPUs unless given. Needs python3-torch and libopenblas0-pthread (without it
-PyTorch falls back to the reference BLAS): scripts/deps --bench.
+is set on every AVX-512 host (--openblas-coretype overrides). Needs python3-torch and
+libopenblas0-pthread (without it PyTorch falls back to the reference BLAS): scripts/deps --bench.
 
 Usage:
   /usr/bin/python3 bench/compare_pytorch_train.py --bench build/release/bench/bench_train \\
@@ -272,12 +272,31 @@ def check():
 SETTINGS = {"1T": (1, 1), "2T": (2, 2), "2Tb": (1, 2)}
 
 
-def intel_cpu():
+def avx512_cpu():
     try:
         with open("/proc/cpuinfo") as f:
-            return "GenuineIntel" in f.read(4096)
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
     except OSError:
-        return False
+        pass
+    return False
+
+
+CORETYPE = "auto"  # --openblas-coretype
+
+
+def set_blas_coretype(env):
+    """OpenBLAS's kernels for the children: SkylakeX (AVX-512) on any AVX-512 host by default,
+    whatever the environment says (Debian 12's OpenBLAS 0.3.21 predates Zen 5, and a machine-wide
+    OPENBLAS_CORETYPE=Haswell makes PyTorch's training step 1.45x slower on Zen 5: PyTorch gets its
+    best BLAS); --openblas-coretype NAME forces one, "inherit" keeps the environment's."""
+    if CORETYPE == "inherit":
+        return
+    if CORETYPE != "auto":
+        env["OPENBLAS_CORETYPE"] = CORETYPE
+    elif avx512_cpu():
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"
 
 
 def torch_in_child(kind, reps, setting):
@@ -285,8 +304,7 @@ def torch_in_child(kind, reps, setting):
     omp, blas = SETTINGS[setting]
     env = dict(os.environ, OMP_NUM_THREADS=str(omp), OPENBLAS_NUM_THREADS=str(blas),
                MKL_NUM_THREADS=str(omp), OMP_WAIT_POLICY="PASSIVE")
-    if intel_cpu():
-        env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    set_blas_coretype(env)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
                           "%s,%d,%d" % (kind, reps, omp)],
                          check=True, capture_output=True, text=True, env=env).stdout
@@ -341,8 +359,7 @@ def torch_gemm_flops(reps):
 
 def gemm_in_child(reps):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if intel_cpu():
-        env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    set_blas_coretype(env)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "gemm,%d,1" % reps],
                          check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -384,8 +401,13 @@ def main():
     ap.add_argument("--check", action="store_true", help="check the twin against the float64 reference")
     ap.add_argument("--gemm", action="store_true",
                     help="with --bench: the step's products alone (train_gemm) against torch.mm")
+    ap.add_argument("--openblas-coretype", default="auto",
+                    help="OPENBLAS_CORETYPE of PyTorch's children: auto (SkylakeX on AVX-512 hosts), "
+                         "inherit (the environment's) or a name")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global CORETYPE
+    CORETYPE = a.openblas_coretype
     if a.check:
         check()
         return 0
@@ -398,8 +420,11 @@ def main():
         tps, n_params = torch_tok_per_s(kind, int(reps), int(threads))
         print(tps, n_params)
         return 0
-    print("# torch %s, OPENBLAS_CORETYPE=%s (children: SkylakeX on Intel unless set), load %s" %
+    child = {}
+    set_blas_coretype(child)
+    print("# torch %s, OPENBLAS_CORETYPE %s here, %s in PyTorch's children, load %s" %
           (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+           child.get("OPENBLAS_CORETYPE", os.environ.get("OPENBLAS_CORETYPE", "(unset)")),
            " ".join(open("/proc/loadavg").read().split()[:3])), flush=True)
     if a.gemm:
         if not a.bench:
