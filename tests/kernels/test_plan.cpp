@@ -80,12 +80,26 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(b.f32_in_place_max_t == static_cast<std::size_t>(-1));  // f32 [in, out] read in place
   CHECK(b.tile_prefetch);
   CHECK_FALSE(b.strip_prefetch);
+  CHECK(b.strip_prefetch_int8);
   CHECK(b.direct_slab_bytes == 8192);
   CHECK(b.direct_rows_t1 == 4);
   CHECK(b.direct_pf_t1 == 8);
   CHECK(b.direct_rows_t1_f32 == 16);
   CHECK(b.direct_pf_t1_f32 == 0);
   CHECK(b.direct_rows == 8);
+}
+
+TEST_CASE("Zen 5 prefetches the next strip for int8 weights only", "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::zen5());
+  const std::size_t scratch = std::size_t{4} << 20;
+  CHECK(make_plan(shape(64, 1024, 4096, 1), b, scratch).strip_pf);
+  CHECK_FALSE(make_plan(shape(64, 1024, 4096, 2), b, scratch).strip_pf);
+  CHECK_FALSE(make_plan(shape(64, 1024, 4096, 4), b, scratch).strip_pf);
+  Blocking off = b;
+  off.strip_prefetch_int8 = false;
+  CHECK_FALSE(make_plan(shape(64, 1024, 4096, 1), off, scratch).strip_pf);
+  const Blocking emr = blocking_for(HostInfo::emerald_rapids());
+  CHECK(make_plan(shape(64, 1024, 4096, 2), emr, scratch).strip_pf);
 }
 
 TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
@@ -96,6 +110,7 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(b.f32_in_place_max_t == 0);  // f32 strips packed at every T
   CHECK(b.tile_prefetch);
   CHECK(b.strip_prefetch);
+  CHECK(b.strip_prefetch_int8);
   CHECK(b.direct_pf_t1 == 8);
   // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
   HostInfo small = HostInfo::emerald_rapids();
