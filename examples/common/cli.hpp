@@ -1,6 +1,6 @@
 // The example programs' command-line helpers (grok1, moe-run, train): one usage-error type and
 // strict parsers of flag values that name the flag, the accepted range and the value on error,
-// and the bytes this process read from storage (for the runners' --json).
+// and what the runners' --json reports of the process: bytes read from storage, peak RSS.
 #pragma once
 
 #include <cerrno>
@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <vector>
 
 #include <moe/models/weight_residency.hpp>
@@ -93,6 +94,13 @@ inline std::uint64_t storage_read_bytes() {
   }
   std::fclose(f);
   return bytes;
+}
+
+/// Peak resident memory of this process (getrusage ru_maxrss), bytes.
+inline std::uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<std::uint64_t>(u.ru_maxrss) * 1024u;  // Linux reports KiB
 }
 
 }  // namespace examples

@@ -22,7 +22,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <sys/resource.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -43,16 +42,21 @@
 #endif
 
 #include "../common/cli.hpp"
+#include "../common/text_output.hpp"
 #include "perplexity.hpp"
 
 namespace {
 
+using examples::Log;
 using examples::parse_bytes;
 using examples::parse_double;
 using examples::parse_integer;
 using examples::parse_policy;
 using examples::parse_tokens;
+using examples::peak_rss_bytes;
 using examples::storage_read_bytes;
+using examples::TextOutput;
+using examples::Tokenizer;
 using examples::UsageError;
 using grok1_example::Activations;
 
@@ -187,31 +191,13 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::uint64_t peak_rss_bytes() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<std::uint64_t>(u.ru_maxrss) * 1024u;  // Linux reports KiB
-}
-
-/// Progress and summary lines on stderr; silent with --json.
-struct Log {
-  bool quiet = false;
-  bool tty = false;
-  template <class... Xs>
-  void operator()(const char* fmt, Xs... xs) const {
-    if (!quiet) std::fprintf(stderr, fmt, xs...);
-  }
-};
-
 #if defined(MOE_HAVE_SENTENCEPIECE)
-using Tokenizer = std::optional<moe::Tokenizer>;
 Tokenizer load_tokenizer(const Args& args) {
   Tokenizer t;
   if (args.tokenizer) t.emplace(*args.tokenizer);
   return t;
 }
 #else
-struct Tokenizer {};
 Tokenizer load_tokenizer(const Args& args) {
   if (args.tokenizer) throw moe::ConfigError("[grok1] built without SentencePiece: no --tokenizer");
   return {};
@@ -346,62 +332,6 @@ std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(moe::W
         }
       };
 }
-
-/// Streams the prompt and the generated text (or ids, without a tokenizer) to stdout and keeps
-/// the text for --json.
-class TextOutput {
- public:
-  TextOutput([[maybe_unused]] const Tokenizer& tok, bool quiet) : quiet_(quiet) {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (tok) stream_.emplace(tok->decode_stream());
-#endif
-  }
-  void prompt(const Args& args) {
-    if (!quiet_ && args.prompt) write(*args.prompt);  // the continuation follows right after it
-  }
-  void token(std::int32_t id) {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (stream_) {
-      const std::string piece = stream_->push(id);
-      text_ += piece;
-      if (!quiet_) write(piece);
-      return;
-    }
-#endif
-    if (!quiet_) write(std::to_string(id) + " ");
-  }
-  void finish() {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (stream_) {
-      const std::string rest = stream_->finish();
-      text_ += rest;
-      if (!quiet_) write(rest);
-    }
-#endif
-    if (!quiet_) write("\n");
-  }
-  [[nodiscard]] bool has_text() const noexcept {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    return stream_.has_value();
-#else
-    return false;
-#endif
-  }
-  [[nodiscard]] const std::string& text() const noexcept {
-    return text_;
-  }
-
- private:
-  static void write(const std::string& s) {
-    std::fwrite(s.data(), 1, s.size(), stdout);
-    std::fflush(stdout);
-  }
-  bool quiet_;
-  std::string text_;
-#if defined(MOE_HAVE_SENTENCEPIECE)
-  std::optional<moe::DecodeStream> stream_;
-#endif
-};
 
 /// What one run produced, for the summary line and --json.
 struct Report {
@@ -596,7 +526,7 @@ int run(const Args& args) {
   }
   TextOutput out(tokenizer, log.quiet);
   log("grok1: prefill of %zu tokens, then %zu new tokens\n", r.prompt.size(), args.max_new_tokens);
-  out.prompt(args);
+  out.prompt(args.prompt);
   generate(m, pool, state, gen, out, r);
   if (args.dump_logits) {
     moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {r.prompt.size(), cfg.vocab_size});

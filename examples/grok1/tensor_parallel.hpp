@@ -117,7 +117,7 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
     gen.prompt_logits = {prompt_logits.data(), r.prompt.size(), cfg.vocab_size};
   }
   TextOutput out(*tokenizer, log.quiet);
-  if (root) out.prompt(args);
+  if (root) out.prompt(args.prompt);
   comm.reset_stats();
   r.result = moe::generate(pool, m->model, state, r.prompt, gen, [&](std::int32_t id) {
     if (root) out.token(id);

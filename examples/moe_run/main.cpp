@@ -29,7 +29,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <sys/resource.h>
 #include <type_traits>
 #include <unistd.h>
 #include <vector>
@@ -49,15 +48,20 @@
 #include <nlohmann/json.hpp>
 
 #include "../common/cli.hpp"
+#include "../common/text_output.hpp"
 
 namespace {
 
+using examples::Log;
 using examples::parse_bytes;
 using examples::parse_double;
 using examples::parse_integer;
 using examples::parse_policy;
 using examples::parse_tokens;
+using examples::peak_rss_bytes;
 using examples::storage_read_bytes;
+using examples::TextOutput;
+using examples::Tokenizer;
 using examples::UsageError;
 
 using Clock = std::chrono::steady_clock;
@@ -190,91 +194,18 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::uint64_t peak_rss_bytes() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<std::uint64_t>(u.ru_maxrss) * 1024u;  // Linux reports KiB
-}
-
-/// Progress and summary lines on stderr; silent with --json.
-struct Log {
-  bool quiet = false;
-  bool tty = false;
-  template <class... Xs>
-  void operator()(const char* fmt, Xs... xs) const {
-    if (!quiet) std::fprintf(stderr, fmt, xs...);
-  }
-};
-
 #if defined(MOE_HAVE_SENTENCEPIECE)
-using Tokenizer = std::optional<moe::Tokenizer>;
 Tokenizer load_tokenizer(const Args& args) {
   Tokenizer t;
   if (args.tokenizer) t.emplace(*args.tokenizer);
   return t;
 }
 #else
-struct Tokenizer {};
 Tokenizer load_tokenizer(const Args& args) {
   if (args.prompt) throw moe::ConfigError("[moe-run] built without SentencePiece: no --prompt");
   return {};
 }
 #endif
-
-/// Streams the generated text (or ids, without a tokenizer) to stdout; keeps the text for --json.
-class TextOutput {
- public:
-  TextOutput([[maybe_unused]] const Tokenizer& tok, bool quiet) : quiet_(quiet) {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (tok) stream_.emplace(tok->decode_stream());
-#endif
-  }
-  void prompt(const Args& args) {
-    if (!quiet_ && args.prompt) write(*args.prompt);  // the continuation follows right after it
-  }
-  void token(std::int32_t id) {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (stream_) {
-      const std::string piece = stream_->push(id);
-      text_ += piece;
-      if (!quiet_) write(piece);
-      return;
-    }
-#endif
-    if (!quiet_) write(std::to_string(id) + " ");
-  }
-  void finish() {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    if (stream_) {
-      const std::string rest = stream_->finish();
-      text_ += rest;
-      if (!quiet_) write(rest);
-    }
-#endif
-    if (!quiet_) write("\n");
-  }
-  [[nodiscard]] bool has_text() const noexcept {
-#if defined(MOE_HAVE_SENTENCEPIECE)
-    return stream_.has_value();
-#else
-    return false;
-#endif
-  }
-  [[nodiscard]] const std::string& text() const noexcept {
-    return text_;
-  }
-
- private:
-  static void write(const std::string& s) {
-    std::fwrite(s.data(), 1, s.size(), stdout);
-    std::fflush(stdout);
-  }
-  bool quiet_;
-  std::string text_;
-#if defined(MOE_HAVE_SENTENCEPIECE)
-  std::optional<moe::DecodeStream> stream_;
-#endif
-};
 
 // ---- the run ------------------------------------------------------------------------------------
 
@@ -473,7 +404,7 @@ int generate_with(const Args& args, const Opened& o, const Tokenizer& tokenizer,
     gen.prompt_logits = {prompt_logits.data(), r.prompt.size(), cfg.vocab_size};
   }
   TextOutput out(tokenizer, log.quiet);
-  out.prompt(args);
+  out.prompt(args.prompt);
   const std::uint64_t read0 = storage_read_bytes();
   std::uint64_t read_first = 0;  // after prefill and the first sample
   r.result = moe::generate(pool, model, state, r.prompt, gen, [&](std::int32_t id) {
