@@ -173,9 +173,32 @@ inline double time_fma(std::size_t threads) {
   return std::chrono::duration<double>(t1 - t0).count();
 }
 
+/// CPU time of the calling thread (seconds).
+inline double thread_cpu_seconds() noexcept {
+#if defined(__linux__)
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+#else
+  return 0.0;
+#endif
+}
+
+/// The FMA loop on the calling thread over its CPU time (FLOP per CPU second): one core's peak
+/// as a preempted thread sees it, the denominator of the threads:1 benchmarks' peak_frac_cpu
+/// (a real-time peak measured while other jobs run comes out low and inflates those ratios).
+inline double fma_flops_per_cpu_second() {
+  const double c0 = thread_cpu_seconds();
+  const float sum = fma_chains(kFmaIters);
+  const double c1 = thread_cpu_seconds();
+  benchmark::DoNotOptimize(sum);
+  return fma_flops_per_thread() / (c1 - c0);
+}
+
 struct Limits {
   double dram_bytes_per_s[3] = {0, 0, 0};  ///< index = threads (1, 2)
   double fma_flops_per_s[3] = {0, 0, 0};
+  double fma_flops_per_cpu_s = 0;  ///< one thread, over its CPU time (fma_flops_per_cpu_second)
   double dram(std::size_t threads) const { return dram_bytes_per_s[threads >= 2 ? 2 : 1]; }
   double fma(std::size_t threads) const { return fma_flops_per_s[threads >= 2 ? 2 : 1]; }
 };
@@ -199,11 +222,15 @@ inline const Limits& limits() {
       r.dram_bytes_per_s[t] = median(bw);
       r.fma_flops_per_s[t] = median(fl);
     }
+    std::vector<double> cpu;
+    for (int rep = 0; rep < 5; ++rep) cpu.push_back(fma_flops_per_cpu_second());
+    r.fma_flops_per_cpu_s = median(cpu);
     std::fprintf(stderr,
                  "moe_bench limits (same run): DRAM read %.1f / %.1f GB/s, f32 FMA %.1f / %.1f "
-                 "GFLOP/s (1 / 2 threads)\n",
+                 "GFLOP/s (1 / 2 threads), %.1f GFLOP per CPU second (1 thread)\n",
                  r.dram_bytes_per_s[1] * 1e-9, r.dram_bytes_per_s[2] * 1e-9,
-                 r.fma_flops_per_s[1] * 1e-9, r.fma_flops_per_s[2] * 1e-9);
+                 r.fma_flops_per_s[1] * 1e-9, r.fma_flops_per_s[2] * 1e-9,
+                 r.fma_flops_per_cpu_s * 1e-9);
     return r;
   }();
   return l;
@@ -224,17 +251,6 @@ inline void set_counters(benchmark::State& state, double bytes, double flops, st
   state.counters["bytes_per_call"] = bytes;
   state.counters["flop_per_call"] = flops;
   state.counters["threads"] = static_cast<double>(threads);
-}
-
-/// CPU time of the calling thread (seconds).
-inline double thread_cpu_seconds() noexcept {
-#if defined(__linux__)
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-#else
-  return 0.0;
-#endif
 }
 
 /// Limits probed right before a benchmark (a short FMA loop and a 128 MiB read, best of 3 each):

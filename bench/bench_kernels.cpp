@@ -3,7 +3,7 @@
 //
 //   baseline/read_bw/threads:N       DRAM read bandwidth (1 GiB sum)       -> bw_frac limit
 //   (threads:1 matmuls also report peak_frac_cpu: FLOP/s over the thread's CPU time, over the
-//   1-thread FMA peak: what a core achieves while other jobs preempt it)
+//   FMA loop's FLOP per CPU second: what a core achieves while other jobs preempt it)
 //   baseline/fma_peak/threads:N      f32 FMA peak (register-only loop)     -> peak_frac limit
 //   matmul/<weight>/<in>x<out>/T:<T>/threads:N   moe::matmul
 //   eigen/f32/<in>x<out>/T:<T>/threads:N         Eigen 3.4 on the same f32 [in, out] data
@@ -162,8 +162,8 @@ void bm_matmul(benchmark::State& state, WType wt, Shape s, std::size_t blocks, s
   const double flops = 2.0 * static_cast<double>(T * s.in * s.out);
   moe_bench::set_counters_local(state, static_cast<double>(bytes), flops, threads, local);
   if (threads == 1) {  // the CPU time of the only thread: preemption by other jobs not counted
-    state.counters["peak_frac_cpu"] =
-        flops * static_cast<double>(state.iterations()) / cpu / moe_bench::limits().fma(1);
+    state.counters["peak_frac_cpu"] = flops * static_cast<double>(state.iterations()) / cpu /
+                                      moe_bench::limits().fma_flops_per_cpu_s;
   }
   state.counters["kind"] = wt == WType::kInt8Act                             ? 14
                            : wt == WType::kInt8                              ? 13
@@ -458,6 +458,8 @@ int main(int argc, char** argv) {
                                                            std::to_string(l.dram(2) * 1e-9));
   benchmark::AddCustomContext("limit_fma_GFLOPs_1t_2t", std::to_string(l.fma(1) * 1e-9) + " " +
                                                             std::to_string(l.fma(2) * 1e-9));
+  benchmark::AddCustomContext("limit_fma_GFLOP_per_cpu_second",
+                              std::to_string(l.fma_flops_per_cpu_s * 1e-9));
   moe_bench::register_baselines();
   register_all();
   benchmark::RunSpecifiedBenchmarks();
