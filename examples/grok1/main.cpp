@@ -42,6 +42,7 @@
 #endif
 
 #include "../common/cli.hpp"
+#include "../common/run_report.hpp"
 #include "../common/text_output.hpp"
 #include "perplexity.hpp"
 
@@ -54,7 +55,7 @@ using examples::parse_integer;
 using examples::parse_policy;
 using examples::parse_tokens;
 using examples::peak_rss_bytes;
-using examples::storage_read_bytes;
+using examples::print_json;
 using examples::TextOutput;
 using examples::Tokenizer;
 using examples::UsageError;
@@ -334,99 +335,38 @@ std::function<void(std::size_t, moe::MatrixView<const float>)> layer_hook(moe::W
 }
 
 /// What one run produced, for the summary line and --json.
-struct Report {
-  std::vector<std::int32_t> prompt;
-  moe::GenerateResult result;
-  double load_seconds = 0;
-  std::size_t threads = 0;
-  std::uint64_t peak_rss = 0;
-  std::uint64_t read_bytes = 0;         ///< from storage during generation
-  std::uint64_t read_bytes_decode = 0;  ///< ... during the decode steps
-  moe::ResidencyStats residency;
-  moe::CachePolicy cache_policy{};
+struct Report : examples::RunReport {
   bool speculate = false;
-  std::size_t prefill_chunk = 0;
   Activations activations = Activations::kExact;
 };
-
-void print_summary(const Report& r, const Log& log) {
-  const moe::GenerateResult& g = r.result;
-  log("grok1: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
-      "(%.3f tokens/s); peak RSS %.1f MiB\n",
-      g.prompt_tokens, g.prefill_seconds, g.prefill_tokens_per_second(),
-      g.tokens.empty() ? std::size_t{0} : g.tokens.size() - 1, g.decode_seconds,
-      g.decode_tokens_per_second(), static_cast<double>(r.peak_rss) / (1024.0 * 1024.0));
-}
 
 /// The --json object (keys documented in examples/grok1/README.md).
 nlohmann::ordered_json json_report(const Report& r, const moe::grok1::Config& cfg,
                                    const TextOutput& out) {
   nlohmann::ordered_json j;
-  j["prompt_tokens"] = r.prompt;
-  j["generated_tokens"] = r.result.tokens;
-  if (out.has_text()) j["text"] = out.text();
-  j["stopped_at_eos"] = r.result.stopped_at_eos;
+  examples::json_generation(j, r, out);
   j["config"] = {{"vocab_size", cfg.vocab_size}, {"d_model", cfg.d_model},
                  {"n_layers", cfg.n_layers},     {"n_q_heads", cfg.n_q_heads},
                  {"n_kv_heads", cfg.n_kv_heads}, {"n_experts", cfg.n_experts},
                  {"top_k", cfg.top_k},           {"d_ff", cfg.d_ff}};
-  j["timings"] = {{"load_seconds", r.load_seconds},
-                  {"prefill_seconds", r.result.prefill_seconds},
-                  {"prefill_tokens_per_second", r.result.prefill_tokens_per_second()},
-                  {"decode_seconds", r.result.decode_seconds},
-                  {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
-  j["peak_rss_bytes"] = r.peak_rss;
-  j["threads"] = r.threads;
+  examples::json_run(j, r);
   j["activations"] = grok1_example::activations_name(r.activations);
   j["streamed_experts"] = r.residency.streaming;
-  const moe::ResidencyStats& s = r.residency;
-  const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
-  const std::size_t decoded = r.result.tokens.size() > 1 ? r.result.tokens.size() - 1 : 0;
-  j["io"] = {
-      {"read_bytes", r.read_bytes},
-      {"read_bytes_per_decode_token",
-       decoded ? static_cast<double>(r.read_bytes_decode) / static_cast<double>(decoded) : 0.0},
-      {"disk_gb_per_second",
-       seconds > 0 ? static_cast<double>(r.read_bytes) / seconds / 1e9 : 0.0}};
-  j["residency"] = {{"ram_budget_bytes", s.budget},
-                    {"model_bytes", s.model_bytes},
-                    {"copied_bytes", s.copied_bytes},
-                    {"streaming", s.streaming},
-                    {"attention_streamed", s.attention_streamed},
-                    {"head_released", s.head_released},
-                    {"cache_policy", moe::cache_policy_name(r.cache_policy)},
-                    {"cache_capacity_bytes", s.cache_capacity},
-                    {"expert_uses", s.expert_uses},
-                    {"cache_hit_rate", s.cache_hit_rate()},
-                    {"speculation", r.speculate},
-                    {"speculated", s.speculated},
-                    {"speculation_hit_rate", s.speculation_hit_rate()},
-                    {"prefill_chunk", r.prefill_chunk}};
+  j["io"] = examples::json_io(r);
+  nlohmann::ordered_json res = examples::json_residency(r);
+  res["head_released"] = r.residency.head_released;
+  res["speculation"] = r.speculate;
+  res["speculated"] = r.residency.speculated;
+  res["speculation_hit_rate"] = r.residency.speculation_hit_rate();
+  j["residency"] = std::move(res);
   return j;
-}
-
-void print_json(const nlohmann::ordered_json& j) {
-  // Invalid UTF-8 in generated text becomes U+FFFD, so the output is always valid JSON.
-  const std::string s = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-  std::fwrite(s.data(), 1, s.size(), stdout);
-  std::fputc('\n', stdout);
 }
 
 /// Generates, streaming the text to `out`; records the storage reads of prefill and decode.
 void generate(const Loaded& m, moe::ThreadPool& pool, moe::DecoderState& state,
               const moe::GenerateOptions& gen, TextOutput& out, Report& r) {
-  const std::uint64_t read0 = storage_read_bytes();
-  std::uint64_t read_first = 0;  // after prefill and the first sample
-  m.with_model([&](const auto& model) {
-    r.result = moe::generate(pool, model, state, r.prompt, gen, [&](std::int32_t id) {
-      if (read_first == 0) read_first = storage_read_bytes();
-      out.token(id);
-    });
-  });
-  out.finish();
-  const std::uint64_t read1 = storage_read_bytes();
-  r.read_bytes = read1 - read0;
-  r.read_bytes_decode = read_first ? read1 - read_first : 0;
+  m.with_model(
+      [&](const auto& model) { examples::generate_reporting(pool, model, state, gen, out, r); });
 }
 
 /// --perplexity FILE: the text's ids (as examples/train tokenises it), scored window by window;
@@ -538,7 +478,7 @@ int run(const Args& args) {
   r.cache_policy = args.cache_policy;
   r.speculate = args.speculate;
   r.activations = args.activations;
-  print_summary(r, log);
+  examples::print_summary("grok1", r, log);
   if (args.json) print_json(json_report(r, cfg, out));
   return 0;
 }

@@ -131,7 +131,7 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   r.peak_rss = peak_rss_bytes();
   const std::vector<std::uint64_t> rss = comm.all_gather(r.peak_rss);
   const moe::mpi::CommStats& s = comm.stats();
-  print_summary(r, log);
+  examples::print_summary("grok1", r, log);
   log("grok1: %zu all-reduces (%.1f MB, %.3f s), %zu logit gathers (%.3f s); peak RSS per rank",
       s.all_reduces, static_cast<double>(s.all_reduce_bytes) / 1e6, s.all_reduce_seconds, s.gathers,
       s.gather_seconds);

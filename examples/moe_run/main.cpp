@@ -48,6 +48,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../common/cli.hpp"
+#include "../common/run_report.hpp"
 #include "../common/text_output.hpp"
 
 namespace {
@@ -59,7 +60,7 @@ using examples::parse_integer;
 using examples::parse_policy;
 using examples::parse_tokens;
 using examples::peak_rss_bytes;
-using examples::storage_read_bytes;
+using examples::print_json;
 using examples::TextOutput;
 using examples::Tokenizer;
 using examples::UsageError;
@@ -275,29 +276,16 @@ moe::WeightResidency make_residency(const Args& args, const Opened& o, std::uint
 }
 
 /// What one run produced, for the summary line and --json.
-struct Report {
-  std::vector<std::int32_t> prompt;
-  moe::GenerateResult result;
+struct Report : examples::RunReport {
   std::string weights;  ///< "bf16" or "f32"
-  double load_seconds = 0;
-  std::size_t threads = 0;
-  std::uint64_t peak_rss = 0;
-  std::uint64_t read_bytes = 0;         ///< from storage during generation
-  std::uint64_t read_bytes_decode = 0;  ///< ... during the decode steps
   std::uint64_t copied_bytes = 0;
-  moe::ResidencyStats residency;
-  moe::CachePolicy cache_policy{};
-  std::size_t prefill_chunk = 0;
 };
 
 /// The --json object (keys documented in examples/moe_run/README.md).
 nlohmann::ordered_json json_report(const Report& r, const moe::hf::Config& cfg,
                                    const TextOutput& out) {
   nlohmann::ordered_json j;
-  j["prompt_tokens"] = r.prompt;
-  j["generated_tokens"] = r.result.tokens;
-  if (out.has_text()) j["text"] = out.text();
-  j["stopped_at_eos"] = r.result.stopped_at_eos;
+  examples::json_generation(j, r, out);
   j["architecture"] = moe::hf::architecture_name(cfg.family);
   j["weights"] = r.weights;
   j["config"] = {{"vocab_size", cfg.vocab_size},
@@ -311,40 +299,10 @@ nlohmann::ordered_json json_report(const Report& r, const moe::hf::Config& cfg,
                  {"d_ff_expert", cfg.d_ff_expert},
                  {"d_ff_shared", cfg.d_ff_shared},
                  {"sliding_window", cfg.sliding_window}};
-  j["timings"] = {{"load_seconds", r.load_seconds},
-                  {"prefill_seconds", r.result.prefill_seconds},
-                  {"prefill_tokens_per_second", r.result.prefill_tokens_per_second()},
-                  {"decode_seconds", r.result.decode_seconds},
-                  {"decode_tokens_per_second", r.result.decode_tokens_per_second()}};
-  j["peak_rss_bytes"] = r.peak_rss;
-  j["threads"] = r.threads;
-  const moe::ResidencyStats& s = r.residency;
-  const double seconds = r.result.prefill_seconds + r.result.decode_seconds;
-  const std::size_t decoded = r.result.tokens.size() > 1 ? r.result.tokens.size() - 1 : 0;
-  j["io"] = {
-      {"read_bytes", r.read_bytes},
-      {"read_bytes_per_decode_token",
-       decoded ? static_cast<double>(r.read_bytes_decode) / static_cast<double>(decoded) : 0.0},
-      {"disk_gb_per_second",
-       seconds > 0 ? static_cast<double>(r.read_bytes) / seconds / 1e9 : 0.0}};
-  j["residency"] = {{"ram_budget_bytes", s.budget},
-                    {"model_bytes", s.model_bytes},
-                    {"copied_bytes", s.copied_bytes},
-                    {"streaming", s.streaming},
-                    {"attention_streamed", s.attention_streamed},
-                    {"cache_policy", moe::cache_policy_name(r.cache_policy)},
-                    {"cache_capacity_bytes", s.cache_capacity},
-                    {"expert_uses", s.expert_uses},
-                    {"cache_hit_rate", s.cache_hit_rate()},
-                    {"prefill_chunk", r.prefill_chunk}};
+  examples::json_run(j, r);
+  j["io"] = examples::json_io(r);
+  j["residency"] = examples::json_residency(r);
   return j;
-}
-
-void print_json(const nlohmann::ordered_json& j) {
-  // Invalid UTF-8 in generated text becomes U+FFFD, so the output is always valid JSON.
-  const std::string s = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-  std::fwrite(s.data(), 1, s.size(), stdout);
-  std::fputc('\n', stdout);
 }
 
 /// The per-layer hook: the residency's steps, then prefill progress for a streamed model (whose
@@ -405,16 +363,7 @@ int generate_with(const Args& args, const Opened& o, const Tokenizer& tokenizer,
   }
   TextOutput out(tokenizer, log.quiet);
   out.prompt(args.prompt);
-  const std::uint64_t read0 = storage_read_bytes();
-  std::uint64_t read_first = 0;  // after prefill and the first sample
-  r.result = moe::generate(pool, model, state, r.prompt, gen, [&](std::int32_t id) {
-    if (read_first == 0) read_first = storage_read_bytes();
-    out.token(id);
-  });
-  out.finish();
-  const std::uint64_t read1 = storage_read_bytes();
-  r.read_bytes = read1 - read0;
-  r.read_bytes_decode = read_first ? read1 - read_first : 0;
+  examples::generate_reporting(pool, model, state, gen, out, r);
   if (args.dump_logits) {
     moe::io::write_npy(*args.dump_logits, prompt_logits.data(), {r.prompt.size(), cfg.vocab_size});
     log("moe-run: wrote prompt logits [%zu, %zu] to %s\n", r.prompt.size(), cfg.vocab_size,
@@ -423,12 +372,7 @@ int generate_with(const Args& args, const Opened& o, const Tokenizer& tokenizer,
   r.peak_rss = peak_rss_bytes();
   r.residency = residency.stats();
   r.cache_policy = args.cache_policy;
-  const moe::GenerateResult& g = r.result;
-  log("moe-run: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
-      "(%.3f tokens/s); peak RSS %.1f MiB\n",
-      g.prompt_tokens, g.prefill_seconds, g.prefill_tokens_per_second(),
-      g.tokens.empty() ? std::size_t{0} : g.tokens.size() - 1, g.decode_seconds,
-      g.decode_tokens_per_second(), static_cast<double>(r.peak_rss) / (1024.0 * 1024.0));
+  examples::print_summary("moe-run", r, log);
   if (args.json) print_json(json_report(r, cfg, out));
   return 0;
 }
