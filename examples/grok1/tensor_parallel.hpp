@@ -1,8 +1,9 @@
 // grok1's MPI mode: `mpirun -np N grok1 --checkpoint DIR ...` runs the model tensor-parallel over
 // the N ranks (moe/mpi/tensor_parallel.hpp; docs/distributed.md). Same flags and outputs as a
 // single process; rank 0 prints. Each rank maps the checkpoint files and touches only its
-// shard: its heads' columns of the attention projections, its 1/N of every expert's hidden
-// units, its vocabulary slice of the head and the embedding rows it looks up. --ram-budget,
+// shard: its heads' columns of the attention projections and its 1/N of every expert's hidden
+// units (the column slabs copied into its memory while loading: moe/mpi/shard.hpp), its
+// vocabulary slice of the head and the embedding rows it looks up. --ram-budget,
 // --cache-policy, --speculation and --no-huge-readahead do not apply (no weight streaming:
 // each rank's shard is meant to fit in its RAM); --perplexity and --activations int8 are not
 // available yet (usage error, exit 2).
@@ -37,11 +38,14 @@ void add_tensor_parallel_json(nlohmann::ordered_json& j, moe::mpi::Communicator&
                               const std::vector<std::uint64_t>& rss) {
   const std::vector<std::uint64_t> shard = comm.all_gather(m.weights.shard_bytes());
   const std::vector<std::uint64_t> pages = comm.all_gather(m.weights.page_bytes());
+  const std::vector<std::uint64_t> copied = comm.all_gather(
+      m.weights.slab_data.size() + m.weights.slab_scales.size() * sizeof(moe::bf16));
   const moe::mpi::CommStats& s = comm.stats();
   j["ranks"] = comm.size();
   j["rank_peak_rss_bytes"] = rss;
   j["rank_shard_bytes"] = shard;
   j["rank_shard_page_bytes"] = pages;
+  j["rank_copied_slab_bytes"] = copied;
   const double compute = prof.total() - prof.reduce;
   j["tensor_parallel"] = {{"all_reduces", s.all_reduces},
                           {"all_reduce_bytes", s.all_reduce_bytes},
