@@ -15,6 +15,19 @@
 // Included by main.cpp inside its anonymous namespace, after Args, Log, Report, TextOutput and
 // the helpers this file uses; <moe/mpi/tensor_parallel.hpp> is included at the top of main.cpp.
 
+/// Copies of the column slabs (moe/mpi/shard.hpp) when the copies of the `node_ranks` ranks on
+/// this machine fit in 80% of its available memory (moe::default_ram_budget), else views: a
+/// shard that does not fit stays in the page cache, which can evict and re-read it.
+moe::mpi::ShardOptions slab_options(const moe::grok1::Config& c, const moe::mpi::ShardPlan& plan,
+                                    std::size_t node_ranks) {
+  moe::mpi::ShardOptions o;
+  const std::uint64_t budget = moe::default_ram_budget();
+  if (budget != 0 && moe::mpi::column_copy_bytes(c, plan) * node_ranks > budget) {
+    o.column_slabs = moe::mpi::SlabStorage::kInPlace;
+  }
+  return o;
+}
+
 /// One rank's checkpoint, shard views, shard model and the whole-model wrapper.
 struct ShardLoaded {
   moe::grok1::Checkpoint ckpt;
@@ -24,10 +37,10 @@ struct ShardLoaded {
   moe::mpi::TensorParallel<moe::grok1::Model> model;
 
   ShardLoaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options,
-              moe::mpi::Communicator& comm)
+              moe::mpi::Communicator& comm, std::size_t node_ranks)
       : ckpt(moe::grok1::Checkpoint::open(dir, options)),
         plan(moe::mpi::plan_shard(ckpt.config(), comm.size(), comm.rank())),
-        weights(moe::mpi::bind_shard(ckpt, plan)),
+        weights(moe::mpi::bind_shard(ckpt, plan, slab_options(ckpt.config(), plan, node_ranks))),
         shard(moe::mpi::make_shard_model(weights)),
         model(comm, shard, plan) {}
 };
@@ -84,11 +97,12 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   std::optional<ShardLoaded> m;
   Report r;
   std::string error;
+  const std::size_t node_ranks = comm.node_size();  // collective: before anything can throw
   try {
     tokenizer.emplace(load_tokenizer(args));
     moe::grok1::OpenOptions open_options;
     open_options.progress = validation_progress(log);
-    m.emplace(args.checkpoint, open_options, comm);
+    m.emplace(args.checkpoint, open_options, comm, node_ranks);
     r.prompt = prompt_ids(args, *tokenizer, m->ckpt.config());
     check_prompt_ids(r.prompt, m->ckpt.config().vocab_size);  // before agree(): one message
   } catch (const std::exception& e) {
@@ -98,10 +112,12 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   const moe::grok1::Config& cfg = m->ckpt.config();
   log("grok1: %s\n", m->ckpt.summary().c_str());
   log("grok1: tensor parallel over %zu ranks (rank 0: query heads [%zu, %zu), KV heads [%zu, %zu), "
-      "d_ff [%zu, %zu), vocabulary [%zu, %zu); %.2f GB of weights per rank)\n",
+      "d_ff [%zu, %zu), vocabulary [%zu, %zu); %.2f GB of weights per rank, %.2f GB of them "
+      "copied)\n",
       comm.size(), m->plan.q_heads.begin, m->plan.q_heads.end, m->plan.kv_heads.begin,
       m->plan.kv_heads.end, m->plan.ff.begin, m->plan.ff.end, m->plan.vocab.begin,
-      m->plan.vocab.end, static_cast<double>(m->weights.shard_bytes()) / 1e9);
+      m->plan.vocab.end, static_cast<double>(m->weights.shard_bytes()) / 1e9,
+      static_cast<double>(m->weights.slab_data.size()) / 1e9);
 
   moe::ThreadPool pool(args.threads);
   r.prefill_chunk = args.prefill_chunk ? args.prefill_chunk : 256;

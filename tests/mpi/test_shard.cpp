@@ -114,6 +114,11 @@ TEST_CASE("plan_shard: Grok-1's dimensions split over 1, 2, 4, 8, 16 ranks", "[m
   }
   // 16 ranks: 3 query heads each, each KV head on 2 ranks.
   CHECK(moe::mpi::plan_shard(c, 16, 5).kv_heads == Range{2, 3});
+  // Copies of the column slabs (Wq, Wk, Wv, w1, v): none at N = 1 (whole matrices, views);
+  // at N = 4, 1/4 of 64 layers x (37.7 + 2 x 6.3 + 2 x 8 x 201.3) MB.
+  CHECK(moe::mpi::column_copy_bytes(c, moe::mpi::plan_shard(c, 1, 0)) == 0);
+  CHECK(moe::mpi::column_copy_bytes(c, moe::mpi::plan_shard(c, 4, 1)) ==
+        std::size_t{64} * (1536 + 2 * 256 + 2 * 8 * 8192) * (6144 + 2));
 }
 
 TEST_CASE("plan_shard: a dimension N does not split is a ConfigError naming it", "[mpi][shard]") {
@@ -289,6 +294,12 @@ TEST_CASE("column slabs are copied: a rank's pages are its bytes, whatever the f
       CHECK(ratio(copied) <= 1.05);
       CHECK(ratio(in_place) >= 1.25);  // the page factor the copies remove (1.33 / 1.67)
       CHECK(copied.slab_data.size() >= copied.shard_bytes() / 2);
+      // column_copy_bytes predicts the copies to within their line padding.
+      const std::size_t got =
+          copied.slab_data.size() + copied.slab_scales.size() * sizeof(moe::bf16);
+      const std::size_t want = moe::mpi::column_copy_bytes(c, plan);
+      CHECK(got >= want);
+      CHECK(got <= want + copies * 2 * 64);
     }
   }
 }

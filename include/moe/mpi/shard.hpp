@@ -208,6 +208,18 @@ struct ShardOptions {
   std::function<void(const CopiedSlab&)> after_copy;
 };
 
+/// Bytes that SlabStorage::kCopy allocates for the shard `plan` of a model `c` whose column-slab
+/// tensors have one scale row (Grok-1's Wq, Wk, Wv, w1, v), to within the copies' line padding:
+/// the column slabs narrower than their matrix (none when N = 1) and their scales.
+[[nodiscard]] inline std::size_t column_copy_bytes(const grok1::Config& c, const ShardPlan& plan) {
+  std::size_t cols = 0;
+  const std::size_t q = plan.q_heads.size() * c.head_dim, kv = plan.kv_heads.size() * c.head_dim;
+  if (q < c.q_dim()) cols += q;
+  if (kv < c.kv_dim()) cols += 2 * kv;
+  if (plan.ff.size() < c.d_ff) cols += 2 * c.n_experts * plan.ff.size();
+  return c.n_layers * cols * (c.d_model + sizeof(bf16));  // int8 rows + one bf16 scale row
+}
+
 /// One rank's weights: views into the checkpoint and the copied column slabs (see the file
 /// comment). Move-only: the layers' expert stacks point into `expert_views` and the copies (a
 /// moved vector or Buffer keeps its storage, a copy would not).
