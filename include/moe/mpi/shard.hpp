@@ -203,8 +203,9 @@ struct CopiedSlab {
 
 struct ShardOptions {
   SlabStorage column_slabs = SlabStorage::kCopy;
-  /// Called after each copy: bind_shard unmaps the full matrix's file pages from the process
-  /// (MADV_DONTNEED; never for weights in anonymous memory, which it would zero).
+  /// Called after each copy. bind_shard sets it, when empty, to unmap the full matrix's file
+  /// pages from the process (MADV_DONTNEED: never for weights in anonymous memory, which it
+  /// would zero; shard_weights leaves it to the caller).
   std::function<void(const CopiedSlab&)> after_copy;
 };
 
@@ -267,14 +268,14 @@ struct ShardWeights {
 
 namespace detail {
 
-/// Elements rounded up to whole 64-byte lines (every copied slab starts on a line).
+/// Bytes rounded up to whole 64-byte lines (every copied slab starts on a line).
 [[nodiscard]] inline std::size_t whole_lines(std::size_t bytes) {
   return (bytes + 63) / 64 * 64;
 }
 
 /// A column slab to copy: the view to replace, where it comes from, its columns.
 struct SlabToCopy {
-  Int8Weight* view;
+  Int8Weight* view = nullptr;
   CopiedSlab source;
   Range cols;
 };
