@@ -1,8 +1,9 @@
 // grok1's MPI mode: `mpirun -np N grok1 --checkpoint DIR ...` runs the model tensor-parallel over
 // the N ranks (moe/mpi/tensor_parallel.hpp; docs/distributed.md). Same flags and outputs as a
 // single process; rank 0 prints. Each rank maps the checkpoint files and touches only its
-// shard: its heads' columns of the attention projections, its 1/N of every expert's hidden
-// units, its vocabulary slice of the head and the embedding rows it looks up. --ram-budget,
+// shard: its heads' columns of the attention projections and its 1/N of every expert's hidden
+// units (the column slabs copied into its memory while loading: moe/mpi/shard.hpp), its
+// vocabulary slice of the head and the embedding rows it looks up. --ram-budget,
 // --cache-policy, --speculation and --no-huge-readahead do not apply (no weight streaming:
 // each rank's shard is meant to fit in its RAM); --perplexity and --activations int8 are not
 // available yet (usage error, exit 2).
@@ -14,6 +15,19 @@
 // Included by main.cpp inside its anonymous namespace, after Args, Log, Report, TextOutput and
 // the helpers this file uses; <moe/mpi/tensor_parallel.hpp> is included at the top of main.cpp.
 
+/// Copies of the column slabs (moe/mpi/shard.hpp) when the copies of the `node_ranks` ranks on
+/// this machine fit in 80% of its available memory (moe::default_ram_budget), else views: a
+/// shard that does not fit stays in the page cache, which can evict and re-read it.
+moe::mpi::ShardOptions slab_options(const moe::grok1::Config& c, const moe::mpi::ShardPlan& plan,
+                                    std::size_t node_ranks) {
+  moe::mpi::ShardOptions o;
+  const std::uint64_t budget = moe::default_ram_budget();
+  if (budget != 0 && moe::mpi::column_copy_bytes(c, plan) * node_ranks > budget) {
+    o.column_slabs = moe::mpi::SlabStorage::kInPlace;
+  }
+  return o;
+}
+
 /// One rank's checkpoint, shard views, shard model and the whole-model wrapper.
 struct ShardLoaded {
   moe::grok1::Checkpoint ckpt;
@@ -23,10 +37,10 @@ struct ShardLoaded {
   moe::mpi::TensorParallel<moe::grok1::Model> model;
 
   ShardLoaded(const std::filesystem::path& dir, const moe::grok1::OpenOptions& options,
-              moe::mpi::Communicator& comm)
+              moe::mpi::Communicator& comm, std::size_t node_ranks)
       : ckpt(moe::grok1::Checkpoint::open(dir, options)),
         plan(moe::mpi::plan_shard(ckpt.config(), comm.size(), comm.rank())),
-        weights(moe::mpi::bind_shard(ckpt, plan)),
+        weights(moe::mpi::bind_shard(ckpt, plan, slab_options(ckpt.config(), plan, node_ranks))),
         shard(moe::mpi::make_shard_model(weights)),
         model(comm, shard, plan) {}
 };
@@ -37,11 +51,14 @@ void add_tensor_parallel_json(nlohmann::ordered_json& j, moe::mpi::Communicator&
                               const std::vector<std::uint64_t>& rss) {
   const std::vector<std::uint64_t> shard = comm.all_gather(m.weights.shard_bytes());
   const std::vector<std::uint64_t> pages = comm.all_gather(m.weights.page_bytes());
+  const std::vector<std::uint64_t> copied = comm.all_gather(
+      m.weights.slab_data.size() + m.weights.slab_scales.size() * sizeof(moe::bf16));
   const moe::mpi::CommStats& s = comm.stats();
   j["ranks"] = comm.size();
   j["rank_peak_rss_bytes"] = rss;
   j["rank_shard_bytes"] = shard;
   j["rank_shard_page_bytes"] = pages;
+  j["rank_copied_slab_bytes"] = copied;
   const double compute = prof.total() - prof.reduce;
   j["tensor_parallel"] = {{"all_reduces", s.all_reduces},
                           {"all_reduce_bytes", s.all_reduce_bytes},
@@ -80,11 +97,12 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   std::optional<ShardLoaded> m;
   Report r;
   std::string error;
+  const std::size_t node_ranks = comm.node_size();  // collective: before anything can throw
   try {
     tokenizer.emplace(load_tokenizer(args));
     moe::grok1::OpenOptions open_options;
     open_options.progress = validation_progress(log);
-    m.emplace(args.checkpoint, open_options, comm);
+    m.emplace(args.checkpoint, open_options, comm, node_ranks);
     r.prompt = prompt_ids(args, *tokenizer, m->ckpt.config());
     check_prompt_ids(r.prompt, m->ckpt.config().vocab_size);  // before agree(): one message
   } catch (const std::exception& e) {
@@ -94,10 +112,12 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   const moe::grok1::Config& cfg = m->ckpt.config();
   log("grok1: %s\n", m->ckpt.summary().c_str());
   log("grok1: tensor parallel over %zu ranks (rank 0: query heads [%zu, %zu), KV heads [%zu, %zu), "
-      "d_ff [%zu, %zu), vocabulary [%zu, %zu); %.2f GB of weights per rank)\n",
+      "d_ff [%zu, %zu), vocabulary [%zu, %zu); %.2f GB of weights per rank, %.2f GB of them "
+      "copied)\n",
       comm.size(), m->plan.q_heads.begin, m->plan.q_heads.end, m->plan.kv_heads.begin,
       m->plan.kv_heads.end, m->plan.ff.begin, m->plan.ff.end, m->plan.vocab.begin,
-      m->plan.vocab.end, static_cast<double>(m->weights.shard_bytes()) / 1e9);
+      m->plan.vocab.end, static_cast<double>(m->weights.shard_bytes()) / 1e9,
+      static_cast<double>(m->weights.slab_data.size()) / 1e9);
 
   moe::ThreadPool pool(args.threads);
   r.prefill_chunk = args.prefill_chunk ? args.prefill_chunk : 256;

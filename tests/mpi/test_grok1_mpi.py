@@ -83,6 +83,9 @@ def case_np(args, n):
                                                                 ref["generated_tokens"])
     assert got["ranks"] == n
     assert len(got["rank_peak_rss_bytes"]) == n and min(got["rank_peak_rss_bytes"]) > 0
+    # The column slabs are copied (the copies fit on any test machine): part of the shard.
+    copied, shard = got["rank_copied_slab_bytes"], got["rank_shard_bytes"]
+    assert len(copied) == n and all(0 < c < s for c, s in zip(copied, shard)), (copied, shard)
     tp = got["tensor_parallel"]
     # Two all-reduces per layer and forward call: 1 prefill + (NEW_TOKENS - 1) decode calls.
     assert tp["all_reduces"] == 2 * 11 * NEW_TOKENS, tp

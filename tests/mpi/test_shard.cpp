@@ -8,7 +8,10 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <moe/mpi/shard.hpp>
@@ -111,6 +114,11 @@ TEST_CASE("plan_shard: Grok-1's dimensions split over 1, 2, 4, 8, 16 ranks", "[m
   }
   // 16 ranks: 3 query heads each, each KV head on 2 ranks.
   CHECK(moe::mpi::plan_shard(c, 16, 5).kv_heads == Range{2, 3});
+  // Copies of the column slabs (Wq, Wk, Wv, w1, v): none at N = 1 (whole matrices, views);
+  // at N = 4, 1/4 of 64 layers x (37.7 + 2 x 6.3 + 2 x 8 x 201.3) MB.
+  CHECK(moe::mpi::column_copy_bytes(c, moe::mpi::plan_shard(c, 1, 0)) == 0);
+  CHECK(moe::mpi::column_copy_bytes(c, moe::mpi::plan_shard(c, 4, 1)) ==
+        std::size_t{64} * (1536 + 2 * 256 + 2 * 8 * 8192) * (6144 + 2));
 }
 
 TEST_CASE("plan_shard: a dimension N does not split is a ConfigError naming it", "[mpi][shard]") {
@@ -141,6 +149,15 @@ TEST_CASE("row_slab: scale rows follow the rows; cutting a block is a ShapeError
   for (std::size_t i = 0; i < 64; ++i) {
     for (std::size_t o = 0; o < 2; ++o) REQUIRE(c.at(i, o) == w.at(i, o + 1));
   }
+  // A copied column slab: the same elements, rows contiguous.
+  std::vector<std::int8_t> cd(64 * 2);
+  std::vector<moe::bf16> cs(8 * 2);
+  const moe::Int8Weight k = moe::mpi::copy_column_slab(w, Range{1, 3}, cd.data(), cs.data());
+  CHECK(k.row_stride() == 2);
+  CHECK(k.blocks == 8);
+  for (std::size_t i = 0; i < 64; ++i) {
+    for (std::size_t o = 0; o < 2; ++o) REQUIRE(k.at(i, o) == w.at(i, o + 1));
+  }
 }
 
 TEST_CASE("shards in threads: logits match the whole model (prefill and decode)", "[mpi][shard]") {
@@ -157,17 +174,22 @@ TEST_CASE("shards in threads: logits match the whole model (prefill and decode)"
     full.forward(pool, prompt, state, MatrixView<float>(want.data(), T, V));
     full.step(pool, next, state, want_step);
   }
-  for (std::size_t n : {1u, 2u, 4u}) {
-    INFO(n << " ranks");
+  using moe::mpi::SlabStorage;
+  for (const auto& [n, storage] : {std::pair{1u, SlabStorage::kCopy},
+                                   {2u, SlabStorage::kCopy},
+                                   {4u, SlabStorage::kCopy},
+                                   {2u, SlabStorage::kInPlace},
+                                   {4u, SlabStorage::kInPlace}}) {
+    INFO(n << " ranks, column slabs " << (storage == SlabStorage::kCopy ? "copied" : "in place"));
     std::vector<float> got(T * V, 0.0f), got_step(V, 0.0f);
     ThreadAllReduce reduce(n);
     std::vector<std::thread> ranks;
     for (std::size_t r = 0; r < n; ++r) {
       ranks.emplace_back([&, r] {
         const moe::mpi::ShardPlan plan = moe::mpi::plan_shard(c, n, r);
-        const moe::mpi::ShardWeights w =
-            moe::mpi::shard_weights(c, rw.weights(), moe::EmbeddingTable(rw.weights().embedding),
-                                    rw.weights().final_norm, plan);
+        const moe::mpi::ShardWeights w = moe::mpi::shard_weights(
+            c, rw.weights(), moe::EmbeddingTable(rw.weights().embedding), rw.weights().final_norm,
+            plan, {.column_slabs = storage, .after_copy = {}});
         const auto shard = moe::mpi::make_shard_model(w);
         moe::ThreadPool pool(1);
         auto state = shard.make_state(16, T);
@@ -203,4 +225,81 @@ TEST_CASE("page_bytes_of_rows: pages under strided rows, shared pages once", "[m
   CHECK(page_bytes_of_rows(at(100), 3, 2048, 32768, 4096) == 3 * 4096);
   CHECK(page_bytes_of_rows(at(3000), 3, 2048, 32768, 4096) == 6 * 4096);
   CHECK(page_bytes_of_rows(base, 0, 10, 10, 4096) == 0);
+}
+
+namespace {
+
+/// The int8 data of an expert stack copied to byte `offset` of page-aligned memory, as in a
+/// checkpoint file whose payload starts at that offset (xAI's w1 and v: 201).
+class StackAtOffset {
+ public:
+  StackAtOffset(const moe::WeightStack<moe::Int8Weight>& s, std::size_t offset)
+      : bytes_(offset + s.count * s.first.in * s.first.out),
+        mem_(static_cast<std::int8_t*>(::operator new (bytes_, std::align_val_t{4096}))) {
+    std::copy_n(s.first.data, bytes_ - offset, mem_.get() + offset);
+    moe::Int8Weight w = s.first;
+    w.data = mem_.get() + offset;
+    stack = {w, s.count};
+  }
+  moe::WeightStack<moe::Int8Weight> stack;
+
+ private:
+  struct Free {
+    void operator()(std::int8_t* p) const { ::operator delete (p, std::align_val_t{4096}); }
+  };
+  std::size_t bytes_;
+  std::unique_ptr<std::int8_t, Free> mem_;
+};
+
+}  // namespace
+
+TEST_CASE("column slabs are copied: a rank's pages are its bytes, whatever the file offset",
+          "[mpi][shard]") {
+  // w1 and v rows of 16 KiB at offset 201 (Grok-1: 32 KiB rows at 201): in place, a rank's 4 KiB
+  // (N = 4) or 8 KiB (N = 2) of every row lie on 2 or 3 pages. Copied, on their own pages.
+  moe::grok1::Config c = small_config();
+  c.n_layers = 1;
+  c.d_ff = 16384;
+  const moe::grok1::RandomWeights rw(c, 5);
+  moe::grok1::Weights full = rw.weights();
+  const StackAtOffset gate(full.layers[0].expert_gate, 201), up(full.layers[0].expert_up, 201);
+  full.layers[0].expert_gate = gate.stack;
+  full.layers[0].expert_up = up.stack;
+  const moe::EmbeddingTable table(full.embedding);
+  using moe::mpi::SlabStorage;
+  const auto ratio = [](const moe::mpi::ShardWeights& w) {
+    return double(w.page_bytes()) / double(w.shard_bytes());
+  };
+  for (std::size_t n : {2u, 4u}) {
+    for (std::size_t r = 0; r < n; ++r) {
+      INFO("rank " << r << " of " << n);
+      const moe::mpi::ShardPlan plan = moe::mpi::plan_shard(c, n, r);
+      std::size_t copies = 0;
+      moe::mpi::ShardOptions o;
+      o.after_copy = [&](const moe::mpi::CopiedSlab& m) {
+        ++copies;
+        CHECK(m.layer == 0);
+        CHECK(m.full.out ==
+              (m.slot == moe::grok1::Slot::kQuery                                       ? c.q_dim()
+               : m.slot == moe::grok1::Slot::kKey || m.slot == moe::grok1::Slot::kValue ? c.kv_dim()
+                                                                                        : c.d_ff));
+      };
+      const moe::mpi::ShardWeights copied =
+          moe::mpi::shard_weights(c, full, table, full.final_norm, plan, o);
+      const moe::mpi::ShardWeights in_place =
+          moe::mpi::shard_weights(c, full, table, full.final_norm, plan,
+                                  {.column_slabs = SlabStorage::kInPlace, .after_copy = {}});
+      CHECK(copies == 3 + 2 * c.n_experts);  // Wq, Wk, Wv, every expert's w1 and v
+      CHECK(copied.shard_bytes() == in_place.shard_bytes());
+      CHECK(ratio(copied) <= 1.05);
+      CHECK(ratio(in_place) >= 1.25);  // the page factor the copies remove (1.33 / 1.67)
+      CHECK(copied.slab_data.size() >= copied.shard_bytes() / 2);
+      // column_copy_bytes predicts the copies to within their line padding.
+      const std::size_t got =
+          copied.slab_data.size() + copied.slab_scales.size() * sizeof(moe::bf16);
+      const std::size_t want = moe::mpi::column_copy_bytes(c, plan);
+      CHECK(got >= want);
+      CHECK(got <= want + copies * 2 * 64);
+    }
+  }
 }

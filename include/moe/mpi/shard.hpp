@@ -1,6 +1,6 @@
-// moe/mpi/shard.hpp: one rank's shard of a tensor-parallel Grok-1 model, as views into the
-// original checkpoint files (no copy, no conversion step). Needs no MPI: the arithmetic and the
-// views are plain C++ (moe/mpi/tensor_parallel.hpp adds the communication).
+// moe/mpi/shard.hpp: one rank's shard of a tensor-parallel Grok-1 model, from the original
+// checkpoint files (no conversion step). Needs no MPI: the arithmetic, the views and the copies
+// are plain C++ (moe/mpi/tensor_parallel.hpp adds the communication).
 //
 // Rank r of N holds (Megatron-LM-style tensor parallelism, Shoeybi et al. 2019, arXiv 1909.08053):
 //
@@ -14,13 +14,21 @@
 //               identical choices on every rank)
 //   head        the vocabulary slice [v0, v1) of the tied embedding (near-equal slices, any N)
 //
-// An [in, out] int8 column slab is a strided Int8Weight (row stride = the full width; its scale
-// rows are sliced the same way); a row slab is a pointer offset whose scale rows are the blocks it
-// covers. Dimensions that do not split throw ConfigError naming the dimension: heads and d_ff
-// must divide by N (Grok-1: N = 1, 2, 4, 8, 16); the vocabulary splits unevenly.
+// A row slab (Wo, w2) is a pointer offset into the mapped file whose scale rows are the blocks it
+// covers: contiguous bytes, read in place. A column slab (Wq, Wk, Wv, w1, v) is 1/N of every row
+// of its matrix; read in place (a strided Int8Weight, row stride = the full width) it shares pages
+// with the other ranks' columns: the payloads are not page-aligned, so each row's slab has edge
+// pages, a slab narrower than a page shares every page, and the kernel maps whole page-cache
+// folios around a fault. So bind_shard copies the column slabs once, while loading, into the
+// rank's own memory (rows contiguous; SlabStorage::kCopy, the default) and unmaps the matrices'
+// file pages again: a rank's RAM is then its bytes (docs/distributed.md, "Memory per rank").
+// Page-aligned slab boundaries instead would cut w2's scale blocks (4096 rows in Grok-1, i.e.
+// boundaries must be multiples of 4096 for N <= 8, while w1's page boundaries fall at 4096 k -
+// 201). Dimensions that do not split throw ConfigError naming the dimension: heads and d_ff must
+// divide by N (Grok-1: N = 1, 2, 4, 8, 16); the vocabulary splits unevenly.
 //
 //   ShardPlan plan = plan_shard(config, n_ranks, rank);
-//   ShardWeights w = bind_shard(checkpoint, plan);     // views into the mapped files
+//   ShardWeights w = bind_shard(checkpoint, plan);     // views into the files + column copies
 //   grok1::Model model = make_shard_model(w);          // a Decoder with head_vocab = |slice|
 //   model.forward(pool, tokens, state, local_logits, {.reduce = all_reduce_sum});
 #pragma once
@@ -28,11 +36,14 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <moe/core/buffer.hpp>
 #include <moe/core/error.hpp>
 #include <moe/layers/decoder.hpp>
 #include <moe/models/grok1.hpp>
@@ -108,6 +119,22 @@ struct ShardPlan {
   return s;
 }
 
+/// Columns `cols` of `w` copied into `data` (w.in x |cols| int8) and `scales` (w.blocks x |cols|
+/// bf16), rows contiguous: equal to column_slab(w, cols) element by element, but its rows share
+/// no page with another rank's columns.
+[[nodiscard]] inline Int8Weight copy_column_slab(const Int8Weight& w, Range cols, std::int8_t* data,
+                                                 bf16* scales) {
+  MOE_ASSERT(cols.end <= w.out && cols.size() > 0);
+  const std::size_t ld = w.row_stride(), n = cols.size();
+  for (std::size_t i = 0; i < w.in; ++i) {
+    std::memcpy(data + i * n, w.data + i * ld + cols.begin, n);
+  }
+  for (std::size_t b = 0; b < w.blocks; ++b) {
+    std::copy_n(w.scales + b * ld + cols.begin, n, scales + b * n);
+  }
+  return Int8Weight{data, scales, w.in, n, w.blocks, 0};
+}
+
 /// Rows `rows` of `w` (a view). Its scale rows are the blocks the rows cover: the range must
 /// start and end on block boundaries, or lie inside one block; ShapeError naming `name` if not.
 [[nodiscard]] inline Int8Weight row_slab(const Int8Weight& w, Range rows, std::string_view name) {
@@ -154,8 +181,49 @@ struct ShardPlan {
          page_bytes_of_rows(w.scales, w.blocks, w.out * sizeof(bf16), ld * sizeof(bf16), page);
 }
 
-/// One rank's weights: views into the checkpoint (see the file comment). Move-only: the layers'
-/// expert stacks point into `expert_views` (a moved vector keeps its buffer, a copy would not).
+/// Where a rank's column slabs (Wq, Wk, Wv and every expert's w1 and v, when narrower than the
+/// full matrix) live.
+enum class SlabStorage : std::uint8_t {
+  /// Copied once, while loading, into the rank's own memory with contiguous rows (the default):
+  /// they take their bytes of RAM, whatever the file offsets. The rows of an [in, out] column
+  /// slab are 1/N of a file row each; read in place, they share their edge pages with the
+  /// neighbouring ranks (the payloads are not page-aligned) and the kernel maps whole page-cache
+  /// folios, so a rank's view of a w1 slab keeps up to the whole matrix resident.
+  kCopy,
+  /// Views into the full matrices (no copy; the pages stay the page cache's to evict).
+  kInPlace,
+};
+
+/// A full matrix whose column slab was copied (SlabStorage::kCopy), and where it came from.
+struct CopiedSlab {
+  Int8Weight full;  ///< the whole matrix (expert e's of a stack)
+  std::size_t layer = 0;
+  grok1::Slot slot = grok1::Slot::kQuery;
+};
+
+struct ShardOptions {
+  SlabStorage column_slabs = SlabStorage::kCopy;
+  /// Called after each copy. bind_shard sets it, when empty, to unmap the full matrix's file
+  /// pages from the process (MADV_DONTNEED: never for weights in anonymous memory, which it
+  /// would zero; shard_weights leaves it to the caller).
+  std::function<void(const CopiedSlab&)> after_copy;
+};
+
+/// Bytes that SlabStorage::kCopy allocates for the shard `plan` of a model `c` whose column-slab
+/// tensors have one scale row (Grok-1's Wq, Wk, Wv, w1, v), to within the copies' line padding:
+/// the column slabs narrower than their matrix (none when N = 1) and their scales.
+[[nodiscard]] inline std::size_t column_copy_bytes(const grok1::Config& c, const ShardPlan& plan) {
+  std::size_t cols = 0;
+  const std::size_t q = plan.q_heads.size() * c.head_dim, kv = plan.kv_heads.size() * c.head_dim;
+  if (q < c.q_dim()) cols += q;
+  if (kv < c.kv_dim()) cols += 2 * kv;
+  if (plan.ff.size() < c.d_ff) cols += 2 * c.n_experts * plan.ff.size();
+  return c.n_layers * cols * (c.d_model + sizeof(bf16));  // int8 rows + one bf16 scale row
+}
+
+/// One rank's weights: views into the checkpoint and the copied column slabs (see the file
+/// comment). Move-only: the layers' expert stacks point into `expert_views` and the copies (a
+/// moved vector or Buffer keeps its storage, a copy would not).
 struct ShardWeights {
   ShardWeights() = default;
   ShardWeights(const ShardWeights&) = delete;
@@ -171,6 +239,8 @@ struct ShardWeights {
   std::span<const float> final_norm;
   std::vector<grok1::LayerWeights> layers;  ///< sliced projections; expert stacks are separate
   std::vector<Int8Weight> expert_views;     ///< [layer][gate, up, down][expert]
+  Buffer<std::int8_t> slab_data;            ///< the copied column slabs (SlabStorage::kCopy)
+  Buffer<bf16> slab_scales;                 ///< and their scale rows
 
   /// Bytes of weights this rank reads per token at most (its attention, all its expert slices,
   /// its head rows; not the embedding rows).
@@ -183,9 +253,9 @@ struct ShardWeights {
     return n;
   }
   /// Bytes of the pages those weights lie on: what reading all of them brings into this rank's
-  /// RAM. More than shard_bytes() where a slab's rows start or end inside a page that the
-  /// neighbouring rank's slab shares (the files' payloads are not page-aligned, and a column
-  /// slab narrower than a page shares every page it touches).
+  /// RAM at least. More than shard_bytes() where a view's rows start or end inside a page that
+  /// the neighbouring rank's slab shares (the files' payloads are not page-aligned, and a column
+  /// slab narrower than a page shares every page it touches); copies lie on their own pages.
   [[nodiscard]] std::size_t page_bytes(std::size_t page = 4096) const {
     std::size_t n = page_bytes_of_rows(head.data, 1, head.bytes(), 0, page);
     for (const auto& l : layers) {
@@ -196,12 +266,50 @@ struct ShardWeights {
   }
 };
 
+namespace detail {
+
+/// Bytes rounded up to whole 64-byte lines (every copied slab starts on a line).
+[[nodiscard]] inline std::size_t whole_lines(std::size_t bytes) {
+  return (bytes + 63) / 64 * 64;
+}
+
+/// A column slab to copy: the view to replace, where it comes from, its columns.
+struct SlabToCopy {
+  Int8Weight* view = nullptr;
+  CopiedSlab source;
+  Range cols;
+};
+
+/// Replaces the views in `todo` by copies in s.slab_data / s.slab_scales (one allocation each),
+/// calling o.after_copy after each.
+inline void copy_column_slabs(ShardWeights& s, const std::vector<SlabToCopy>& todo,
+                              const ShardOptions& o) {
+  std::size_t data = 0, scales = 0;
+  for (const SlabToCopy& t : todo) {
+    data += whole_lines(t.source.full.in * t.cols.size());
+    scales += whole_lines(t.source.full.blocks * t.cols.size() * sizeof(bf16)) / sizeof(bf16);
+  }
+  s.slab_data = Buffer<std::int8_t>(data);
+  s.slab_scales = Buffer<bf16>(scales);
+  std::size_t d = 0, c = 0;
+  for (const SlabToCopy& t : todo) {
+    const Int8Weight& w = t.source.full;
+    *t.view = copy_column_slab(w, t.cols, s.slab_data.data() + d, s.slab_scales.data() + c);
+    d += whole_lines(w.in * t.cols.size());
+    c += whole_lines(w.blocks * t.cols.size() * sizeof(bf16)) / sizeof(bf16);
+    if (o.after_copy) o.after_copy(t.source);
+  }
+}
+
+}  // namespace detail
+
 /// The shard `plan` of full-model views: `full.layers` (int8), `table` (f32, the embedding and
-/// tied head) and `final_norm`. full.embedding is not read.
+/// tied head) and `final_norm`. full.embedding is not read. Column slabs narrower than their
+/// matrix are copied unless o.column_slabs is kInPlace.
 [[nodiscard]] inline ShardWeights shard_weights(const grok1::Config& c, const grok1::Weights& full,
                                                 const EmbeddingTable& table,
                                                 std::span<const float> final_norm,
-                                                const ShardPlan& plan) {
+                                                const ShardPlan& plan, const ShardOptions& o = {}) {
   check_config(table.dtype == EmbeddingDtype::kF32, "mpi",
                "the tied head of a tensor-parallel model needs an f32 embedding table");
   check_shape("mpi", "embedding", {table.rows, table.cols}, {c.vocab_size, c.d_model});
@@ -218,7 +326,18 @@ struct ShardWeights {
   const std::size_t hd = c.head_dim, E = c.n_experts;
   const Range q{plan.q_heads.begin * hd, plan.q_heads.end * hd};
   const Range kv{plan.kv_heads.begin * hd, plan.kv_heads.end * hd};
-  s.expert_views.reserve(full.layers.size() * 3 * E);
+  s.expert_views.resize(full.layers.size() * 3 * E);
+  s.layers.resize(full.layers.size());
+  std::vector<detail::SlabToCopy> todo;
+  using grok1::Slot;
+  // A column slab: a view, to be replaced by a copy when it is narrower than the matrix.
+  const auto columns = [&](Int8Weight& view, const Int8Weight& w, Range cols, std::size_t l,
+                           Slot slot) {
+    view = column_slab(w, cols);
+    if (o.column_slabs == SlabStorage::kCopy && cols.size() < w.out) {
+      todo.push_back({&view, {w, l, slot}, cols});
+    }
+  };
   for (std::size_t l = 0; l < full.layers.size(); ++l) {
     const grok1::LayerWeights& f = full.layers[l];
     const std::string where = "layer " + std::to_string(l) + " ";
@@ -229,33 +348,37 @@ struct ShardWeights {
     check_weight_shape(f.wk, "mpi", where + "wk", c.d_model, c.kv_dim());
     check_weight_shape(f.wv, "mpi", where + "wv", c.d_model, c.kv_dim());
     check_weight_shape(f.wo, "mpi", where + "wo", c.q_dim(), c.d_model);
-    grok1::LayerWeights L = f;
-    L.wq = column_slab(f.wq, q);
-    L.wk = column_slab(f.wk, kv);
-    L.wv = column_slab(f.wv, kv);
+    grok1::LayerWeights& L = s.layers[l];
+    L = f;
+    columns(L.wq, f.wq, q, l, Slot::kQuery);
+    columns(L.wk, f.wk, kv, l, Slot::kKey);
+    columns(L.wv, f.wv, kv, l, Slot::kValue);
     L.wo = row_slab(f.wo, q, where + "wo");
-    const std::size_t base = s.expert_views.size();
-    for (std::size_t e = 0; e < E; ++e)
-      s.expert_views.push_back(column_slab(f.expert_gate[e], plan.ff));
-    for (std::size_t e = 0; e < E; ++e)
-      s.expert_views.push_back(column_slab(f.expert_up[e], plan.ff));
+    Int8Weight* v = s.expert_views.data() + l * 3 * E;
     for (std::size_t e = 0; e < E; ++e) {
-      s.expert_views.push_back(row_slab(f.expert_down[e], plan.ff, where + "expert down"));
+      columns(v[e], f.expert_gate[e], plan.ff, l, Slot::kExpertGate);
+      columns(v[E + e], f.expert_up[e], plan.ff, l, Slot::kExpertUp);
+      v[2 * E + e] = row_slab(f.expert_down[e], plan.ff, where + "expert down");
     }
-    const Int8Weight* v = s.expert_views.data() + base;
+  }
+  detail::copy_column_slabs(s, todo, o);
+  for (std::size_t l = 0; l < s.layers.size(); ++l) {  // the stacks, of the final views
+    const Int8Weight* v = s.expert_views.data() + l * 3 * E;
+    grok1::LayerWeights& L = s.layers[l];
     L.expert_gate = WeightStack<Int8Weight>::of(std::span<const Int8Weight>(v, E));
     L.expert_up = WeightStack<Int8Weight>::of(std::span<const Int8Weight>(v + E, E));
     L.expert_down = WeightStack<Int8Weight>::of(std::span<const Int8Weight>(v + 2 * E, E));
-    s.layers.push_back(L);
   }
   return s;
 }
 
 /// The shard `plan` of an opened checkpoint: views into its mappings, the embedding read in
 /// place at whatever byte offset the file has (never copied: only the looked-up rows and this
-/// rank's head rows are touched). Small misaligned tensors (norms, routers, scales) are copied
-/// by the Checkpoint as usual.
-[[nodiscard]] inline ShardWeights bind_shard(const grok1::Checkpoint& ck, const ShardPlan& plan) {
+/// rank's head rows are touched), the column slabs copied (unless o.column_slabs is kInPlace),
+/// each matrix's file pages unmapped after its copy. Small misaligned tensors (norms, routers,
+/// scales) are copied by the Checkpoint as usual.
+[[nodiscard]] inline ShardWeights bind_shard(const grok1::Checkpoint& ck, const ShardPlan& plan,
+                                             ShardOptions o = {}) {
   const grok1::Config& c = ck.config();
   grok1::Weights full;
   full.layers.resize(c.n_layers);
@@ -277,7 +400,17 @@ struct ShardWeights {
   }
   const io::Array& emb = ck.raw(ck.index().of_global(0));
   const EmbeddingTable table = EmbeddingTable::f32(emb.data, c.vocab_size, c.d_model);
-  return shard_weights(c, full, table, ck.final_norm(), plan);
+  if (o.column_slabs == SlabStorage::kCopy && !o.after_copy) {
+    // The matrix's pages that copying mapped into this process (all of them, folios and
+    // fault-around included) are not read again: unmap them (they stay in the page cache).
+    o.after_copy = [&ck](const CopiedSlab& m) {
+      const io::MappedFile& map = ck.file(ck.index_of(m.layer, m.slot)).map;
+      const auto offset =
+          static_cast<std::size_t>(reinterpret_cast<const std::byte*>(m.full.data) - map.data());
+      map.advise(io::Advice::kDontNeed, offset, m.full.in * m.full.row_stride());
+    };
+  }
+  return shard_weights(c, full, table, ck.final_norm(), plan, o);
 }
 
 /// The rank's model: Grok-1's Decoder over the shard's heads and expert slices, whose logits

@@ -98,6 +98,17 @@ class Communicator {
     size_ = static_cast<std::size_t>(n);
   }
 
+  /// Ranks on this rank's machine (MPI_COMM_TYPE_SHARED), this one included. Collective: every
+  /// rank must call it, at the same point.
+  [[nodiscard]] std::size_t node_size() const {
+    MPI_Comm node = MPI_COMM_NULL;
+    MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, static_cast<int>(rank_), MPI_INFO_NULL, &node);
+    int n = 1;
+    MPI_Comm_size(node, &n);
+    MPI_Comm_free(&node);
+    return static_cast<std::size_t>(n);
+  }
+
   [[nodiscard]] std::size_t rank() const noexcept { return rank_; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] MPI_Comm comm() const noexcept { return comm_; }
