@@ -128,7 +128,7 @@ TEST_CASE("head chunks: the residency counts one chunk of the table, not a copy 
   REQUIRE(plan.chunked.size() == 1);
   CHECK(plan.chunked[0].length == emb.weight.nbytes);
   CHECK(plan.chunk_bytes == moe::grok1::BindOptions{}.head_chunk_bytes);
-  // Only what bind_weights copies: misaligned norms, routers and scales, never the table.
+  // Only what bind_weights copies: misaligned norms and routers, never the table or the scales.
   const moe::grok1::Weights w = moe::grok1::bind_weights(ck);
   CHECK(plan.copied_bytes == ck.copied_bytes());
   CHECK(ck.copied_bytes() < emb.weight.nbytes);

@@ -7,6 +7,7 @@
 
 #include <bit>
 #include <cstdint>
+#include <cstring>
 
 namespace moe {
 
@@ -47,6 +48,14 @@ static_assert(sizeof(bf16) == 2);
 /// Exact bf16 -> float.
 inline float to_float(bf16 x) noexcept {
   return x.to_float();
+}
+/// Exact bf16 -> float of the value stored at p, which may be at ANY byte address (Grok-1's
+/// scales start at an odd offset of their file and are read in place): two bytes copied with
+/// memcpy (one unaligned 16-bit load on x86), never a dereference of a misaligned bf16*.
+inline float load_bf16(const void* p) noexcept {
+  std::uint16_t b = 0;
+  std::memcpy(&b, p, sizeof b);
+  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
 }
 /// float -> bf16, round to nearest even.
 inline bf16 to_bf16(float x) noexcept {

@@ -18,16 +18,18 @@
 // release validates in seconds. The payloads are read later, by the kernels, through the page
 // cache (RSS stays far below the checkpoint size).
 //
-// Typed views and alignment. int8 weights are always zero-copy. f32 tensors and bf16 scales are
-// zero-copy when their payload happens to be aligned in the file; in the release most are NOT
-// (numpy's pickle header puts the payload at an arbitrary offset, e.g. byte 151 for the
-// embeddings and an odd offset for every scales array), and a misaligned float* / bf16* must not
-// be dereferenced. For those, the first call to a typed accessor copies the payload into an owned,
-// 64-byte-aligned buffer (thread-safe; copied_bytes() reports the total). stored_in_place(i)
-// gives the payload where it is, at any byte alignment, for views that read unaligned data:
-// bind_weights binds the embedding (an EmbeddingTable) that way, so for the 314B release only
-// ~19 MB of norms/routers and ~125 MB of scales are copied, not the 3.2 GB embedding. raw(i) gives
-// the unconverted io::Array (bytes, any alignment).
+// Typed views and alignment. int8 weights and their bf16 scales are always zero-copy: in the
+// release the scales start at an odd offset of every file (numpy's pickle header puts a payload
+// at an arbitrary offset), and every reader of Int8Weight::scales (the int8 kernels, at(), the
+// embedding's int8 rows) loads them at any byte address (load_bf16, unaligned SIMD loads). f32
+// tensors are zero-copy when their payload happens to be aligned in the file (e.g. byte 151 for
+// the embeddings is not), and a misaligned float* must not be dereferenced: the first call to a
+// typed accessor copies such a payload into an owned, 64-byte-aligned buffer (thread-safe;
+// copied_bytes() reports the total). stored_in_place(i) gives the payload where it is, at any
+// byte alignment, for views that read unaligned data: bind_weights binds the embedding (an
+// EmbeddingTable) that way, so for the 314B release only the ~6 MB of misaligned norms are
+// copied, not the 3.2 GB embedding. raw(i) gives the unconverted io::Array (bytes, any
+// alignment).
 #pragma once
 
 #include <algorithm>
@@ -118,7 +120,6 @@ struct CheckpointState {
   // Aligned copies of misaligned payloads, made on first access (see the header comment).
   mutable std::mutex mutex;
   mutable std::vector<Buffer<float>> f32_copies;
-  mutable std::vector<Buffer<bf16>> scale_copies;
   mutable std::size_t copied = 0;
 };
 
@@ -242,7 +243,7 @@ class Checkpoint {
     for (const TensorFile& f : state().files) n += f.map.size();
     return n;
   }
-  /// Bytes copied so far into aligned buffers (misaligned f32 tensors and bf16 scales).
+  /// Bytes copied so far into aligned buffers (misaligned f32 tensors).
   [[nodiscard]] std::size_t copied_bytes() const {
     std::lock_guard<std::mutex> lock(state().mutex);
     return state().copied;
@@ -260,8 +261,8 @@ class Checkpoint {
 
   // ---- typed views (aligned; zero-copy where the file allows) ----
 
-  /// File `index` as a tensor with aligned data (copying a misaligned f32 payload or bf16 scales
-  /// on first use), ready for models::bind.
+  /// File `index` as a tensor with aligned data (copying a misaligned f32 payload on first use;
+  /// bf16 scales stay in place at any byte address), ready for models::bind.
   [[nodiscard]] models::StoredTensor stored(std::size_t index) const {
     const TensorFile& f = file(index);
     models::StoredTensor t;
@@ -270,7 +271,7 @@ class Checkpoint {
     if (f.quantized) {
       t.storage = models::Storage::kInt8Scaled;
       t.data = f.weight.data;
-      t.scales = aligned_scales(f);
+      t.scales = reinterpret_cast<const bf16*>(f.scales.data);  // any byte address: see above
       t.blocks = f.scales.shape.size() >= 2 ? f.scales.shape[f.scales.shape.size() - 2] : 1;
     } else {
       if (f.weight.dtype != io::DType::kF32) {
@@ -411,9 +412,6 @@ class Checkpoint {
   const float* aligned_f32(const TensorFile& f) const {
     return aligned_view<float>(f, f.weight, state().f32_copies[f.index]);
   }
-  const bf16* aligned_scales(const TensorFile& f) const {
-    return aligned_view<bf16>(f, f.scales, state().scale_copies[f.index]);
-  }
   // The array's data as T*: in place when the file offset is aligned for T, else a one-time copy
   // into `copy` (made on first use). The copy goes in 64 MiB chunks, each chunk's file pages
   // unmapped from this process right after (they stay in the page cache until the kernel needs
@@ -462,7 +460,6 @@ class Checkpoint {
       if (options.progress) options.progress(i + 1, n, f.path);
     }
     s.f32_copies.resize(n);
-    s.scale_copies.resize(n);
   }
 
   static void locate(detail::CheckpointState& s, const std::filesystem::path& dir) {

@@ -11,8 +11,8 @@
 // tensor (slices under 4 MiB have none: their use is not observed). The embedding (read in place,
 // also the tied head) is read in chunks released after use when the budget cannot hold it
 // (ResidencyStats::head_released, BindOptions::release_head). The
-// copies counted are those bind_weights makes (misaligned norms, routers and scales), so the plan
-// may be built before or after binding.
+// copies counted are those bind_weights makes (misaligned f32 norms and routers; the bf16 scales
+// are read in place at any alignment), so the plan may be built before or after binding.
 #pragma once
 
 #include <cstddef>
@@ -53,8 +53,7 @@ inline ResidencyPlan residency_plan(const Checkpoint& ck) {
   const std::size_t embedding = ck.index().of_global(0);
   for (const TensorFile& f : ck.files()) {
     plan.files.push_back(&f.map);
-    // What bind_weights copies: misaligned scales and f32 tensors except the embedding.
-    if (f.quantized && !f.scales.aligned()) plan.copied_bytes += f.scales.nbytes;
+    // What bind_weights copies: misaligned f32 tensors except the embedding.
     if (!f.quantized && !f.weight.aligned() && f.index != embedding) {
       plan.copied_bytes += f.weight.nbytes;
     }

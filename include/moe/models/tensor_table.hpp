@@ -117,7 +117,7 @@ struct StoredTensor {
   Storage storage = Storage::kF32;
   std::vector<std::size_t> shape;  ///< of the array (of the int8 weight for kInt8Scaled)
   const void* data = nullptr;      ///< float or int8 elements
-  const bf16* scales = nullptr;    ///< kInt8Scaled: bf16 [..., blocks, out]
+  const bf16* scales = nullptr;    ///< kInt8Scaled: bf16 [..., blocks, out], any byte address
   std::size_t blocks = 1;          ///< kInt8Scaled: scale rows per matrix
   Layout layout = Layout::kInOut;  ///< 2-D f32 weights: how the file orders the matrix
   bool aligned = true;             ///< data is aligned for its element type

@@ -152,7 +152,7 @@ struct EmbeddingTable {
       case EmbeddingDtype::kInt8: {
         const bf16* s = scales + (token / block_rows()) * cols + first;
         const auto* q = reinterpret_cast<const std::int8_t*>(r);
-        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(q[i]) * s[i].to_float();
+        for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(q[i]) * load_bf16(s + i);
         break;
       }
     }

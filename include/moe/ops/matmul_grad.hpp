@@ -51,7 +51,7 @@ void widen_weight_row(const W& w, std::size_t i, float* dst) noexcept {
   if constexpr (is_int8_weight_v<W>) {
     const std::int8_t* q = w.data + i * w.out;
     const bf16* s = w.scales + (i / w.block_rows()) * w.out;
-    for (std::size_t o = 0; o < w.out; ++o) dst[o] = static_cast<float>(q[o]) * s[o].to_float();
+    for (std::size_t o = 0; o < w.out; ++o) dst[o] = static_cast<float>(q[o]) * load_bf16(s + o);
   } else if constexpr (std::is_same_v<typename W::element_type, bf16>) {
     bf16_to_f32(w.data + i * w.out, dst, w.out);
   } else {

@@ -11,6 +11,8 @@
 //       weight int8 [in, out] row-major, scales bf16 [blocks, out], blocks = 1 or 8 (any divisor
 //       of `in` is accepted). Row i uses scale row i / (in / blocks). Dequantization is exact:
 //       w = float(int8) * float(scale) in f32 (8-bit x 8-bit significands fit in 24 bits).
+//       `scales` may be at ANY byte address (Grok-1's files put them at odd offsets and they are
+//       read in place): every reader loads them with load_bf16 or unaligned SIMD loads.
 //       `ld` (0 = out) is the row stride of both weight and scales, in elements: a column slab
 //       [:, c0, c0 + out) of a wider [in, ld] matrix is a view too (data + c0, scales + c0), so a
 //       tensor-parallel shard reads its columns in place (moe/mpi/shard.hpp). The forward
@@ -80,7 +82,7 @@ using BF16Weight = DenseWeight<bf16>;
 /// Grok-1 int8 weight: int8 [in, out] with bf16 scales [blocks, out].
 struct Int8Weight {
   const std::int8_t* data = nullptr;
-  const bf16* scales = nullptr;
+  const bf16* scales = nullptr;  ///< any byte address: read only through load_bf16 / simd::widen
   std::size_t in = 0;
   std::size_t out = 0;
   std::size_t blocks = 1;  ///< rows of `scales`; row i uses scale row i / block_rows()
@@ -92,7 +94,7 @@ struct Int8Weight {
   /// Exact dequantized W[i, o].
   [[nodiscard]] float at(std::size_t i, std::size_t o) const noexcept {
     const std::size_t s = row_stride();
-    return static_cast<float>(data[i * s + o]) * scales[(i / block_rows()) * s + o].to_float();
+    return static_cast<float>(data[i * s + o]) * load_bf16(scales + (i / block_rows()) * s + o);
   }
   [[nodiscard]] std::size_t bytes() const noexcept {
     return in * out + blocks * out * sizeof(bf16);

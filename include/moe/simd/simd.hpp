@@ -174,10 +174,10 @@ inline fbatch widen(const bf16* p) noexcept {
     const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return fbatch(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
   } else {
-    return detail::from_lanes([p](std::size_t i) { return detail::widen_one(p[i]); });
+    return detail::from_lanes([p](std::size_t i) { return load_bf16(p + i); });
   }
 #else
-  return detail::from_lanes([p](std::size_t i) { return detail::widen_one(p[i]); });
+  return detail::from_lanes([p](std::size_t i) { return load_bf16(p + i); });
 #endif
 }
 
@@ -186,8 +186,7 @@ inline fbatch widen_partial(const bf16* p, std::size_t n) noexcept {
 #if XSIMD_WITH_AVX512BW
   return fbatch(detail::widen_bf16_bits(_mm256_maskz_loadu_epi16(detail::low_bits(n), p)));
 #else
-  return detail::from_lanes(
-      [p, n](std::size_t i) { return i < n ? detail::widen_one(p[i]) : 0.0f; });
+  return detail::from_lanes([p, n](std::size_t i) { return i < n ? load_bf16(p + i) : 0.0f; });
 #endif
 }
 

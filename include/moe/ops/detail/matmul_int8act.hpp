@@ -239,7 +239,7 @@ inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32
   for (std::size_t t = 0; t < mr; ++t) {
     for (std::size_t c = 0; c < cols; ++c) {
       const float v = static_cast<float>(acc.v[t][c] - 128 * xsum[t]);
-      const float f = sx[t] * sw[c].to_float();
+      const float f = sx[t] * load_bf16(sw + c);
       y[t * ldy + c] = load_y ? std::fma(v, f, y[t * ldy + c]) : v * f;
     }
   }

@@ -402,8 +402,7 @@ struct RowReader {
     } else if constexpr (std::is_same_v<E, bf16>) {
       v = simd::detail::widen_one(data[r * ld + c]);
     } else {
-      v = static_cast<float>(data[r * ld + c]) *
-          simd::detail::widen_one(scales[(r / block_rows) * ld + c]);
+      v = static_cast<float>(data[r * ld + c]) * load_bf16(scales + (r / block_rows) * ld + c);
     }
     return v;
   }
