@@ -130,7 +130,8 @@ struct ShardPlan {
     std::memcpy(data + i * n, w.data + i * ld + cols.begin, n);
   }
   for (std::size_t b = 0; b < w.blocks; ++b) {
-    std::copy_n(w.scales + b * ld + cols.begin, n, scales + b * n);
+    // bytes, not bf16 objects: the source scales may lie at any byte address (read in place)
+    std::memcpy(scales + b * n, w.scales + b * ld + cols.begin, n * sizeof(bf16));
   }
   return Int8Weight{data, scales, w.in, n, w.blocks, 0};
 }
@@ -375,8 +376,8 @@ inline void copy_column_slabs(ShardWeights& s, const std::vector<SlabToCopy>& to
 /// The shard `plan` of an opened checkpoint: views into its mappings, the embedding read in
 /// place at whatever byte offset the file has (never copied: only the looked-up rows and this
 /// rank's head rows are touched), the column slabs copied (unless o.column_slabs is kInPlace),
-/// each matrix's file pages unmapped after its copy. Small misaligned tensors (norms, routers,
-/// scales) are copied by the Checkpoint as usual.
+/// each matrix's file pages unmapped after its copy. The int8 scales are read in place at any
+/// byte address; small misaligned f32 tensors (norms) are copied by the Checkpoint as usual.
 [[nodiscard]] inline ShardWeights bind_shard(const grok1::Checkpoint& ck, const ShardPlan& plan,
                                              ShardOptions o = {}) {
   const grok1::Config& c = ck.config();
