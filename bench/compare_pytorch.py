@@ -43,6 +43,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pytorch_children import SETTINGS, add_coretype_argument, child_env, coretype_line
+
 D, FF, E, K = 1024, 4096, 8, 2
 
 
@@ -100,43 +102,10 @@ def torch_tok_per_s(dtype_name, t, reps, threads):
     return t / statistics.median(times)
 
 
-# Thread settings: name -> (torch/OpenMP threads, OpenBLAS threads).
-SETTINGS = {"1T": (1, 1), "2T": (2, 2), "2Tb": (1, 2)}
-
-
-def avx512_cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-CORETYPE = "auto"  # --openblas-coretype
-
-
-def set_blas_coretype(env):
-    """OpenBLAS's kernels for the children: SkylakeX (AVX-512) on any AVX-512 host by default,
-    whatever the environment says (Debian 12's OpenBLAS 0.3.21 predates Zen 5, and a machine-wide
-    OPENBLAS_CORETYPE=Haswell makes PyTorch's training step 1.45x slower on Zen 5: PyTorch gets its
-    best BLAS); --openblas-coretype NAME forces one, "inherit" keeps the environment's."""
-    if CORETYPE == "inherit":
-        return
-    if CORETYPE != "auto":
-        env["OPENBLAS_CORETYPE"] = CORETYPE
-    elif avx512_cpu():
-        env["OPENBLAS_CORETYPE"] = "SkylakeX"
-
-
-def torch_in_child(dtype_name, t, reps, setting):
+def torch_in_child(dtype_name, t, reps, setting, coretype):
     """tokens/s of PyTorch in a child process with pinned pools (see SETTINGS)."""
     omp, blas = SETTINGS[setting]
-    env = dict(os.environ, OMP_NUM_THREADS=str(omp), OPENBLAS_NUM_THREADS=str(blas),
-               MKL_NUM_THREADS=str(omp), OMP_WAIT_POLICY="PASSIVE")
-    set_blas_coretype(env)
+    env = child_env(omp, blas, coretype)
     if dtype_name == "bf16noamx":
         env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
     dt = "bf16" if dtype_name == "bf16noamx" else dtype_name
@@ -163,25 +132,16 @@ def main():
     ap.add_argument("--bench", help="path of bench_moe: measure both, in alternation, and print ratios")
     ap.add_argument("--tokens", default="1,16,256")
     ap.add_argument("--dtypes", default="f32,bf16,bf16noamx,bf16w")
-    ap.add_argument("--openblas-coretype", default="auto",
-                    help="OPENBLAS_CORETYPE of PyTorch's children: auto (SkylakeX on AVX-512 hosts), "
-                         "inherit (the environment's) or a name")
+    add_coretype_argument(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=10, help="PyTorch calls per measurement")
     a = ap.parse_args()
-    global CORETYPE
-    CORETYPE = a.openblas_coretype
     if a.worker:
         dt, t, reps, threads = a.worker.split(",")
         print(torch_tok_per_s(dt, int(t), int(reps), int(threads)))
         return 0
-    child = {}
-    set_blas_coretype(child)
-    print("# torch %s, OPENBLAS_CORETYPE %s here, %s in PyTorch's children" %
-          (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
-           child.get("OPENBLAS_CORETYPE", os.environ.get("OPENBLAS_CORETYPE", "(unset)"))),
-          flush=True)
+    print("# torch %s, %s" % (torch.__version__, coretype_line(a.openblas_coretype)), flush=True)
     tokens = [int(t) for t in a.tokens.split(",")]
     summary = []
     for dt in a.dtypes.split(","):
@@ -189,7 +149,7 @@ def main():
             reps = a.reps if t < 256 else max(5, a.reps // 2)
             rows = []
             for r in range(a.rounds if a.bench else 1):
-                tp = {s: torch_in_child(dt, t, reps, s) for s in SETTINGS}
+                tp = {s: torch_in_child(dt, t, reps, s, a.openblas_coretype) for s in SETTINGS}
                 best_th = max(tp, key=tp.get)
                 ours = run_moe(a.bench, "f32" if dt == "f32" else "bf16", t) if a.bench else {}
                 rows.append((tp, best_th, ours))

@@ -48,6 +48,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pytorch_children import SETTINGS, add_coretype_argument, child_env, coretype_line
+
 # The shape of bench_train (examples/train's default model at vocab 4096).
 CFG = dict(vocab=4096, d=256, layers=4, hq=8, hkv=2, dh=32, experts=8, top_k=2, d_ff=512,
            rope_base=10000.0, eps=1e-5, emb_mult=16.0, out_mult=1 / math.sqrt(3),
@@ -268,43 +270,10 @@ def check():
 
 # ---- the comparison -----------------------------------------------------------------------------
 
-# Thread settings: name -> (torch/OpenMP threads, OpenBLAS threads).
-SETTINGS = {"1T": (1, 1), "2T": (2, 2), "2Tb": (1, 2)}
-
-
-def avx512_cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-CORETYPE = "auto"  # --openblas-coretype
-
-
-def set_blas_coretype(env):
-    """OpenBLAS's kernels for the children: SkylakeX (AVX-512) on any AVX-512 host by default,
-    whatever the environment says (Debian 12's OpenBLAS 0.3.21 predates Zen 5, and a machine-wide
-    OPENBLAS_CORETYPE=Haswell makes PyTorch's training step 1.45x slower on Zen 5: PyTorch gets its
-    best BLAS); --openblas-coretype NAME forces one, "inherit" keeps the environment's."""
-    if CORETYPE == "inherit":
-        return
-    if CORETYPE != "auto":
-        env["OPENBLAS_CORETYPE"] = CORETYPE
-    elif avx512_cpu():
-        env["OPENBLAS_CORETYPE"] = "SkylakeX"
-
-
-def torch_in_child(kind, reps, setting):
+def torch_in_child(kind, reps, setting, coretype):
     """(tokens/s, parameters) of PyTorch in a child process with pinned pools (see SETTINGS)."""
     omp, blas = SETTINGS[setting]
-    env = dict(os.environ, OMP_NUM_THREADS=str(omp), OPENBLAS_NUM_THREADS=str(blas),
-               MKL_NUM_THREADS=str(omp), OMP_WAIT_POLICY="PASSIVE")
-    set_blas_coretype(env)
+    env = child_env(omp, blas, coretype)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
                           "%s,%d,%d" % (kind, reps, omp)],
                          check=True, capture_output=True, text=True, env=env).stdout
@@ -357,19 +326,18 @@ def torch_gemm_flops(reps):
     return res
 
 
-def gemm_in_child(reps):
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    set_blas_coretype(env)
+def gemm_in_child(reps, coretype):
+    env = child_env(1, 1, coretype, passive=False)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "gemm,%d,1" % reps],
                          check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def compare_gemm(path, rounds, reps):
+def compare_gemm(path, rounds, reps, coretype):
     """train_gemm (moe, 1 thread) against torch.mm (OpenBLAS, 1 thread), alternating rounds."""
     ratios, ours_all, theirs_all = {}, {}, {}
     for r in range(rounds):
-        theirs = gemm_in_child(reps)
+        theirs = gemm_in_child(reps, coretype)
         out = subprocess.run([path, "--benchmark_filter=train_gemm/|fma_peak/threads:1",
                               "--benchmark_format=json"],
                              check=True, capture_output=True, text=True).stdout
@@ -401,13 +369,9 @@ def main():
     ap.add_argument("--check", action="store_true", help="check the twin against the float64 reference")
     ap.add_argument("--gemm", action="store_true",
                     help="with --bench: the step's products alone (train_gemm) against torch.mm")
-    ap.add_argument("--openblas-coretype", default="auto",
-                    help="OPENBLAS_CORETYPE of PyTorch's children: auto (SkylakeX on AVX-512 hosts), "
-                         "inherit (the environment's) or a name")
+    add_coretype_argument(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global CORETYPE
-    CORETYPE = a.openblas_coretype
     if a.check:
         check()
         return 0
@@ -420,16 +384,13 @@ def main():
         tps, n_params = torch_tok_per_s(kind, int(reps), int(threads))
         print(tps, n_params)
         return 0
-    child = {}
-    set_blas_coretype(child)
-    print("# torch %s, OPENBLAS_CORETYPE %s here, %s in PyTorch's children, load %s" %
-          (torch.__version__, os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
-           child.get("OPENBLAS_CORETYPE", os.environ.get("OPENBLAS_CORETYPE", "(unset)")),
+    print("# torch %s, %s, load %s" %
+          (torch.__version__, coretype_line(a.openblas_coretype),
            " ".join(open("/proc/loadavg").read().split()[:3])), flush=True)
     if a.gemm:
         if not a.bench:
             ap.error("--gemm needs --bench PATH")
-        compare_gemm(a.bench, a.rounds, max(a.reps, 20))
+        compare_gemm(a.bench, a.rounds, max(a.reps, 20), a.openblas_coretype)
         return 0
     models = a.models.split(",")
     rows = {m: [] for m in models}
@@ -438,7 +399,7 @@ def main():
         for m in models:
             tp[m] = {}
             for s in SETTINGS:
-                tp[m][s], n_params = torch_in_child(m, a.reps, s)
+                tp[m][s], n_params = torch_in_child(m, a.reps, s, a.openblas_coretype)
             print("%-5s round %d: torch (%.2fM parameters) %s" % (
                 m, r, n_params / 1e6, " ".join("%s %7.1f" % (s, v) for s, v in tp[m].items())),
                 flush=True)
