@@ -13,13 +13,13 @@
 
 #include <cstdint>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include <moe/ops/embedding.hpp>
 #include <moe/ops/matmul.hpp>
 #include <moe/ops/matmul_grad.hpp>
 
+#include "common/random_int8.hpp"
 #include "common/test_util.hpp"
 
 namespace {
@@ -43,29 +43,10 @@ class OddScales {
   const bf16* ptr_ = nullptr;
 };
 
-struct Quantized {
-  std::vector<std::int8_t> q;
-  std::vector<bf16> s;
-};
-
-Quantized make(std::size_t in, std::size_t out, std::size_t blocks, std::uint64_t seed) {
-  Quantized w;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> d(-127, 127);
-  w.q.resize(in * out);
-  for (auto& v : w.q) v = static_cast<std::int8_t>(d(rng));
-  const auto mag = moe_test::randu(blocks * out, seed + 1, 0.25f, 2.0f);
-  w.s.resize(blocks * out);
-  for (std::size_t i = 0; i < w.s.size(); ++i) {
-    w.s[i] = bf16((i % 3 ? 1.0f : -1.0f) * mag[i] * 0.01f);
-  }
-  return w;
-}
-
 void check_products(moe::ThreadPool& pool, std::size_t in, std::size_t out, std::size_t blocks,
                     std::size_t odd, std::uint64_t seed) {
   INFO("in=" << in << " out=" << out << " blocks=" << blocks << " odd=" << odd);
-  const Quantized w = make(in, out, blocks, seed);
+  const moe_test::Int8Data w = moe_test::random_int8(in, out, blocks, seed);
   const OddScales os(w.s, odd);
   REQUIRE(reinterpret_cast<std::uintptr_t>(os.get()) % 2 == 1);
   const moe::Int8Weight aligned{w.q.data(), w.s.data(), in, out, blocks};
@@ -118,7 +99,7 @@ TEST_CASE("embedding: an int8 table with its scales at an odd address gives the 
           "[embedding][int8]") {
   moe::ThreadPool pool(2);
   const std::size_t V = 40, D = 37, blocks = 4;
-  const Quantized w = make(V, D, blocks, 77);
+  const moe_test::Int8Data w = moe_test::random_int8(V, D, blocks, 77);
   const OddScales os(w.s, 1);
   const moe::EmbeddingTable aligned = moe::EmbeddingTable::int8(w.q.data(), w.s.data(), V, D, 4);
   const moe::EmbeddingTable misaligned = moe::EmbeddingTable::int8(w.q.data(), os.get(), V, D, 4);

@@ -13,11 +13,12 @@
 
 #include <cmath>
 #include <cstdint>
-#include <random>
+#include <utility>
 #include <vector>
 
 #include <moe/ops/matmul.hpp>
 
+#include "common/random_int8.hpp"
 #include "common/test_util.hpp"
 
 namespace {
@@ -32,19 +33,8 @@ struct Wide {
 };
 
 Wide make_wide(std::size_t in, std::size_t ld, std::size_t blocks, std::uint64_t seed) {
-  Wide w;
-  w.in = in;
-  w.ld = ld;
-  w.blocks = blocks;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> d(-128, 127);
-  w.q.resize(in * ld);
-  for (auto& v : w.q) v = static_cast<std::int8_t>(d(rng));
-  const auto mag = moe_test::randu(blocks * ld, seed + 1, 0.25f, 2.0f);
-  w.s.resize(blocks * ld);
-  for (std::size_t i = 0; i < w.s.size(); ++i)
-    w.s[i] = bf16((i % 3 ? 1.0f : -1.0f) * mag[i] * 0.01f);
-  return w;
+  moe_test::Int8Data d = moe_test::random_int8(in, ld, blocks, seed);
+  return Wide{std::move(d.q), std::move(d.s), in, ld, blocks};
 }
 
 /// Columns [c0, c0 + out) as a strided view and as a contiguous copy.
