@@ -31,16 +31,8 @@ import time
 
 import numpy as np
 
-
-def run(cmd, expect_rc=0, timeout=600):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if p.returncode < 0:
-        raise AssertionError(f"{cmd} died with signal {-p.returncode}\n{p.stderr}")
-    if expect_rc is not None and p.returncode != expect_rc:
-        raise AssertionError(
-            f"{' '.join(map(str, cmd))}: exit {p.returncode}, expected {expect_rc}\n"
-            f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}")
-    return p
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from cli_run import run  # noqa: E402
 
 
 def make_checkpoint(args, name, *extra):

@@ -26,10 +26,12 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from cli_run import run  # noqa: E402
 
 FAMILIES = {  # name: (family, dtype, shards, config overrides)
     "mixtral": ("mixtral", "bf16", 3, {}),
@@ -39,17 +41,6 @@ FAMILIES = {  # name: (family, dtype, shards, config overrides)
     "qwen2_moe_f16": ("qwen2_moe", "f16", 2, {}),  # f16 matrices: widened to f32 at load
 }
 PROMPT = [5, 17, 42, 3, 9, 33, 1, 60, 2, 11]
-
-
-def run(cmd, expect_rc=0, timeout=600):
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
-    if p.returncode < 0:
-        raise AssertionError(f"{cmd} died with signal {-p.returncode}\n{p.stderr}")
-    if expect_rc is not None and p.returncode != expect_rc:
-        raise AssertionError(
-            f"{' '.join(map(str, cmd))}: exit {p.returncode}, expected {expect_rc}\n"
-            f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}")
-    return p
 
 
 def make(args, name, family, dtype, shards, overrides, seed=3, extra=()):

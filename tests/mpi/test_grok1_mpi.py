@@ -25,24 +25,19 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import cli_run  # noqa: E402
 
 PROMPT = "5,17,300,42,999,7,64"
 NEW_TOKENS = 6
 
 
 def run(cmd, expect_rc=0, timeout=240):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
-    if p.returncode < 0:
-        raise AssertionError(f"{cmd} died with signal {-p.returncode}\n{p.stderr}")
-    if expect_rc is not None and p.returncode != expect_rc:
-        raise AssertionError(
-            f"{' '.join(map(str, cmd))}: exit {p.returncode}, expected {expect_rc}\n"
-            f"stdout: {p.stdout[-3000:]}\nstderr: {p.stderr[-3000:]}")
-    return p
+    return cli_run.run(cmd, expect_rc, timeout + 30)  # slack past mpirun's own `timeout`
 
 
 def mpirun(*rest, timeout=240):

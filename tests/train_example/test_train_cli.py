@@ -27,16 +27,12 @@ import signal
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import cli_run  # noqa: E402
+
 
 def run(cmd, expect_rc=0, timeout=300):
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
-    if p.returncode < 0:
-        raise AssertionError("%s died with signal %d\n%s" % (cmd, -p.returncode, p.stderr))
-    if expect_rc is not None and p.returncode != expect_rc:
-        raise AssertionError("%s: exit %d, expected %d\nstdout: %s\nstderr: %s"
-                             % (" ".join(map(str, cmd)), p.returncode, expect_rc,
-                                p.stdout[-3000:], p.stderr[-3000:]))
-    return p
+    return cli_run.run(cmd, expect_rc, timeout)
 
 
 def tree_digest(path):
