@@ -6,7 +6,8 @@
 //   DRAM read bandwidth  sum of a 1 GiB buffer (f32 adds, 4 independent accumulators, software
 //                        prefetch 8 KiB ahead), with 1 and 2 threads, each thread reading its
 //                        own contiguous half
-//   f32 FMA peak         a register-only loop of 16 independent FMA chains per thread
+//   f32 FMA peak         a register-only loop of independent FMA chains per thread (16 with
+//                        AVX-512's 32 registers, 12 with AVX2's 16: see kFmaChains)
 //
 // Use:
 //   #include "bench_baselines.hpp"
@@ -143,23 +144,30 @@ inline double time_read(std::size_t threads) {
   return std::chrono::duration<double>(t1 - t0).count();
 }
 
-/// `iters` steps of 16 independent FMA chains (16 * batch::size * 2 flops per step).
+/// Independent FMA chains of the peak loop: enough to cover the FMA latency of every host (4
+/// cycles x 2 pipes needs 8) while the chains, the multiplier and the addend all stay in
+/// registers. 16 chains on a 16-register ISA (AVX2) spill and measured 0.55 of the 12-chain rate
+/// on Zen 3 (48.6 vs 88.9 GFLOP/s), which would inflate every peak_frac there 1.8x.
+inline constexpr int kFmaChains = (XSIMD_WITH_AVX512F || XSIMD_WITH_NEON64) ? 16 : 12;
+
+/// `iters` steps of kFmaChains independent FMA chains (kFmaChains * batch::size * 2 flops per
+/// step).
 inline float fma_chains(std::size_t iters) noexcept {
   using B = xsimd::batch<float>;
-  B a[16];
-  for (int j = 0; j < 16; ++j) a[j] = B(0.001f * static_cast<float>(j));
+  B a[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) a[j] = B(0.001f * static_cast<float>(j));
   const B m(0.99999f), c(1e-6f);
   for (std::size_t i = 0; i < iters; ++i) {
-    for (int j = 0; j < 16; ++j) a[j] = xsimd::fma(a[j], m, c);
+    for (int j = 0; j < kFmaChains; ++j) a[j] = xsimd::fma(a[j], m, c);
   }
   B s = a[0];
-  for (int j = 1; j < 16; ++j) s += a[j];
+  for (int j = 1; j < kFmaChains; ++j) s += a[j];
   return xsimd::hadd(s);
 }
 inline constexpr std::size_t kFmaIters = 20'000'000;
 inline double fma_flops_per_thread() {
-  return static_cast<double>(kFmaIters) * 16.0 * static_cast<double>(xsimd::batch<float>::size) *
-         2.0;
+  return static_cast<double>(kFmaIters) * kFmaChains *
+         static_cast<double>(xsimd::batch<float>::size) * 2.0;
 }
 
 /// Runs the FMA loop on `threads` threads; returns seconds.

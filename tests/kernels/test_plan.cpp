@@ -124,9 +124,47 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(blocking_for(other) == blocking_for(HostInfo::zen5()));
 }
 
+TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::zen3());
+  CHECK(b.kc == strip_rows(32 * 1024));
+#if MOE_MATMUL_AVX512
+  CHECK(b.kc == 80);
+#elif defined(__AVX2__)
+  CHECK(b.kc == 256);  // 16-column strips of 256-bit vectors (kNV = 2: 16 registers)
+#endif
+  CHECK(b.f32_in_place_max_t == 0);
+  CHECK_FALSE(b.strip_prefetch);
+  CHECK(b.strip_prefetch_int8);
+  CHECK(b.nc == 512);
+  CHECK(b.direct_pf_t1 == 8);
+  const std::size_t scratch = std::size_t{4} << 20;
+  CHECK(make_plan(shape(256, 6144, 32768, 4), b, scratch).pack);
+  CHECK_FALSE(make_plan(shape(256, 6144, 32768, 4), blocking_for(HostInfo::zen5()), scratch).pack);
+}
+
+TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {
+  using moe::detail::kDirectNV;
+  using moe::detail::kMR;
+  using moe::detail::kNV;
+  using moe::detail::kVectorRegisters;
+  CHECK(kMR * kNV + kNV + 1 <= kVectorRegisters);
+  CHECK(kDirectNV * moe::simd::kLanes % moe::detail::kNR == 0);
+#if MOE_MATMUL_AVX512
+  CHECK(kVectorRegisters == 32);
+  CHECK(kNV == 4);
+#elif defined(__AVX2__) || defined(__SSE2__)
+  CHECK(kVectorRegisters == 16);
+  CHECK(kNV == 2);  // 6 x 2 accumulators + 2 weights + 1 broadcast: 15 of 16
+#endif
+  for (std::size_t mr = 1; mr <= moe::detail::kDotMaxT; ++mr) {
+    const std::size_t no = moe::detail::dot_rows(mr);
+    CHECK(mr * no + no + 1 <= kVectorRegisters);
+  }
+}
+
 TEST_CASE("plans use the expected paths and fit the scratch", "[kernels][plan]") {
   const std::size_t scratch = moe::ThreadPool::kDefaultScratchBytes;
-  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3()}) {
     const Blocking b = blocking_for(h);
     INFO(h.describe());
     for (std::size_t T : {1, 2, 6, 7, 16, 64, 256, 1000}) {

@@ -2,7 +2,8 @@
 //
 //   const HostInfo& h = moe::detail::host();   // detected once: vendor, family/model, caches,
 //                                               // instruction-set extensions
-//   HostInfo::zen5(), HostInfo::emerald_rapids()  // the two hosts the kernels were tuned on
+//   HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3()  // the hosts the kernels were
+//                                                                     // tuned on
 //
 // Detection reads CPUID on x86 (leaf 0 vendor, leaf 1 family/model, leaf 7 extensions, cache
 // descriptors from leaf 4 on Intel and leaf 0x8000001D on AMD: same format, "deterministic cache
@@ -62,6 +63,20 @@ struct HostInfo {
     h.l2_ways = 16;
     h.l3_bytes = 32 * 1024 * 1024;
     h.avx512 = h.avx512_vnni = h.avx512_bf16 = true;
+    return h;
+  }
+  /// AMD EPYC, Zen 3 (Milan, family 25 model 1): L1d 32 KiB 8-way, L2 512 KiB 8-way per core,
+  /// L3 32 MiB per CCX, AVX2 + FMA only (no AVX-512, no VNNI, no BF16): 16 vector registers.
+  static HostInfo zen3() noexcept {
+    HostInfo h;
+    h.vendor = CpuVendor::kAmd;
+    h.family = 25;
+    h.model = 1;
+    h.l1d_bytes = 32 * 1024;
+    h.l1d_ways = 8;
+    h.l2_bytes = 512 * 1024;
+    h.l2_ways = 8;
+    h.l3_bytes = 32 * 1024 * 1024;
     return h;
   }
   /// Intel Xeon 5th generation (Emerald Rapids, family 6 model 207): L1d 48 KiB 12-way, L2 2 MiB

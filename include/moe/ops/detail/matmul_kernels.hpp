@@ -47,11 +47,24 @@ MOE_SIMD_DETAIL_BEGIN
 inline constexpr const char* kMatmulKernels = MOE_MATMUL_AVX512 ? "avx512" : "xsimd";
 
 using simd::fbatch;
-/// Vectors per strip and the strip width in columns.
-inline constexpr std::size_t kNV = 4;
+/// Vector registers of the instruction set: 32 with AVX-512 (and on AArch64), 16 with AVX2 / AVX
+/// / SSE. The micro-kernels' register blocks are sized to fit without spilling.
+inline constexpr std::size_t kVectorRegisters = (XSIMD_WITH_AVX512F || XSIMD_WITH_NEON64) ? 32 : 16;
+/// Vectors per strip and the strip width in columns: 4 with 32 registers, 2 with 16.
+inline constexpr std::size_t kNV = kVectorRegisters >= 32 ? 4 : 2;
 inline constexpr std::size_t kNR = kNV * simd::kLanes;
-/// Token rows per axpy micro-kernel call (6 x 4 accumulators + 4 weights + 1 broadcast <= 32).
+/// Token rows per axpy micro-kernel call: MR x kNV accumulators + kNV weights + 1 broadcast fit
+/// the registers (6 x 4 + 4 + 1 <= 32; 6 x 2 + 2 + 1 <= 16).
 inline constexpr std::size_t kMR = 6;
+static_assert(kMR * kNV + kNV + 1 <= kVectorRegisters, "the axpy register block must fit");
+/// Vectors per column step of the direct path (T <= kMR, weights read in place): 4 on every ISA.
+/// On 16 registers that is wider than a packed strip, which the GEMV needs (each call reads
+/// kc rows of kDirectNR weights: 16 columns were 16 bytes of int8 per row, and measured 0.65-0.77
+/// of the 32-column rate on Zen 3). Its register block fits for MR <= 2 on 16 registers; more
+/// rows run as kNV-wide strips (axpy_kernel_mr).
+inline constexpr std::size_t kDirectNV = 4;
+inline constexpr std::size_t kDirectNR = kDirectNV * simd::kLanes;
+static_assert(kDirectNR % kNR == 0, "a direct step is a whole number of strips");
 /// Bytes of one cache line (prefetch granularity).
 inline constexpr std::size_t kCacheLine = 64;
 
@@ -159,20 +172,23 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 /// weight lanes read as 0). When pf_rows > 0 every step also prefetches weight row k + pf_rows
 /// (the caller guarantees it exists). kPackOut: row k of the widened (scaled) weights is also
 /// stored to pk[k * kNR ..] (kNR floats, zeros past `cols`).
-template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut, class E>
+template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut,
+          std::size_t NV = kNV, class E>
 inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E* w,
                         std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
                         std::size_t cols, std::size_t pf_rows, float* pk) noexcept {
+  static_assert(!kPackOut || NV == kNV, "a packed strip is kNR columns wide");
 #if MOE_MATMUL_AVX512
-  if constexpr (std::is_same_v<E, bf16> && !kMaskW && !kMaskY && !kScaled && !kPackOut) {
+  if constexpr (std::is_same_v<E, bf16> && NV == kNV && !kMaskW && !kMaskY && !kScaled &&
+                !kPackOut) {
     axpy_kernel_bf16_pairs<MR>(kc, x, ldx, w, ldw, y, ldy, load_y, pf_rows);
     return;
   }
 #endif
   constexpr std::size_t L = simd::kLanes;
-  fbatch acc[MR][kNV];
+  fbatch acc[MR][NV];
   for (std::size_t t = 0; t < MR; ++t) {
-    for (std::size_t j = 0; j < kNV; ++j) {
+    for (std::size_t j = 0; j < NV; ++j) {
       if (!load_y) {
         acc[t][j] = fbatch(0.0f);
       } else if constexpr (kMaskY) {
@@ -182,11 +198,11 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
       }
     }
   }
-  [[maybe_unused]] fbatch sc[kNV];
+  [[maybe_unused]] fbatch sc[NV];
   if constexpr (kScaled) {
-    for (std::size_t j = 0; j < kNV; ++j) sc[j] = load_w<kMaskW>(s + j * L, strip_lanes(cols, j));
+    for (std::size_t j = 0; j < NV; ++j) sc[j] = load_w<kMaskW>(s + j * L, strip_lanes(cols, j));
   }
-  constexpr std::size_t kRowBytes = kNR * sizeof(E);
+  constexpr std::size_t kRowBytes = NV * L * sizeof(E);
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(E);
   for (std::size_t k = 0; k < kc; ++k) {
     const E* wr = w + k * ldw;
@@ -194,34 +210,44 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
       const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
       for (std::size_t b = 0; b < kRowBytes; b += kCacheLine) simd::prefetch_l1(a + b);
     }
-    fbatch wv[kNV];
-    for (std::size_t j = 0; j < kNV; ++j) {
+    fbatch wv[NV];
+    for (std::size_t j = 0; j < NV; ++j) {
       wv[j] = load_w<kMaskW>(wr + j * L, strip_lanes(cols, j));
       if constexpr (kScaled) wv[j] = wv[j] * sc[j];
       if constexpr (kPackOut) simd::store(pk + k * kNR + j * L, wv[j]);
     }
     for (std::size_t t = 0; t < MR; ++t) {
       const fbatch xb(x[t * ldx + k]);
-      for (std::size_t j = 0; j < kNV; ++j) acc[t][j] = simd::fma(xb, wv[j], acc[t][j]);
+      for (std::size_t j = 0; j < NV; ++j) acc[t][j] = simd::fma(xb, wv[j], acc[t][j]);
     }
   }
   for (std::size_t t = 0; t < MR; ++t) {
-    for (std::size_t j = 0; j < kNV; ++j) {
+    for (std::size_t j = 0; j < NV; ++j) {
       store_y<kMaskY>(y + t * ldy + j * L, acc[t][j], strip_lanes(cols, j));
     }
   }
 }
 
 /// Runtime MR (1..kMR) -> template. Same arguments as axpy_kernel.
-template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, class E>
+template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, std::size_t NV = kNV,
+          class E>
 inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx,
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
                            bool load_y, std::size_t cols, std::size_t pf_rows,
                            float* pk = nullptr) noexcept {
   static_assert(kMR == 6, "update the switch below");
   auto call = [&](auto m) {
-    axpy_kernel<decltype(m)::value, kMaskW, kMaskY, kScaled, kPackOut>(
-        kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk);
+    constexpr std::size_t M = decltype(m)::value;
+    if constexpr (M * NV + NV + 1 <= kVectorRegisters) {
+      axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV>(kc, x, ldx, w, ldw, s, y, ldy, load_y,
+                                                            cols, pf_rows, pk);
+    } else {  // too many rows for NV vectors: kNV-wide strips (never with kPackOut)
+      for (std::size_t c = 0; c < cols; c += kNR) {
+        const std::size_t n = cols - c < kNR ? cols - c : kNR;
+        axpy_kernel<M, kMaskW, kMaskY, kScaled, false, kNV>(
+            kc, x, ldx, w + c, ldw, kScaled ? s + c : s, y + c, ldy, load_y, n, pf_rows, nullptr);
+      }
+    }
   };
   switch (mr) {
     case 1:
@@ -314,10 +340,16 @@ inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* 
   }
 }
 
-/// Token rows and output rows per dot-kernel call, by the number of tokens.
+/// Token rows and output rows per dot-kernel call, by the number of tokens: MR x NO accumulators
+/// + NO weights + 1 activation vector fit the registers (32: 1 x 8, 4 x 4; 16: 1 x 7, 2 x 4,
+/// 3 x 3, 4 x 2).
 inline constexpr std::size_t kDotMaxT = 4;
 inline constexpr std::size_t dot_rows(std::size_t mr) noexcept {
-  return mr == 1 ? 8 : 4;
+  if constexpr (kVectorRegisters >= 32) {
+    return mr == 1 ? 8 : 4;
+  } else {
+    return mr == 1 ? 7 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
+  }
 }
 
 /// Runtime (mr in 1..kDotMaxT, no in 1..dot_rows(mr)) -> template.

@@ -84,6 +84,11 @@ struct Blocking {
 ///        on every host: Blocking::strip_prefetch_int8).
 ///    (The GEMV parameters stay Zen 5's: 8, 16 and 24 rows of prefetch distance measured the
 ///    same here, within the noise of a shared machine.)
+///  * f32 [in, out] strips are also packed for every T on a host whose L1d is smaller than
+///    48 KiB: a strip row read in place is one to four cache lines of a weight row, and weight
+///    rows 4 KiB apart (out = 1024, 4096, 6144, 32768) all map to the same L1 set, so only as
+///    many rows as the L1 has ways stay cached. On Zen 3 (32 KiB, 8-way) the in-place strips ran
+///    at 0.52-0.80 of the packed ones at T = 64 and 256 (bench_kernels matmul/ against emrplan/).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -93,6 +98,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.f32_in_place_max_t = 0;
     b.strip_prefetch = true;
   }
+  if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
   return b;
 }
 
@@ -302,7 +308,8 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     p.chunk = in;
     return p;
   }
-  const std::size_t slab = round_up(std::max<std::size_t>(b.direct_slab_bytes / s.elem, kNR), kNR);
+  const std::size_t slab =
+      round_up(std::max<std::size_t>(b.direct_slab_bytes / s.elem, kDirectNR), kDirectNR);
   p.nc = slab >= out ? out : slab;
   p.n_slabs = ceil_div(out, p.nc);
   split_k(p, T, in, p.kc, 0, scratch_bytes);
