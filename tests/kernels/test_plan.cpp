@@ -143,12 +143,16 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
 }
 
 TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {
-  using moe::detail::kDirectNV;
   using moe::detail::kMR;
   using moe::detail::kNV;
   using moe::detail::kVectorRegisters;
   CHECK(kMR * kNV + kNV + 1 <= kVectorRegisters);
-  CHECK(kDirectNV * moe::simd::kLanes % moe::detail::kNR == 0);
+  for (bool scaled : {false, true}) {
+    const std::size_t nv = moe::detail::direct_nv(scaled);
+    CHECK(nv % kNV == 0);
+    CHECK(moe::detail::fitting_nv(1, nv) == nv);  // one token row takes the whole direct step
+    CHECK(moe::detail::fitting_nv(kMR, nv) == kNV);
+  }
 #if MOE_MATMUL_AVX512
   CHECK(kVectorRegisters == 32);
   CHECK(kNV == 4);

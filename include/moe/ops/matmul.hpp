@@ -149,20 +149,21 @@ void run_direct(const Plan& plan, const Activations& x, const W& w, const Block&
     const std::size_t pf = k1 + plan.pf <= w.in ? plan.pf : 0;  // prefetch rows ahead
     const bf16* srow = A::kInt8 ? scales + (k0 / br) * ldw : nullptr;
     const bool load_y = blk.load_y || k0 != blk.r0;
-    for (std::size_t n = blk.n0; n < blk.n1; n += kDirectNR) {
-      const std::size_t cols = std::min(kDirectNR, blk.n1 - n);
+    constexpr std::size_t NV = direct_nv(A::kInt8), NR = NV * simd::kLanes;
+    for (std::size_t n = blk.n0; n < blk.n1; n += NR) {
+      const std::size_t cols = std::min(NR, blk.n1 - n);
       const E* wp = data + k0 * ldw + n;
       const bf16* sp = A::kInt8 ? srow + n : nullptr;
       for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
         const std::size_t mr = std::min(kMR, blk.t1 - t);
         float* yp = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
         const float* xp = x.row(t) + k0;
-        if (cols == kDirectNR) {
-          axpy_kernel_mr<false, false, A::kInt8, false, kDirectNV>(mr, kc, xp, x.ld, wp, ldw, sp,
-                                                                   yp, blk.d.ld, load_y, cols, pf);
+        if (cols == NR) {
+          axpy_kernel_mr<false, false, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp,
+                                                            blk.d.ld, load_y, cols, pf);
         } else {
-          axpy_kernel_mr<true, true, A::kInt8, false, kDirectNV>(mr, kc, xp, x.ld, wp, ldw, sp, yp,
-                                                                 blk.d.ld, load_y, cols, pf);
+          axpy_kernel_mr<true, true, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp,
+                                                          blk.d.ld, load_y, cols, pf);
         }
       }
     }

@@ -57,14 +57,19 @@ inline constexpr std::size_t kNR = kNV * simd::kLanes;
 /// the registers (6 x 4 + 4 + 1 <= 32; 6 x 2 + 2 + 1 <= 16).
 inline constexpr std::size_t kMR = 6;
 static_assert(kMR * kNV + kNV + 1 <= kVectorRegisters, "the axpy register block must fit");
-/// Vectors per column step of the direct path (T <= kMR, weights read in place): 4 on every ISA.
-/// On 16 registers that is wider than a packed strip, which the GEMV needs (each call reads
-/// kc rows of kDirectNR weights: 16 columns were 16 bytes of int8 per row, and measured 0.65-0.77
-/// of the 32-column rate on Zen 3). Its register block fits for MR <= 2 on 16 registers; more
-/// rows run as kNV-wide strips (axpy_kernel_mr).
-inline constexpr std::size_t kDirectNV = 4;
-inline constexpr std::size_t kDirectNR = kDirectNV * simd::kLanes;
-static_assert(kDirectNR % kNR == 0, "a direct step is a whole number of strips");
+/// Vectors per column step of the direct path (T <= kMR, weights read in place), wider than a
+/// packed strip on 16 registers, which the GEMV needs (a call reads kc rows of that many weights:
+/// 16 columns were 16 bytes of int8 per row and ran at 0.65-0.77 of 32 columns on Zen 3). On 16
+/// registers: 8 vectors for f32 / bf16 (+3-18 % over 4 on Zen 3) and 4 for int8 (whose column
+/// scales take registers too: 8 ran at 0.78-0.87 of 4). Rows that do not fit run as narrower
+/// column groups (fitting_nv). 32 registers: 4 for all (the Zen 5 tuning).
+constexpr std::size_t direct_nv(bool scaled) noexcept {
+  return kVectorRegisters >= 32 ? 4 : scaled ? 4 : 8;
+}
+/// The widest direct step in columns (the plan rounds slabs to it).
+inline constexpr std::size_t kDirectNR = direct_nv(false) * simd::kLanes;
+static_assert(kDirectNR % (direct_nv(true) * simd::kLanes) == 0 && direct_nv(true) % kNV == 0,
+              "direct steps are whole numbers of strips");
 /// Bytes of one cache line (prefetch granularity).
 inline constexpr std::size_t kCacheLine = 64;
 
@@ -228,6 +233,17 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
   }
 }
 
+/// The widest of NV, NV / 2, ... (at least kNV) vectors whose MR-row register block fits: MR x NV
+/// accumulators + NV weights + 1 broadcast; one row uses each weight once, so it needs only the
+/// accumulators and a few temporaries (scales, when kept, are reloaded from L1).
+constexpr std::size_t fitting_nv(std::size_t mr, std::size_t nv) noexcept {
+  auto fits = [mr](std::size_t v) {
+    return mr == 1 ? v + 3 <= kVectorRegisters : mr * v + v + 1 <= kVectorRegisters;
+  };
+  while (nv > kNV && !fits(nv)) nv /= 2;
+  return nv;
+}
+
 /// Runtime MR (1..kMR) -> template. Same arguments as axpy_kernel.
 template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, std::size_t NV = kNV,
           class E>
@@ -238,13 +254,16 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
   static_assert(kMR == 6, "update the switch below");
   auto call = [&](auto m) {
     constexpr std::size_t M = decltype(m)::value;
-    if constexpr (M * NV + NV + 1 <= kVectorRegisters) {
+    constexpr std::size_t V = fitting_nv(M, NV);
+    if constexpr (V == NV) {
       axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV>(kc, x, ldx, w, ldw, s, y, ldy, load_y,
                                                             cols, pf_rows, pk);
-    } else {  // too many rows for NV vectors: kNV-wide strips (never with kPackOut)
-      for (std::size_t c = 0; c < cols; c += kNR) {
-        const std::size_t n = cols - c < kNR ? cols - c : kNR;
-        axpy_kernel<M, kMaskW, kMaskY, kScaled, false, kNV>(
+    } else {  // too many rows for NV vectors: V-wide column groups (never with kPackOut)
+      static_assert(!kPackOut, "a packed strip is one kNV-wide call");
+      constexpr std::size_t W = V * simd::kLanes;
+      for (std::size_t c = 0; c < cols; c += W) {
+        const std::size_t n = cols - c < W ? cols - c : W;
+        axpy_kernel<M, kMaskW, kMaskY, kScaled, false, V>(
             kc, x, ldx, w + c, ldw, kScaled ? s + c : s, y + c, ldy, load_y, n, pf_rows, nullptr);
       }
     }
