@@ -260,7 +260,11 @@ inline fbatch fnma(const fbatch& x, const fbatch& y, const fbatch& z) noexcept {
   return fbatch(_mm512_fnmadd_ps(x, y, z));
 }
 #else
-inline constexpr bool kHasFma = XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_NEON64;
+#if XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_NEON64
+inline constexpr bool kHasFma = true;
+#else
+inline constexpr bool kHasFma = false;
+#endif
 inline fbatch fma(const fbatch& x, const fbatch& y, const fbatch& z) noexcept {
   return xsimd::fma(x, y, z);
 }

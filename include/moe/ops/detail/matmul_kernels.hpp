@@ -259,7 +259,7 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
       axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV>(kc, x, ldx, w, ldw, s, y, ldy, load_y,
                                                             cols, pf_rows, pk);
     } else {  // too many rows for NV vectors: V-wide column groups (never with kPackOut)
-      static_assert(!kPackOut, "a packed strip is one kNV-wide call");
+      static_assert(V == NV || !kPackOut, "a packed strip is one kNV-wide call");
       constexpr std::size_t W = V * simd::kLanes;
       for (std::size_t c = 0; c < cols; c += W) {
         const std::size_t n = cols - c < W ? cols - c : W;
