@@ -6,19 +6,27 @@
 //  * xq, sx: each token's activations quantised per scale block of the weight ("per token per
 //    block"): sx = max|x| / 127 over the block, xq = round(x / sx) in [-127, 127] (round to
 //    nearest even; a zero block gives sx = 0; a NaN or infinity makes that token's outputs NaN).
-//  * The inner sums are exact int32 dot products (AVX-512 VNNI vpdpbusd: 64 byte products per
-//    instruction, 4x the f32 FMA rate). vpdpbusd multiplies unsigned by signed bytes, so the
-//    weights enter as q + 128 (a sign-bit flip) and the kernel subtracts 128 * sum_k xq[t, k].
+//  * The inner sums are exact int32 dot products, by one of three kernels (kInt8ActKernels):
+//     - "avx512vnni": vpdpbusd, 64 byte products per instruction, 4x the f32 FMA rate. It
+//       multiplies unsigned by signed bytes, so the weights enter as q + 128 (a sign-bit flip)
+//       and the kernel subtracts 128 * sum_k xq[t, k].
+//     - "avx2" (AVX2 + FMA hosts without VNNI, e.g. Zen 3): vpmaddwd over int16, two rows per
+//       32-bit lane (16 MACs per instruction, 2x the f32 FMA's 8), no bias. (vpmaddubsw with
+//       |q| and sign(xq, q) would not saturate either, but needs a sign and a second multiply
+//       per 32 MACs: measured no faster.)
+//     - "scalar" (every other build; also compiled next to the AVX2 kernel as the tests' twin).
 //  * Each K step of the decomposition (kc rows within one scale block) adds
 //    float(S) * (sx * sw[n]) to y with one f32 FMA, steps in ascending k. The steps depend on
-//    the shapes and the host's blocking, never on the thread count: results are bit-identical
-//    for every pool size, and identical between the VNNI kernel and the portable fallback (exact
-//    integer sums, the same f32 operations).
+//    the shapes and the host's blocking, never on the thread count or the kernel: results are
+//    bit-identical for every pool size, and identical between the three kernels (exact integer
+//    sums, the same f32 operations in the same order).
 //
-// Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so weights [k, n] are used in
-// groups of 4 rows interleaved per column ([k/4][n][4]): done in registers on the way (T <= kMR,
-// read in place like the exact GEMV) or once per strip into the thread's scratch, by the first
-// token block of the strip (T > kMR, like the f32 packed path).
+// Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so the VNNI kernel uses weights
+// [k, n] in groups of 4 rows interleaved per column ([k/4][n][4]); the AVX2 kernel in pairs of
+// rows sign-extended to int16 ([k/2][n][2]). Done on the way (T <= kMR, read in place like the
+// exact GEMV; AVX2: into a stack buffer, one pass over each row) or once per strip into the
+// thread's scratch, by the first token block of the strip (T > kMR, like the f32 packed path;
+// AVX2 strips are kQR2 = 16 columns wide, so that kc rows of int16 stay in L1).
 #pragma once
 
 #include <algorithm>
