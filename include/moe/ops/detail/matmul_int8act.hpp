@@ -381,6 +381,45 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
                            _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
       }
     }
+    if constexpr (kRaw && !kPackOut && MR == 1) {
+      // One token (GEMV): convert and multiply in the same pass, the 4 groups' accumulators in
+      // registers (8 + 2 rows + 2 products + 1 broadcast ymm), no buffer round trip.
+      constexpr std::size_t kG = kQR / 16;
+      __m256i a[kG][2];
+      for (std::size_t g = 0; g < kG; ++g) {
+        if (16 * g >= cols) break;
+        a[g][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g]));
+        a[g][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g + 8]));
+        swap_lanes(a[g][0], a[g][1]);
+      }
+      for (std::size_t p = 0; p < pairs; ++p) {
+        const std::size_t k = r0 + 2 * p;
+        const std::int8_t* wr = w + k * ldw;
+        if (pf_bytes != 0) {
+          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
+          if (k + 1 < rows)
+            simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
+        }
+        std::int32_t x2 = 0;
+        std::memcpy(&x2, &xs[0][2 * p], 4);
+        const __m256i xb = _mm256_set1_epi32(x2);
+        for (std::size_t g = 0; g < kG; ++g) {
+          if (16 * g >= cols) break;
+          const std::size_t n = std::min<std::size_t>(16, cols - 16 * g);
+          const __m256i lo = load_i16(wr + 16 * g, n);
+          const __m256i hi = k + 1 < rows ? load_i16(wr + ldw + 16 * g, n) : _mm256_setzero_si256();
+          a[g][0] = _mm256_add_epi32(a[g][0], _mm256_madd_epi16(_mm256_unpacklo_epi16(lo, hi), xb));
+          a[g][1] = _mm256_add_epi32(a[g][1], _mm256_madd_epi16(_mm256_unpackhi_epi16(lo, hi), xb));
+        }
+      }
+      for (std::size_t g = 0; g < kG; ++g) {
+        if (16 * g >= cols) break;
+        swap_lanes(a[g][0], a[g][1]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g]), a[g][0]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g + 8]), a[g][1]);
+      }
+      continue;
+    }
     // Raw rows: both rows of a pair, all their columns, converted at once into row pairs (so
     // each row's line is read once per call, even when the rows share one L1 set: a row stride
     // that is a multiple of 4 KiB, as in Grok's 6144 x 32768 weights).
