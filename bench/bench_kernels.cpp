@@ -7,7 +7,8 @@
 //   baseline/fma_peak/threads:N      f32 FMA peak (register-only loop)     -> peak_frac limit
 //   matmul/<weight>/<in>x<out>/T:<T>/threads:N   moe::matmul
 //   eigen/f32/<in>x<out>/T:<T>/threads:N         Eigen 3.4 on the same f32 [in, out] data
-//   matmul/int8act_b<B>/<in>x<out>/T:<T>/threads:N   Int8ActWeight (int8 activations, VNNI)
+//   matmul/int8act_b<B>/<in>x<out>/T:<T>/threads:N   Int8ActWeight (int8 activations: VNNI,
+//                                                    AVX2 or scalar kernel)
 //   zen5plan/<weight>/<in>x<out>/T:<T>/threads:N  moe::matmul with the Zen 5 host's blocking
 //   emrplan/<weight>/<in>x<out>/T:<T>/threads:N   ... with the Emerald Rapids host's blocking
 //                                                 (to compare with this host's, same run)
@@ -394,9 +395,18 @@ void register_all() {
     }
   }
   add_eigen(kSmall, 256, 1);
-  // int8 activations (Int8ActWeight) at T = 1, 16, 256, next to the exact int8 runs above.
+  // int8 activations (Int8ActWeight) at T = 1, 16, 256, next to the exact int8 runs above; on
+  // one core too, with the exact int8 runs the lists above lack (the int8act / int8 ratio).
   for (std::size_t T : {1, 16, 256}) {
     for (Shape s : shapes) add_matmul(WType::kInt8Act, s, T, 2);
+  }
+  for (std::size_t T : {1, 16}) {
+    for (Shape s : shapes) {
+      if (T == 16 || !(s.in == kGrokUp.in && s.out == kGrokUp.out)) {
+        add_matmul(WType::kInt8, s, T, 1);
+      }
+      add_matmul(WType::kInt8Act, s, T, 1);
+    }
   }
   for (std::size_t T : {1, 32, 128}) {
     for (bool a : {false, true}) {

@@ -1,4 +1,5 @@
-// moe::matmul with Int8ActWeight (int8 activations, VNNI) against two independent references:
+// moe::matmul with Int8ActWeight (int8 activations; VNNI, AVX2 or scalar kernel) against two
+// independent references:
 //
 //  1. its own definition, evaluated in double from scratch (per-token-per-block scale
 //     sx = max|x| / 127, xq = round-half-even(x / sx), y = sum_b sx sw sum_k xq q): the
@@ -9,7 +10,7 @@
 //     f32 rounding of the exact product).
 //
 // Both bounds fail clearly for a wrong scale block, a wrong column or a wrong rounding (checked
-// below), and the same file runs in the portable build (scalar fallback, no VNNI).
+// below), and the same file runs in the portable build (scalar fallback, no VNNI or AVX2).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -274,6 +275,8 @@ TEST_CASE("the int8-activation kernel is compiled where expected", "[kernels][in
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512DQ__)
   CHECK(name == "avx512vnni");
+#elif defined(__AVX2__) && defined(__FMA__)
+  CHECK(name == "avx2");
 #else
   CHECK(name == "scalar");
 #endif

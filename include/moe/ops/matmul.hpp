@@ -453,12 +453,14 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   return true;
 }
 
-/// Y[T, out] (+)= X[T, in] . W with int8-quantised activations (Int8ActWeight).
-inline void gemm_int8act(ThreadPool& pool, MatrixView<const float> x, const Int8Weight& w,
-                         MatrixView<float> y, bool accumulate, const Blocking& blocking) {
+/// Y[T, out] (+)= X[T, in] . W with int8-quantised activations (Int8ActWeight), with kernel K
+/// (this TU's best; the tests also run kScalar where an AVX2 kernel is compiled).
+template <Int8ActKernel K = kInt8ActKernel>
+void gemm_int8act(ThreadPool& pool, MatrixView<const float> x, const Int8Weight& w,
+                  MatrixView<float> y, bool accumulate, const Blocking& blocking) {
   const Plan plan = make_int8act_plan(x.rows, w.in, w.out, blocking, pool.scratch_bytes());
   run_tasks(pool, plan, x.rows, w.in, w.out, y, accumulate,
-            [&](const Block& blk, float* scratch) { run_int8act(plan, x, w, blk, scratch); });
+            [&](const Block& blk, float* scratch) { run_int8act<K>(plan, x, w, blk, scratch); });
 }
 
 MOE_SIMD_DETAIL_END

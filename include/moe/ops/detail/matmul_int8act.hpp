@@ -6,19 +6,27 @@
 //  * xq, sx: each token's activations quantised per scale block of the weight ("per token per
 //    block"): sx = max|x| / 127 over the block, xq = round(x / sx) in [-127, 127] (round to
 //    nearest even; a zero block gives sx = 0; a NaN or infinity makes that token's outputs NaN).
-//  * The inner sums are exact int32 dot products (AVX-512 VNNI vpdpbusd: 64 byte products per
-//    instruction, 4x the f32 FMA rate). vpdpbusd multiplies unsigned by signed bytes, so the
-//    weights enter as q + 128 (a sign-bit flip) and the kernel subtracts 128 * sum_k xq[t, k].
+//  * The inner sums are exact int32 dot products, by one of three kernels (kInt8ActKernels):
+//     - "avx512vnni": vpdpbusd, 64 byte products per instruction, 4x the f32 FMA rate. It
+//       multiplies unsigned by signed bytes, so the weights enter as q + 128 (a sign-bit flip)
+//       and the kernel subtracts 128 * sum_k xq[t, k].
+//     - "avx2" (AVX2 + FMA hosts without VNNI, e.g. Zen 3): vpmaddwd over int16, two rows per
+//       32-bit lane (16 MACs per instruction, 2x the f32 FMA's 8), no bias. (vpmaddubsw with
+//       |q| and sign(xq, q) would not saturate either, but needs a sign and a second multiply
+//       per 32 MACs: measured no faster.)
+//     - "scalar" (every other build; also compiled next to the AVX2 kernel as the tests' twin).
 //  * Each K step of the decomposition (kc rows within one scale block) adds
 //    float(S) * (sx * sw[n]) to y with one f32 FMA, steps in ascending k. The steps depend on
-//    the shapes and the host's blocking, never on the thread count: results are bit-identical
-//    for every pool size, and identical between the VNNI kernel and the portable fallback (exact
-//    integer sums, the same f32 operations).
+//    the shapes and the host's blocking, never on the thread count or the kernel: results are
+//    bit-identical for every pool size, and identical between the three kernels (exact integer
+//    sums, the same f32 operations in the same order).
 //
-// Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so weights [k, n] are used in
-// groups of 4 rows interleaved per column ([k/4][n][4]): done in registers on the way (T <= kMR,
-// read in place like the exact GEMV) or once per strip into the thread's scratch, by the first
-// token block of the strip (T > kMR, like the f32 packed path).
+// Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so the VNNI kernel uses weights
+// [k, n] in groups of 4 rows interleaved per column ([k/4][n][4]); the AVX2 kernel in pairs of
+// rows sign-extended to int16 ([k/2][n][2]). Done on the way (T <= kMR, read in place like the
+// exact GEMV; AVX2: into a stack buffer, one pass over each row) or once per strip into the
+// thread's scratch, by the first token block of the strip (T > kMR, like the f32 packed path;
+// AVX2 strips are kQR2 = 16 columns wide, so that kc rows of int16 stay in L1).
 #pragma once
 
 #include <algorithm>
@@ -43,13 +51,34 @@
 #define MOE_MATMUL_VNNI 0
 #endif
 
+// The AVX2 kernel needs FMA too: its store must round like std::fma (xsimd's fma without FMA3
+// would be a multiply and an add).
+#if !MOE_MATMUL_VNNI && defined(__AVX2__) && defined(__FMA__)
+#define MOE_MATMUL_INT8ACT_AVX2 1
+#include <immintrin.h>
+#else
+#define MOE_MATMUL_INT8ACT_AVX2 0
+#endif
+
 MOE_SIMD_DETAIL_BEGIN
 
-/// Name of the int8-activation kernel compiled into this TU: "avx512vnni" or "scalar".
-inline constexpr const char* kInt8ActKernels = MOE_MATMUL_VNNI ? "avx512vnni" : "scalar";
+/// The int8-activation kernels. A TU compiles the best one its flags allow (kInt8ActKernel); an
+/// AVX2 TU also keeps the scalar one, which the tests run next to it (run_int8act<kScalar>).
+enum class Int8ActKernel { kScalar, kAvx2, kVnni };
+inline constexpr Int8ActKernel kInt8ActKernel = MOE_MATMUL_VNNI           ? Int8ActKernel::kVnni
+                                                : MOE_MATMUL_INT8ACT_AVX2 ? Int8ActKernel::kAvx2
+                                                                          : Int8ActKernel::kScalar;
+
+/// Name of the int8-activation kernel compiled into this TU: "avx512vnni", "avx2" or "scalar".
+inline constexpr const char* kInt8ActKernels = MOE_MATMUL_VNNI           ? "avx512vnni"
+                                               : MOE_MATMUL_INT8ACT_AVX2 ? "avx2"
+                                                                         : "scalar";
 
 /// Columns per int8 strip (64 bytes: one zmm of weight bytes per row).
 inline constexpr std::size_t kQR = 64;
+/// Columns per packed strip of the AVX2 kernel (its register block's width): kc rows of int16
+/// pairs, 32 bytes per row (20 KiB at kc = 640), stay in L1 while the task's token blocks read it.
+inline constexpr std::size_t kQR2 = 16;
 
 /// Quantisation scale of one token over a block: max|x| / 127 (0 for an all-zero block, NaN if
 /// the block holds a NaN or an infinity).
@@ -93,6 +122,22 @@ inline std::int32_t quantize_row(const float* x, std::size_t n, float inv,
   alignas(64) std::int32_t lanes[16];
   _mm512_store_si512(lanes, s);
   for (std::int32_t v : lanes) sum += v;
+#elif MOE_MATMUL_INT8ACT_AVX2
+  // cvtps2dq rounds to nearest even like std::nearbyint (MXCSR default); |x * inv| <= 127 up to
+  // rounding, and the clamp makes sure.
+  const __m256 vi = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  __m256i s = _mm256_setzero_si256();
+  for (; k + 8 <= n; k += 8) {
+    __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vi));
+    r = _mm256_max_epi32(_mm256_min_epi32(r, hi), lo);
+    s = _mm256_add_epi32(s, r);
+    const __m128i r16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(r16, r16));
+  }
+  alignas(32) std::int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s);
+  for (std::int32_t v : lanes) sum += v;
 #endif
   for (; k < n; ++k) {
     const float r = std::nearbyint(x[k] * inv);  // round to nearest even, like cvtps2dq
@@ -120,7 +165,7 @@ struct Acc32 {
     return b[c % 16];
   }
 #else
-  std::int32_t v[MR][kQR];
+  alignas(32) std::int32_t v[MR][kQR];
   void zero() noexcept {
     std::memset(v, 0, sizeof v);
   }
@@ -246,6 +291,193 @@ inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32
 #endif
 }
 
+#if MOE_MATMUL_INT8ACT_AVX2
+/// n (<= 16) int8 weights at p, sign-extended to int16 (columns past n read as 0). AVX2 has no
+/// byte-masked load, so a short tail goes through a zeroed 16-byte copy.
+inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
+  if (n >= 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  alignas(16) std::int8_t b[16] = {};
+  std::memcpy(b, p, n);
+  return _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+}
+
+/// 2 x 2 transpose of 128-bit lanes: the AVX2 kernel's column order in a pair of accumulators
+/// (u0 = columns 0-3, 8-11; u1 = 4-7, 12-15: what vpunpck{l,h}wd leave) <-> natural (0-7,
+/// 8-15). Its own inverse.
+inline void swap_lanes(__m256i& u0, __m256i& u1) noexcept {
+  const __m256i a = _mm256_permute2x128_si256(u0, u1, 0x20);
+  u1 = _mm256_permute2x128_si256(u0, u1, 0x31);
+  u0 = a;
+}
+
+/// acc[t][c] += sum_{p < pairs} (w[p][c][0] * x[t][2p] + w[p][c][1] * x[t][2p + 1]) for G
+/// tokens (xs rows, stride ldx int16) and 16 columns (acc rows: 16 int32 at acc[t * lda]): w is
+/// a strip of row pairs, 64 bytes each, as int8act_kernel_avx2 packs them. At most 4 tokens: 2 G
+/// accumulators + 2 weights + the broadcast and a product fit in 16 ymm with room to spare (at
+/// G = 6, exactly 16, GCC spills the accumulators to the stack).
+template <std::size_t G>
+inline void int8act_pairs_avx2(std::size_t pairs, const std::int8_t* w, const std::int16_t* xs,
+                               std::size_t ldx, std::int32_t* acc, std::size_t lda) noexcept {
+  static_assert(G >= 1 && G <= 4, "");
+  __m256i a[G][2];
+  for (std::size_t t = 0; t < G; ++t) {
+    a[t][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + t * lda));
+    a[t][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + t * lda + 8));
+    swap_lanes(a[t][0], a[t][1]);
+  }
+  for (std::size_t p = 0; p < pairs; ++p) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p + 32));
+    for (std::size_t t = 0; t < G; ++t) {
+      std::int32_t x2 = 0;
+      std::memcpy(&x2, xs + t * ldx + 2 * p, 4);
+      const __m256i xb = _mm256_set1_epi32(x2);
+      a[t][0] = _mm256_add_epi32(a[t][0], _mm256_madd_epi16(v0, xb));
+      a[t][1] = _mm256_add_epi32(a[t][1], _mm256_madd_epi16(v1, xb));
+    }
+  }
+  for (std::size_t t = 0; t < G; ++t) {
+    swap_lanes(a[t][0], a[t][1]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc + t * lda), a[t][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc + t * lda + 8), a[t][1]);
+  }
+}
+
+/// The AVX2 twin of int8act_kernel: acc[t][c] += sum_{k < rows} q[k][c] * xq[t][k] for t < MR,
+/// c < cols (<= kQR), WITHOUT the +128 bias (int8act_store_avx2 subtracts nothing). AVX2 has no
+/// vpdpbusd; vpmaddwd multiplies 16 signed int16 pairs and adds each pair into an int32, so two
+/// rows go together: 32-bit lane c of a weight vector holds (q[k][c], q[k + 1][c]) sign-extended
+/// to int16, the token's broadcast holds (xq[k], xq[k + 1]). Every pair sum is exact
+/// (|.| <= 2 * 128 * 127) and so is the int32 accumulation (|S| <= rows * 128 * 127 < 2^31).
+/// Rows go 64 at a time (the tokens' int16 copies of xq, on the stack), 16-column groups
+/// within: raw rows are first converted to row pairs (into pk, or an 8 KiB stack buffer), then
+/// int8act_pairs_avx2 runs over them once per 3 or 4 tokens (so a raw strip is converted once).
+/// kRaw: w points at int8 rows (row stride ldw), read in place; rows past `rows` read as zero,
+/// and xq must be zero there (quantize_row pads). kPackOut (cols <= kQR2): the row pairs are
+/// stored to pk (64 bytes per pair). !kRaw: w is such a strip. pf_bytes > 0: prefetch the line
+/// that many bytes past the start of each row's strip (raw only; it must exist).
+template <std::size_t MR, bool kRaw, bool kPackOut>
+inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
+                                const std::int8_t* w, std::size_t ldw, std::size_t cols,
+                                std::size_t pf_bytes, std::int8_t* pk, Acc32<MR>& acc) noexcept {
+  static_assert(kRaw || !kPackOut, "");
+  MOE_ASSERT(!kPackOut || cols <= kQR2);
+  constexpr std::size_t kChunk = 64;
+  // Tokens per pass: 1-4, 3 + 2, 3 + 3 (4 + 2 measured 7 % slower at T = 256: one more pass
+  // over the 2 tokens' weights does not pay for the 4-token pass's register pressure).
+  constexpr std::size_t G1 = MR <= 4 ? MR : (MR + 1) / 2;
+  constexpr std::size_t G2 = MR - G1;
+  alignas(32) std::int16_t xs[MR][kChunk];
+  alignas(32) std::int8_t buf[kRaw && !kPackOut ? 32 * kChunk * (kQR / 16) : 1];
+  const std::size_t group_bytes = 32 * round_up(rows, 2);  // one 16-column group, packed
+  for (std::size_t r0 = 0; r0 < rows; r0 += kChunk) {
+    const std::size_t pairs = (std::min(kChunk, rows - r0) + 1) / 2;
+    // xq rows are padded to a multiple of 64 bytes (Int8ActScratch), so the 16-byte loads stay
+    // inside; bytes past round_up(rows, 4) are never used.
+    for (std::size_t t = 0; t < MR; ++t) {
+      for (std::size_t i = 0; i < 2 * pairs; i += 16) {
+        const auto* src = reinterpret_cast<const __m128i*>(xq + t * ldxq + r0 + i);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&xs[t][i]),
+                           _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
+      }
+    }
+    if constexpr (kRaw && !kPackOut && MR == 1) {
+      // One token (GEMV): convert and multiply in the same pass, the 4 groups' accumulators in
+      // registers (8 + 2 rows + 2 products + 1 broadcast ymm), no buffer round trip.
+      constexpr std::size_t kG = kQR / 16;
+      __m256i a[kG][2];
+      for (std::size_t g = 0; g < kG; ++g) {
+        if (16 * g >= cols) break;
+        a[g][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g]));
+        a[g][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g + 8]));
+        swap_lanes(a[g][0], a[g][1]);
+      }
+      for (std::size_t p = 0; p < pairs; ++p) {
+        const std::size_t k = r0 + 2 * p;
+        const std::int8_t* wr = w + k * ldw;
+        if (pf_bytes != 0) {
+          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
+          if (k + 1 < rows)
+            simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
+        }
+        std::int32_t x2 = 0;
+        std::memcpy(&x2, &xs[0][2 * p], 4);
+        const __m256i xb = _mm256_set1_epi32(x2);
+        for (std::size_t g = 0; g < kG; ++g) {
+          if (16 * g >= cols) break;
+          const std::size_t n = std::min<std::size_t>(16, cols - 16 * g);
+          const __m256i lo = load_i16(wr + 16 * g, n);
+          const __m256i hi = k + 1 < rows ? load_i16(wr + ldw + 16 * g, n) : _mm256_setzero_si256();
+          a[g][0] = _mm256_add_epi32(a[g][0], _mm256_madd_epi16(_mm256_unpacklo_epi16(lo, hi), xb));
+          a[g][1] = _mm256_add_epi32(a[g][1], _mm256_madd_epi16(_mm256_unpackhi_epi16(lo, hi), xb));
+        }
+      }
+      for (std::size_t g = 0; g < kG; ++g) {
+        if (16 * g >= cols) break;
+        swap_lanes(a[g][0], a[g][1]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g]), a[g][0]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g + 8]), a[g][1]);
+      }
+      continue;
+    }
+    // Raw rows: both rows of a pair, all their columns, converted at once into row pairs (so
+    // each row's line is read once per call, even when the rows share one L1 set: a row stride
+    // that is a multiple of 4 KiB, as in Grok's 6144 x 32768 weights).
+    std::int8_t* dst = kPackOut ? pk + 32 * r0 : buf;
+    const std::size_t dst_group = kPackOut ? group_bytes : 32 * kChunk;
+    if constexpr (kRaw) {
+      for (std::size_t p = 0; p < pairs; ++p) {
+        const std::size_t k = r0 + 2 * p;
+        const std::int8_t* wr = w + k * ldw;
+        if (pf_bytes != 0) {
+          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
+          if (k + 1 < rows)
+            simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
+        }
+        for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
+          const std::size_t n = std::min<std::size_t>(16, cols - c0);
+          const __m256i lo = load_i16(wr + c0, n);
+          const __m256i hi = k + 1 < rows ? load_i16(wr + ldw + c0, n) : _mm256_setzero_si256();
+          std::int8_t* d = dst + (c0 / 16) * dst_group + 64 * p;
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo, hi));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32), _mm256_unpackhi_epi16(lo, hi));
+        }
+      }
+    }
+    for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
+      const std::int8_t* src =
+          kRaw ? dst + (c0 / 16) * dst_group : w + (c0 / 16) * group_bytes + 32 * r0;
+      int8act_pairs_avx2<G1>(pairs, src, &xs[0][0], kChunk, &acc.v[0][c0], kQR);
+      if constexpr (G2 > 0) {
+        int8act_pairs_avx2<G2>(pairs, src, &xs[G1][0], kChunk, &acc.v[G1][c0], kQR);
+      }
+    }
+  }
+}
+
+/// y[t][c] (+)= float(acc[t][c]) * (sx[t] * sw[c]) for t < mr, c < cols: int8act_store's f32
+/// operations (the same conversion, product and FMA, so the same bits) on the AVX2 kernel's
+/// unbiased sums.
+template <std::size_t MR>
+inline void int8act_store_avx2(const Acc32<MR>& acc, std::size_t mr, const float* sx,
+                               const bf16* sw, std::size_t cols, float* y, std::size_t ldy,
+                               bool load_y) noexcept {
+  static_assert(simd::kLanes == 8, "");
+  for (std::size_t t = 0; t < mr; ++t) {
+    const fbatch s(sx[t]);
+    for (std::size_t c = 0; c < cols; c += 8) {
+      const std::size_t n = std::min<std::size_t>(8, cols - c);
+      const fbatch v(
+          _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[t][c]))));
+      const fbatch f = s * (n == 8 ? simd::widen(sw + c) : simd::widen_partial(sw + c, n));
+      float* yp = y + t * ldy + c;
+      const fbatch r = load_y ? simd::fma(v, f, simd::load_n(yp, n)) : v * f;
+      simd::store_n(yp, r, n);
+    }
+  }
+}
+#endif
+
 /// Scratch of one int8-activation task (bytes): packed strip, quantised rows, scales, sums.
 struct Int8ActScratch {
   std::int8_t* strip;
@@ -291,7 +523,7 @@ inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, co
 }
 
 /// One task of an int8-activation call (see gemm() in matmul.hpp for the Block fields).
-template <std::size_t MR>
+template <std::size_t MR, Int8ActKernel K>
 void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk, std::size_t t,
                         std::size_t k0, std::size_t kc, std::size_t n, std::size_t cols,
                         const Int8ActScratch& s, bool raw, bool pack_out, bool load_y) noexcept {
@@ -301,6 +533,37 @@ void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk,
   const std::int8_t* xq = s.xq + (t - blk.t0) * ldq;
   const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;
   const std::size_t ldw = w.row_stride();
+  const bf16* sw = w.scales + (k0 / w.block_rows()) * ldw + n;
+  float* y = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
+#if MOE_MATMUL_INT8ACT_AVX2
+  if constexpr (K == Int8ActKernel::kAvx2) {
+    // Prefetch the same rows kAhead columns on (a task reads a K step strip after strip, all
+    // rows at once), or past the slab's end the next K step's rows from the slab's start. The
+    // direct plan's distance (pf rows ahead) would land in this step's 16 rows, or a whole
+    // step later: 128 KiB on at the 8192-column slabs, long evicted from L1 by then.
+    constexpr std::size_t kAhead = 256;
+    std::size_t pfb = 0;
+    if (plan.pf != 0 && raw && !pack_out) {
+      if (n + kAhead < blk.n1) {
+        pfb = kAhead;
+      } else if (k0 + 2 * kc <= w.in) {
+        pfb = kc * ldw + kAhead - (blk.n1 - blk.n0);
+      }
+    }
+    if (!raw) {
+      int8act_kernel_avx2<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
+    } else if (pack_out) {
+      int8act_kernel_avx2<MR, true, true>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, 0, s.strip,
+                                          acc);
+    } else {
+      int8act_kernel_avx2<MR, true, false>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, pfb,
+                                           nullptr, acc);
+    }
+    int8act_store_avx2(acc, std::min(MR, blk.t1 - t), s.sx + (t - blk.t0), sw, cols, y, blk.d.ld,
+                       load_y);
+    return;
+  }
+#endif
   if (!raw) {
     int8act_kernel<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
   } else if (pack_out) {
@@ -309,17 +572,24 @@ void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk,
     int8act_kernel<MR, true, false>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, pf, nullptr,
                                     acc);
   }
-  const bf16* sw = w.scales + (k0 / w.block_rows()) * ldw + n;
   int8act_store(acc, std::min(MR, blk.t1 - t), s.xsum + (t - blk.t0), s.sx + (t - blk.t0), sw, cols,
-                blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0), blk.d.ld, load_y);
+                y, blk.d.ld, load_y);
 }
 
-inline void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& w,
-                        const Block& blk, void* scratch) noexcept {
+/// One task of an int8-activation call with kernel K: this TU's best (kInt8ActKernel), or
+/// kScalar in an AVX2 TU (the tests' twin).
+template <Int8ActKernel K = kInt8ActKernel>
+void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& w, const Block& blk,
+                 void* scratch) noexcept {
+  static_assert(K == kInt8ActKernel || K == Int8ActKernel::kScalar, "not compiled in this TU");
+  static_assert(!MOE_MATMUL_VNNI || K == Int8ActKernel::kVnni, "");
   const Int8ActScratch s(scratch, plan.kc, plan.tb);
   const std::size_t br = w.block_rows();
   const std::size_t ldq = round_up(plan.kc, 64);
-  const bool packed = plan.path == Path::kPacked && MOE_MATMUL_VNNI;
+  // The scalar kernel reads the rows in place for every token block (no strip to pack).
+  const bool packed = plan.path == Path::kPacked && K != Int8ActKernel::kScalar;
+  // AVX2 packed strips are kQR2 columns wide (L1-sized as int16); the rest walk kQR.
+  const std::size_t step = packed && K == Int8ActKernel::kAvx2 ? kQR2 : kQR;
   std::size_t block = static_cast<std::size_t>(-1);
   for (std::size_t k0 = blk.r0; k0 < blk.r1;) {
     const std::size_t k1 = std::min({k0 + plan.kc, blk.r1, (k0 / br + 1) * br});
@@ -336,30 +606,30 @@ inline void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8W
       const float inv = sx > 0.0f ? 1.0f / sx : 0.0f;  // NaN scale: NaN comparisons fail -> 0
       s.xsum[t - blk.t0] = quantize_row(x.row(t) + k0, kc, inv, s.xq + (t - blk.t0) * ldq);
     }
-    for (std::size_t n = blk.n0; n < blk.n1; n += kQR) {
-      const std::size_t cols = std::min(kQR, blk.n1 - n);
+    for (std::size_t n = blk.n0; n < blk.n1; n += step) {
+      const std::size_t cols = std::min(step, blk.n1 - n);
       for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
         const bool first = t == blk.t0;
         const bool raw = !packed || first;
         const bool pack_out = packed && first;
         switch (std::min(kMR, blk.t1 - t)) {
           case 1:
-            run_int8act_tblock<1>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<1, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
           case 2:
-            run_int8act_tblock<2>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<2, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
           case 3:
-            run_int8act_tblock<3>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<3, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
           case 4:
-            run_int8act_tblock<4>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<4, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
           case 5:
-            run_int8act_tblock<5>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<5, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
           default:
-            run_int8act_tblock<6>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
+            run_int8act_tblock<6, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
             break;
         }
       }
