@@ -212,9 +212,11 @@ inline void interleave4(const __m512i r[4], __m512i v[4]) noexcept {
 /// stored to pk (256 bytes per group of 4 rows). !kRaw: w is such a packed strip. pf_rows > 0:
 /// prefetch the rows that far ahead (raw only; they must exist).
 template <std::size_t MR, bool kRaw, bool kPackOut>
-inline void int8act_kernel(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
-                           const std::int8_t* w, std::size_t ldw, std::size_t cols,
-                           std::size_t pf_rows, std::int8_t* pk, Acc32<MR>& acc) noexcept {
+inline void int8act_kernel(
+    std::size_t rows, const std::int8_t* xq, std::size_t ldxq, const std::int8_t* w,
+    std::size_t ldw, std::size_t cols, std::size_t pf_rows,
+    std::int8_t* pk,  // NOLINT(readability-non-const-parameter): the VNNI branch writes it
+    Acc32<MR>& acc) noexcept {
   const std::size_t groups = (rows + 3) / 4;
 #if MOE_MATMUL_VNNI
   const __mmask64 cm = cols >= kQR ? ~__mmask64{0} : ((__mmask64{1} << cols) - 1);
@@ -247,12 +249,12 @@ inline void int8act_kernel(std::size_t rows, const std::int8_t* xq, std::size_t 
   // Portable: the same exact integer sums, straight from the rows (no packing).
   (void)pf_rows;
   (void)pk;
-  static_assert(kRaw || !kPackOut, "");
+  static_assert(kRaw || !kPackOut, "only raw weights are packed on the way");
   if constexpr (kRaw) {
     for (std::size_t k = 0; k < rows; ++k) {
       const std::int8_t* wr = w + k * ldw;
       for (std::size_t t = 0; t < MR; ++t) {
-        const std::int32_t xv = xq[t * ldxq + k];
+        const auto xv = static_cast<std::int32_t>(xq[t * ldxq + k]);
         for (std::size_t c = 0; c < cols; ++c) acc.v[t][c] += (wr[c] + 128) * xv;
       }
     }
@@ -318,7 +320,7 @@ inline void swap_lanes(__m256i& u0, __m256i& u1) noexcept {
 template <std::size_t G>
 inline void int8act_pairs_avx2(std::size_t pairs, const std::int8_t* w, const std::int16_t* xs,
                                std::size_t ldx, std::int32_t* acc, std::size_t lda) noexcept {
-  static_assert(G >= 1 && G <= 4, "");
+  static_assert(G >= 1 && G <= 4, "1 to 4 column groups per call");
   __m256i a[G][2];
   for (std::size_t t = 0; t < G; ++t) {
     a[t][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + t * lda));
@@ -360,7 +362,7 @@ template <std::size_t MR, bool kRaw, bool kPackOut>
 inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
                                 const std::int8_t* w, std::size_t ldw, std::size_t cols,
                                 std::size_t pf_bytes, std::int8_t* pk, Acc32<MR>& acc) noexcept {
-  static_assert(kRaw || !kPackOut, "");
+  static_assert(kRaw || !kPackOut, "only raw weights are packed on the way");
   MOE_ASSERT(!kPackOut || cols <= kQR2);
   constexpr std::size_t kChunk = 64;
   // Tokens per pass: 1-4, 3 + 2, 3 + 3 (4 + 2 measured 7 % slower at T = 256: one more pass
@@ -462,7 +464,7 @@ template <std::size_t MR>
 inline void int8act_store_avx2(const Acc32<MR>& acc, std::size_t mr, const float* sx,
                                const bf16* sw, std::size_t cols, float* y, std::size_t ldy,
                                bool load_y) noexcept {
-  static_assert(simd::kLanes == 8, "");
+  static_assert(simd::kLanes == 8, "the AVX2 store works on 8-float vectors");
   for (std::size_t t = 0; t < mr; ++t) {
     const fbatch s(sx[t]);
     for (std::size_t c = 0; c < cols; c += 8) {
@@ -582,7 +584,7 @@ template <Int8ActKernel K = kInt8ActKernel>
 void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& w, const Block& blk,
                  void* scratch) noexcept {
   static_assert(K == kInt8ActKernel || K == Int8ActKernel::kScalar, "not compiled in this TU");
-  static_assert(!MOE_MATMUL_VNNI || K == Int8ActKernel::kVnni, "");
+  static_assert(!MOE_MATMUL_VNNI || K == Int8ActKernel::kVnni, "VNNI builds run the VNNI kernel");
   const Int8ActScratch s(scratch, plan.kc, plan.tb);
   const std::size_t br = w.block_rows();
   const std::size_t ldq = round_up(plan.kc, 64);
