@@ -345,6 +345,13 @@ inline void int8act_pairs_avx2(std::size_t pairs, const std::int8_t* w, const st
   }
 }
 
+/// Prefetches row wr (and the next row, when `second`) pf_bytes ahead along the row, into L1.
+inline void prefetch_pair(const std::int8_t* wr, std::size_t ldw, bool second,
+                          std::size_t pf_bytes) noexcept {
+  simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
+  if (second) simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
+}
+
 /// The AVX2 twin of int8act_kernel: acc[t][c] += sum_{k < rows} q[k][c] * xq[t][k] for t < MR,
 /// c < cols (<= kQR), WITHOUT the +128 bias (int8act_store_avx2 subtracts nothing). AVX2 has no
 /// vpdpbusd; vpmaddwd multiplies 16 signed int16 pairs and adds each pair into an int32, so two
@@ -397,11 +404,7 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
       for (std::size_t p = 0; p < pairs; ++p) {
         const std::size_t k = r0 + 2 * p;
         const std::int8_t* wr = w + k * ldw;
-        if (pf_bytes != 0) {
-          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
-          if (k + 1 < rows)
-            simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
-        }
+        if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
         std::int32_t x2 = 0;
         std::memcpy(&x2, &xs[0][2 * p], 4);
         const __m256i xb = _mm256_set1_epi32(x2);
@@ -431,11 +434,7 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
       for (std::size_t p = 0; p < pairs; ++p) {
         const std::size_t k = r0 + 2 * p;
         const std::int8_t* wr = w + k * ldw;
-        if (pf_bytes != 0) {
-          simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
-          if (k + 1 < rows)
-            simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
-        }
+        if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
         for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
           const std::size_t n = std::min<std::size_t>(16, cols - c0);
           const __m256i lo = load_i16(wr + c0, n);
