@@ -40,6 +40,7 @@
 #include <moe/core/bf16.hpp>
 #include <moe/core/buffer.hpp>
 #include <moe/core/thread_pool.hpp>
+#include <moe/simd/simd.hpp>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -148,7 +149,7 @@ inline double time_read(std::size_t threads) {
 /// cycles x 2 pipes needs 8) while the chains, the multiplier and the addend all stay in
 /// registers. 16 chains on a 16-register ISA (AVX2) spill and measured 0.55 of the 12-chain rate
 /// on Zen 3 (48.6 vs 88.9 GFLOP/s), which would inflate every peak_frac there 1.8x.
-inline constexpr int kFmaChains = (XSIMD_WITH_AVX512F || XSIMD_WITH_NEON64) ? 16 : 12;
+inline constexpr int kFmaChains = moe::simd::kVectorRegisters >= 32 ? 16 : 12;
 
 /// `iters` steps of kFmaChains independent FMA chains (kFmaChains * batch::size * 2 flops per
 /// step).

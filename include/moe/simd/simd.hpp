@@ -5,6 +5,7 @@
 // compiles with and without -march=native. It lives in moe::<isa>::simd (see config.hpp).
 //
 //   fbatch / fmask / kLanes        float batch, its mask, and its lane count (16, 8 or 4)
+//   kVectorRegisters               architectural vector registers (32 or 16): register blocks
 //   load / store                   unaligned full-width access (no pointer ever needs alignment)
 //   load_partial / store_partial   the first n < kLanes elements; never touch p[n..) (masked
 //                                  AVX-512/AVX instructions, or a stack bounce buffer)
@@ -61,6 +62,10 @@ using fmask = xsimd::batch_bool<float, arch>;
 inline constexpr std::size_t kLanes = fbatch::size;
 
 static_assert(kLanes >= 1 && kLanes <= 16, "moe::simd assumes at most 16 float lanes");
+/// Vector registers of the instruction set: 32 with AVX-512 (and on AArch64), 16 with AVX2 / AVX
+/// / SSE. Register-blocked loops (the matmul micro-kernels, the benchmarks' FMA peak loop) size
+/// their blocks to fit without spilling.
+inline constexpr std::size_t kVectorRegisters = (XSIMD_WITH_AVX512F || XSIMD_WITH_NEON64) ? 32 : 16;
 
 namespace detail {
 alignas(64) inline constexpr float kIota[16] = {0, 1, 2,  3,  4,  5,  6,  7,

@@ -47,9 +47,7 @@ MOE_SIMD_DETAIL_BEGIN
 inline constexpr const char* kMatmulKernels = MOE_MATMUL_AVX512 ? "avx512" : "xsimd";
 
 using simd::fbatch;
-/// Vector registers of the instruction set: 32 with AVX-512 (and on AArch64), 16 with AVX2 / AVX
-/// / SSE. The micro-kernels' register blocks are sized to fit without spilling.
-inline constexpr std::size_t kVectorRegisters = (XSIMD_WITH_AVX512F || XSIMD_WITH_NEON64) ? 32 : 16;
+using simd::kVectorRegisters;
 /// Vectors per strip and the strip width in columns: 4 with 32 registers, 2 with 16.
 inline constexpr std::size_t kNV = kVectorRegisters >= 32 ? 4 : 2;
 inline constexpr std::size_t kNR = kNV * simd::kLanes;
@@ -468,6 +466,7 @@ struct RowReader {
 };
 
 #if MOE_MATMUL_AVX512
+#define MOE_MATMUL_TRANSPOSE 1
 /// In-register transpose of 16 rows of 16 floats: r[i][c] -> r[c][i]. Raw intrinsics: the
 /// vocabulary has no cross-lane shuffles (xsimd 8.1's are incomplete for AVX-512), and this is
 /// the packing cost of every [out, in] GEMM. (All-lanes maskz forms: the unmasked intrinsics
@@ -501,7 +500,7 @@ inline void transpose16(__m512 r[16]) noexcept {
   }
 }
 #elif defined(__AVX__)
-#define MOE_MATMUL_TRANSPOSE8 1
+#define MOE_MATMUL_TRANSPOSE 1
 /// In-register transpose of 8 rows of 8 floats (AVX / AVX2): r[i][c] -> r[c][i]. Raw intrinsics
 /// for the same reason as transpose16; without it every [out, in] strip and every transposed
 /// activation block of a weight gradient was packed one float at a time (grad_weight products
@@ -534,31 +533,23 @@ inline void transpose_block(const RowReader<E>& src, std::size_t r0, std::size_t
                             std::size_t c0, std::size_t cols, float* dst,
                             std::size_t ldd) noexcept {
   std::size_t r = 0;
+#if defined(MOE_MATMUL_TRANSPOSE)
+  // kLanes x kLanes blocks transposed in registers (16 x 16 or 8 x 8), the column tail by element.
+  constexpr std::size_t L = simd::kLanes;
+  for (; r + L <= rows; r += L) {
+    std::size_t c = 0;
+    for (; c + L <= cols; c += L) {
+      fbatch::register_type v[L];
+      for (std::size_t i = 0; i < L; ++i) v[i] = src.row(r0 + r + i, c0 + c);
 #if MOE_MATMUL_AVX512
-  for (; r + 16 <= rows; r += 16) {
-    std::size_t c = 0;
-    for (; c + 16 <= cols; c += 16) {
-      __m512 v[16];
-      for (std::size_t i = 0; i < 16; ++i) v[i] = src.row(r0 + r + i, c0 + c);
       transpose16(v);
-      for (std::size_t i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (c + i) * ldd + r, v[i]);
-    }
-    for (; c < cols; ++c) {
-      for (std::size_t i = 0; i < 16; ++i) dst[c * ldd + r + i] = src.at(r0 + r + i, c0 + c);
-    }
-  }
-#elif defined(MOE_MATMUL_TRANSPOSE8)
-  static_assert(simd::kLanes == 8, "transpose8 works on 8-float vectors");
-  for (; r + 8 <= rows; r += 8) {
-    std::size_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
-      __m256 v[8];
-      for (std::size_t i = 0; i < 8; ++i) v[i] = src.row(r0 + r + i, c0 + c);
+#else
       transpose8(v);
-      for (std::size_t i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (c + i) * ldd + r, v[i]);
+#endif
+      for (std::size_t i = 0; i < L; ++i) simd::store(dst + (c + i) * ldd + r, fbatch(v[i]));
     }
     for (; c < cols; ++c) {
-      for (std::size_t i = 0; i < 8; ++i) dst[c * ldd + r + i] = src.at(r0 + r + i, c0 + c);
+      for (std::size_t i = 0; i < L; ++i) dst[c * ldd + r + i] = src.at(r0 + r + i, c0 + c);
     }
   }
 #endif
