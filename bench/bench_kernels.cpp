@@ -427,7 +427,7 @@ void register_all() {
   static const moe::detail::Blocking emr =
       moe::detail::blocking_for(moe::detail::HostInfo::emerald_rapids());
   for (std::size_t threads : {2, 1}) {
-    for (std::size_t T : {16, 64, 256}) {
+    for (std::size_t T : {1, 16, 64, 256}) {
       for (Shape s : {kGrokUp, kSmall}) {
         for (WType wt : {WType::kF32, WType::kBf16, WType::kInt8}) {
           add_matmul(wt, s, T, threads, 0.2, &zen5, "zen5plan/");
@@ -462,7 +462,9 @@ int main(int argc, char** argv) {
           std::to_string(b.strip_prefetch) + ", c_tile " + std::to_string(b.c_tile) +
           ", direct_slab_bytes " + std::to_string(b.direct_slab_bytes) + ", direct_rows_t1 " +
           std::to_string(b.direct_rows_t1) + ", direct_pf_t1 " + std::to_string(b.direct_pf_t1) +
-          ", direct_rows_t1_f32 " + std::to_string(b.direct_rows_t1_f32) + ", direct_pf_t1_f32 " +
+          ", direct_rows_t1_int8 " + std::to_string(b.direct_rows_t1_int8) +
+          ", direct_pf_t1_int8 " + std::to_string(b.direct_pf_t1_int8) + ", direct_rows_t1_f32 " +
+          std::to_string(b.direct_rows_t1_f32) + ", direct_pf_t1_f32 " +
           std::to_string(b.direct_pf_t1_f32) + ", direct_rows " + std::to_string(b.direct_rows));
   benchmark::AddCustomContext("limit_dram_GBps_1t_2t", std::to_string(l.dram(1) * 1e-9) + " " +
                                                            std::to_string(l.dram(2) * 1e-9));

@@ -84,6 +84,8 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(b.direct_slab_bytes == 8192);
   CHECK(b.direct_rows_t1 == 4);
   CHECK(b.direct_pf_t1 == 8);
+  CHECK(b.direct_rows_t1_int8 == 4);
+  CHECK(b.direct_pf_t1_int8 == 8);
   CHECK(b.direct_rows_t1_f32 == 16);
   CHECK(b.direct_pf_t1_f32 == 0);
   CHECK(b.direct_rows == 8);
@@ -137,9 +139,18 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
   CHECK(b.strip_prefetch_int8);
   CHECK(b.nc == 512);
   CHECK(b.direct_pf_t1 == 8);
+  CHECK(b.direct_rows_t1_int8 == 16);  // 8-lane kernels: 16 int8 rows per GEMV call
+  CHECK(b.direct_pf_t1_int8 == 0);
+  CHECK(blocking_for(HostInfo::emerald_rapids()).direct_rows_t1_int8 == 4);
   const std::size_t scratch = std::size_t{4} << 20;
   CHECK(make_plan(shape(256, 6144, 32768, 4), b, scratch).pack);
   CHECK_FALSE(make_plan(shape(256, 6144, 32768, 4), blocking_for(HostInfo::zen5()), scratch).pack);
+  const Plan int8_gemv = make_plan(shape(1, 6144, 32768, 1), b, scratch);
+  CHECK(int8_gemv.path == Path::kDirect);
+  CHECK(int8_gemv.kc == 16);
+  CHECK(int8_gemv.pf == 0);
+  CHECK(make_plan(shape(1, 6144, 32768, 2), b, scratch).kc == 4);  // bf16 keeps 4 rows
+  CHECK(make_plan(shape(1, 6144, 32768, 1), blocking_for(HostInfo::zen5()), scratch).kc == 4);
 }
 
 TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {

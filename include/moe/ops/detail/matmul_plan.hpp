@@ -57,10 +57,12 @@ struct Blocking {
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
   // Direct path (GEMV, T <= kMR): bytes of a task's slab; rows per micro-kernel call and
-  // software-prefetch distance (rows) at T = 1 (int8 / bf16, and f32), rows for T = 2..6.
+  // software-prefetch distance (rows) at T = 1 (bf16, int8 and f32), rows for T = 2..6.
   std::size_t direct_slab_bytes = 8192;
   std::size_t direct_rows_t1 = 4;
   std::size_t direct_pf_t1 = 8;
+  std::size_t direct_rows_t1_int8 = 4;
+  std::size_t direct_pf_t1_int8 = 8;
   std::size_t direct_rows_t1_f32 = 16;
   std::size_t direct_pf_t1_f32 = 0;
   std::size_t direct_rows = 8;
@@ -89,6 +91,12 @@ struct Blocking {
 ///    rows 4 KiB apart (out = 1024, 4096, 6144, 32768) all map to the same L1 set, so only as
 ///    many rows as the L1 has ways stay cached. On Zen 3 (32 KiB, 8-way) the in-place strips ran
 ///    at 0.52-0.80 of the packed ones at T = 64 and 256 (bench_kernels matmul/ against emrplan/).
+///  * the int8 GEMV (T = 1) calls the micro-kernel for 16 rows at a time, without software
+///    prefetch, on a host without AVX-512: its kernels are 8 lanes wide, and dequantising one
+///    int8 vector (sign extension, conversion, scale, FMA) costs ~1.5 cycles on Zen 3 even from
+///    L1, so a call's fixed cost (y, the column scales) weighed 1.9x at 4 rows per call. On
+///    Zen 3, 2 threads: 0.50-0.71 of the DRAM read limit against 0.43-0.52 with 4 rows and 8
+///    rows of prefetch (bf16 stays at 4: 0.80-0.97 there, 0.66-0.95 with 16).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -99,6 +107,10 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.strip_prefetch = true;
   }
   if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
+  if (!h.avx512) {
+    b.direct_rows_t1_int8 = 16;
+    b.direct_pf_t1_int8 = 0;
+  }
   return b;
 }
 
@@ -296,8 +308,10 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   Plan p;
   p.path = Path::kDirect;
   if (T == 1) {
-    p.kc = s.elem == 4 ? b.direct_rows_t1_f32 : b.direct_rows_t1;
-    p.pf = s.elem == 4 ? b.direct_pf_t1_f32 : b.direct_pf_t1;
+    p.kc = s.elem == 4   ? b.direct_rows_t1_f32
+           : s.elem == 1 ? b.direct_rows_t1_int8
+                         : b.direct_rows_t1;
+    p.pf = s.elem == 4 ? b.direct_pf_t1_f32 : s.elem == 1 ? b.direct_pf_t1_int8 : b.direct_pf_t1;
   } else {
     p.kc = b.direct_rows;
     p.pf = p.kc;
