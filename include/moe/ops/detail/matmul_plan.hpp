@@ -95,8 +95,8 @@ struct Blocking {
 ///    prefetch, on a host without AVX-512: its kernels are 8 lanes wide, and dequantising one
 ///    int8 vector (sign extension, conversion, scale, FMA) costs ~1.5 cycles on Zen 3 even from
 ///    L1, so a call's fixed cost (y, the column scales) weighed 1.9x at 4 rows per call. On
-///    Zen 3, 2 threads: 0.50-0.71 of the DRAM read limit against 0.43-0.52 with 4 rows and 8
-///    rows of prefetch (bf16 stays at 4: 0.80-0.97 there, 0.66-0.95 with 16).
+///    Zen 3: 1.20-1.45x with 2 threads, 1.37-1.40x with 1 (bench_kernels matmul/ against
+///    zen5plan/, same run); bf16 stays at 4 rows (0.80-0.97 of DRAM there, 0.66-0.95 with 16).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
