@@ -312,6 +312,40 @@ inline void swap_lanes(__m256i& u0, __m256i& u1) noexcept {
   u0 = a;
 }
 
+/// 16 int32 sums at p (natural column order) into a pair of accumulators in the kernel's order.
+inline void load_acc16(const std::int32_t* p, __m256i& u0, __m256i& u1) noexcept {
+  u0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  u1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 8));
+  swap_lanes(u0, u1);
+}
+
+/// The inverse of load_acc16.
+inline void store_acc16(std::int32_t* p, __m256i u0, __m256i u1) noexcept {
+  swap_lanes(u0, u1);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p), u0);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p + 8), u1);
+}
+
+/// The int16 pair (x[0], x[1]) in every 32-bit lane: a token's two rows' activations.
+inline __m256i broadcast_pair(const std::int16_t* x) noexcept {
+  std::int32_t x2 = 0;
+  std::memcpy(&x2, x, 4);
+  return _mm256_set1_epi32(x2);
+}
+
+/// n (<= 16) columns of rows wr and wr + ldw (read as zero when !second) as row pairs: 32-bit
+/// lane c holds (q[k][c], q[k + 1][c]) as int16; v0 = columns 0-3 and 8-11, v1 = 4-7 and 12-15
+/// (vpunpck{l,h}wd order).
+struct RowPair {
+  __m256i v0, v1;
+};
+inline RowPair load_row_pair(const std::int8_t* wr, std::size_t ldw, bool second,
+                             std::size_t n) noexcept {
+  const __m256i lo = load_i16(wr, n);
+  const __m256i hi = second ? load_i16(wr + ldw, n) : _mm256_setzero_si256();
+  return {_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi)};
+}
+
 /// acc[t][c] += sum_{p < pairs} (w[p][c][0] * x[t][2p] + w[p][c][1] * x[t][2p + 1]) for G
 /// tokens (xs rows, stride ldx int16) and 16 columns (acc rows: 16 int32 at acc[t * lda]): w is
 /// a strip of row pairs, 64 bytes each, as int8act_kernel_avx2 packs them. At most 4 tokens: 2 G
@@ -322,27 +356,17 @@ inline void int8act_pairs_avx2(std::size_t pairs, const std::int8_t* w, const st
                                std::size_t ldx, std::int32_t* acc, std::size_t lda) noexcept {
   static_assert(G >= 1 && G <= 4, "1 to 4 column groups per call");
   __m256i a[G][2];
-  for (std::size_t t = 0; t < G; ++t) {
-    a[t][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + t * lda));
-    a[t][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + t * lda + 8));
-    swap_lanes(a[t][0], a[t][1]);
-  }
+  for (std::size_t t = 0; t < G; ++t) load_acc16(acc + t * lda, a[t][0], a[t][1]);
   for (std::size_t p = 0; p < pairs; ++p) {
     const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p));
     const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p + 32));
     for (std::size_t t = 0; t < G; ++t) {
-      std::int32_t x2 = 0;
-      std::memcpy(&x2, xs + t * ldx + 2 * p, 4);
-      const __m256i xb = _mm256_set1_epi32(x2);
+      const __m256i xb = broadcast_pair(xs + t * ldx + 2 * p);
       a[t][0] = _mm256_add_epi32(a[t][0], _mm256_madd_epi16(v0, xb));
       a[t][1] = _mm256_add_epi32(a[t][1], _mm256_madd_epi16(v1, xb));
     }
   }
-  for (std::size_t t = 0; t < G; ++t) {
-    swap_lanes(a[t][0], a[t][1]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(acc + t * lda), a[t][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(acc + t * lda + 8), a[t][1]);
-  }
+  for (std::size_t t = 0; t < G; ++t) store_acc16(acc + t * lda, a[t][0], a[t][1]);
 }
 
 /// Prefetches row wr (and the next row, when `second`) pf_bytes ahead along the row, into L1.
@@ -395,33 +419,23 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
       // registers (8 + 2 rows + 2 products + 1 broadcast ymm), no buffer round trip.
       constexpr std::size_t kG = kQR / 16;
       __m256i a[kG][2];
-      for (std::size_t g = 0; g < kG; ++g) {
-        if (16 * g >= cols) break;
-        a[g][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g]));
-        a[g][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[0][16 * g + 8]));
-        swap_lanes(a[g][0], a[g][1]);
+      for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
+        load_acc16(&acc.v[0][16 * g], a[g][0], a[g][1]);
       }
       for (std::size_t p = 0; p < pairs; ++p) {
         const std::size_t k = r0 + 2 * p;
         const std::int8_t* wr = w + k * ldw;
         if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
-        std::int32_t x2 = 0;
-        std::memcpy(&x2, &xs[0][2 * p], 4);
-        const __m256i xb = _mm256_set1_epi32(x2);
-        for (std::size_t g = 0; g < kG; ++g) {
-          if (16 * g >= cols) break;
+        const __m256i xb = broadcast_pair(&xs[0][2 * p]);
+        for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
           const std::size_t n = std::min<std::size_t>(16, cols - 16 * g);
-          const __m256i lo = load_i16(wr + 16 * g, n);
-          const __m256i hi = k + 1 < rows ? load_i16(wr + ldw + 16 * g, n) : _mm256_setzero_si256();
-          a[g][0] = _mm256_add_epi32(a[g][0], _mm256_madd_epi16(_mm256_unpacklo_epi16(lo, hi), xb));
-          a[g][1] = _mm256_add_epi32(a[g][1], _mm256_madd_epi16(_mm256_unpackhi_epi16(lo, hi), xb));
+          const auto [v0, v1] = load_row_pair(wr + 16 * g, ldw, k + 1 < rows, n);
+          a[g][0] = _mm256_add_epi32(a[g][0], _mm256_madd_epi16(v0, xb));
+          a[g][1] = _mm256_add_epi32(a[g][1], _mm256_madd_epi16(v1, xb));
         }
       }
-      for (std::size_t g = 0; g < kG; ++g) {
-        if (16 * g >= cols) break;
-        swap_lanes(a[g][0], a[g][1]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g]), a[g][0]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(&acc.v[0][16 * g + 8]), a[g][1]);
+      for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
+        store_acc16(&acc.v[0][16 * g], a[g][0], a[g][1]);
       }
       continue;
     }
@@ -436,12 +450,11 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
         const std::int8_t* wr = w + k * ldw;
         if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
         for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
-          const std::size_t n = std::min<std::size_t>(16, cols - c0);
-          const __m256i lo = load_i16(wr + c0, n);
-          const __m256i hi = k + 1 < rows ? load_i16(wr + ldw + c0, n) : _mm256_setzero_si256();
+          const auto [v0, v1] =
+              load_row_pair(wr + c0, ldw, k + 1 < rows, std::min<std::size_t>(16, cols - c0));
           std::int8_t* d = dst + (c0 / 16) * dst_group + 64 * p;
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo, hi));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32), _mm256_unpackhi_epi16(lo, hi));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), v0);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32), v1);
         }
       }
     }
