@@ -30,7 +30,9 @@
 //                              (dW += X^T dY); name = up [512 x 256 -> 512] and down
 //                              [512 x 512 -> 256] (an expert's 512 rows), q [2048 x 256 -> 256],
 //                              kv [2048 x 256 -> 64], head [2048 x 256 -> 4096] (the tied
-//                              embedding, stored [out, in]). FLOP/s and peak_frac; bench/
+//                              embedding, stored [out, in]). FLOP/s, peak_frac and
+//                              peak_frac_cpu (over the thread's CPU time, which other jobs on
+//                              a shared machine disturb least); bench/
 //                              compare_pytorch_train.py --gemm times torch.mm (OpenBLAS) on the
 //                              same shapes next to it.
 #include <benchmark/benchmark.h>
@@ -177,6 +179,7 @@ void train_gemm(benchmark::State& st, GemmCase c, GemmOp op) {
   std::vector<float> y(c.T * c.out), dx(c.T * c.in), g(c.in * c.out);
   const moe::F32Weight weight{w.data(), c.in, c.out, c.layout};
   const moe::MatrixView<const float> xv(x.data(), c.T, c.in), dyv(dy.data(), c.T, c.out);
+  const double cpu0 = moe_bench::thread_cpu_seconds();
   for (auto _ : st) {
     switch (op) {
       case GemmOp::kForward:
@@ -192,7 +195,12 @@ void train_gemm(benchmark::State& st, GemmCase c, GemmOp op) {
     }
     benchmark::ClobberMemory();
   }
-  moe_bench::set_counters(st, 0.0, 2.0 * static_cast<double>(c.T * c.in * c.out), 1);
+  const double cpu = moe_bench::thread_cpu_seconds() - cpu0;
+  const double flops = 2.0 * static_cast<double>(c.T * c.in * c.out);
+  moe_bench::set_counters(st, 0.0, flops, 1);
+  // Over the thread's CPU time: preemption by other jobs not counted (as bench_kernels).
+  st.counters["peak_frac_cpu"] =
+      flops * static_cast<double>(st.iterations()) / cpu / moe_bench::limits().fma_flops_per_cpu_s;
 }
 
 }  // namespace
