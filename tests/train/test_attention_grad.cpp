@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include <moe/core/arena.hpp>
@@ -47,8 +48,10 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
       // forward and backward, one task per (sequence, KV head)
       std::vector<float> o(n * qd), lse(n * k.hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
           dv(n * kvd, 0.0f);
+      // The backward in blocks of 5 query rows (4 blocks, the last one short).
+      constexpr std::size_t kBlockRows = 5;
       moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
-                         moe::attend_backward_scratch_bytes(core, T));
+                         moe::attend_backward_scratch_bytes(core, T, kBlockRows));
       float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
       double max_z = 0;
       for (std::size_t b = 0; b < B; ++b) {
@@ -70,7 +73,7 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
           moe::attend_causal_backward(core, {q.data() + r0 * qd, T, qd},
                                       {o.data() + r0 * qd, T, qd}, {r.data() + r0 * qd, T, qd},
                                       lse.data() + r0 * k.hq, k.hq, kv,
-                                      {dq.data() + r0 * qd, T, qd}, dkv, g, s);
+                                      {dq.data() + r0 * qd, T, qd}, dkv, g, s, kBlockRows);
         }
       }
       // float64 reference of the core over theta = [q | k | v]
@@ -121,6 +124,67 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
       }
     }
   }
+}
+
+namespace {
+
+/// dq, dk and dv of attend_causal_backward over one sequence of T tokens, every KV head, with
+/// the query rows in blocks of block_rows.
+std::vector<float> core_grads(const moe::AttentionCore& core, std::size_t T,
+                              std::size_t block_rows) {
+  const std::size_t qd = core.n_q_heads * core.head_dim, kvd = core.n_kv_heads * core.head_dim;
+  const std::size_t dh = core.head_dim, hq = core.n_q_heads;
+  const auto q = moe_test::randn(T * qd, 1), kk = moe_test::randn(T * kvd, 2),
+             v = moe_test::randn(T * kvd, 3), r = moe_test::randn(T * qd, 4);
+  std::vector<float> o(T * qd), lse(T * hq), g(T * (qd + 2 * kvd), 0.0f);
+  float *dq = g.data(), *dk = dq + T * qd, *dv = dk + T * kvd;
+  moe::Arena scratch(std::max(moe::attend_scratch_bytes(core, T, T),
+                              moe::attend_backward_scratch_bytes(core, T, block_rows)));
+  float* s = scratch.alloc<float>(scratch.capacity() / sizeof(float));
+  for (std::size_t h = 0; h < core.n_kv_heads; ++h) {
+    const moe::KvRows<float> kv{kk.data() + h * dh, v.data() + h * dh, kvd};
+    moe::attend_causal(core, {q.data(), T, qd}, {o.data(), T, qd}, kv, h, 0, T, 0, s, lse.data(),
+                       hq);
+  }
+  for (std::size_t h = 0; h < core.n_kv_heads; ++h) {
+    const moe::KvRows<float> kv{kk.data() + h * dh, v.data() + h * dh, kvd};
+    moe::attend_causal_backward(core, {q.data(), T, qd}, {o.data(), T, qd}, {r.data(), T, qd},
+                                lse.data(), hq, kv, {dq, T, qd},
+                                moe::KvGradRows{dk + h * dh, dv + h * dh, kvd}, h, s, block_rows);
+  }
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("attention core backward: the same bits for every block of query rows",
+          "[train][attention]") {
+  // Blocks change which key rows stay in registers, never a summation order: dq, dk and dv equal
+  // the one-row-at-a-time backward bit for bit, with and without a window (keys entering and
+  // leaving it inside a block), GQA and MHA, head dims of 1, 2 and 5 SIMD vectors (the key rows
+  // in column groups of 4 vectors) and one that is not a multiple of the SIMD width.
+  const std::size_t L = moe::simd::kLanes;
+  struct Case {
+    std::size_t hq, hkv, dh, window;
+    float cap;
+  };
+  const Case cases[] = {{8, 2, 2 * L, 0, 30.0f}, {4, 2, L, 1, 0.0f},     {4, 1, 5 * L, 3, 0.0f},
+                        {6, 3, 2 * L, 17, 5.0f}, {4, 4, L + 2, 0, 0.0f}, {4, 2, L + 2, 5, 0.0f}};
+  for (const Case& k : cases) {
+    for (const std::size_t T : {std::size_t{1}, std::size_t{37}}) {
+      const moe::AttentionCore core{k.hq, k.hkv, k.dh, 0.3f, k.cap, k.window};
+      const auto one = core_grads(core, T, 1);
+      for (const std::size_t rows : {std::size_t{2}, std::size_t{3}, std::size_t{16}}) {
+        INFO("hq " << k.hq << " hkv " << k.hkv << " dh " << k.dh << " window " << k.window << " T "
+                   << T << " block rows " << rows);
+        const auto blocked = core_grads(core, T, rows);
+        CHECK(std::memcmp(one.data(), blocked.data(), one.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+  CHECK(moe::attend_backward_block_rows(moe::AttentionCore{8, 2, 32}, 256, 0) == 1);
+  CHECK(moe::attend_backward_block_rows(moe::AttentionCore{8, 2, 32}, 256, 4 << 20) ==
+        moe::kAttentionBackwardRows);
 }
 
 namespace {

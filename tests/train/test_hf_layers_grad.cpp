@@ -86,7 +86,7 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
         std::vector<float> o(n * qd), lse(n * hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
             dv(n * kvd, 0.0f);
         moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
-                           moe::attend_backward_scratch_bytes(core, T));
+                           moe::attend_backward_scratch_bytes(core, T, 4));
         float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
         for (std::size_t b = 0; b < B; ++b) {
           const std::size_t r0 = b * T;
@@ -103,7 +103,7 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
             moe::attend_causal_backward(core, {q.data() + r0 * qd, T, qd},
                                         {o.data() + r0 * qd, T, qd}, {r.data() + r0 * qd, T, qd},
                                         lse.data() + r0 * hq, hq, kv, {dq.data() + r0 * qd, T, qd},
-                                        dkv, g, s);
+                                        dkv, g, s, 4);  // blocks of 4 query rows
           }
         }
         moe::AttentionConfig c;

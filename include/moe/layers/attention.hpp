@@ -280,7 +280,8 @@ class RotaryAttention {
     return b;
   }
   /// Bytes of the pool's per-thread scratch forward_train() and backward() need for sequences of
-  /// seq_len tokens.
+  /// seq_len tokens (backward takes its query rows in blocks as large as the scratch allows, up
+  /// to kAttentionBackwardRows; the results do not depend on it).
   [[nodiscard]] std::size_t training_scratch_bytes(std::size_t seq_len) const noexcept {
     return std::max(attend_scratch_bytes(core_, 1, seq_len),
                     attend_backward_scratch_bytes(core_, seq_len));
@@ -366,17 +367,19 @@ class RotaryAttention {
     matmul_backward_input(pool, dy, w_.wo, d_o);
     // 2. the attention core, one task per (sequence, KV head).
     const std::size_t dh = cfg_.head_dim, hq = cfg_.n_q_heads;
-    run_tasks(
-        pool, (n / seq_len) * cfg_.n_kv_heads, n * seq_len * qd,
-        [&](std::size_t task, std::size_t th) {
-          const std::size_t g = task % cfg_.n_kv_heads, r0 = (task / cfg_.n_kv_heads) * seq_len;
-          const KvRows<float> kv{saved.k.row(r0) + g * dh, saved.v.row(r0) + g * dh, kvd};
-          const KvGradRows dkv{dk.row(r0) + g * dh, dv.row(r0) + g * dh, kvd};
-          attend_causal_backward(
-              core_, saved.q.rows_slice(r0, seq_len), saved.o.rows_slice(r0, seq_len),
-              MatrixView<const float>(d_o).rows_slice(r0, seq_len), saved.lse + r0 * hq, hq, kv,
-              dq.rows_slice(r0, seq_len), dkv, g, reinterpret_cast<float*>(pool.scratch(th)));
-        });
+    const std::size_t block_rows = attend_backward_block_rows(core_, seq_len, pool.scratch_bytes());
+    run_tasks(pool, (n / seq_len) * cfg_.n_kv_heads, n * seq_len * qd,
+              [&](std::size_t task, std::size_t th) {
+                const std::size_t g = task % cfg_.n_kv_heads,
+                                  r0 = (task / cfg_.n_kv_heads) * seq_len;
+                const KvRows<float> kv{saved.k.row(r0) + g * dh, saved.v.row(r0) + g * dh, kvd};
+                const KvGradRows dkv{dk.row(r0) + g * dh, dv.row(r0) + g * dh, kvd};
+                attend_causal_backward(core_, saved.q.rows_slice(r0, seq_len),
+                                       saved.o.rows_slice(r0, seq_len),
+                                       MatrixView<const float>(d_o).rows_slice(r0, seq_len),
+                                       saved.lse + r0 * hq, hq, kv, dq.rows_slice(r0, seq_len), dkv,
+                                       g, reinterpret_cast<float*>(pool.scratch(th)), block_rows);
+              });
     // 3. RoPE's transpose on dq and dk.
     constexpr std::size_t kRopeRows = 16;
     pool.parallel_for((n + kRopeRows - 1) / kRopeRows, [&](std::size_t task, std::size_t) {
