@@ -82,12 +82,12 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK_FALSE(b.strip_prefetch);
   CHECK(b.strip_prefetch_int8);
   CHECK(b.direct_slab_bytes == 8192);
-  CHECK(b.direct_rows_t1 == 4);
-  CHECK(b.direct_pf_t1 == 8);
-  CHECK(b.direct_rows_t1_int8 == 4);
-  CHECK(b.direct_pf_t1_int8 == 8);
-  CHECK(b.direct_rows_t1_f32 == 16);
-  CHECK(b.direct_pf_t1_f32 == 0);
+  CHECK(b.gemv_bf16 == moe::detail::GemvStep{4, 8});
+  CHECK(b.gemv_int8 == moe::detail::GemvStep{4, 8});
+  CHECK(b.gemv_f32 == moe::detail::GemvStep{16, 0});
+  CHECK(&b.gemv_step(2) == &b.gemv_bf16);
+  CHECK(&b.gemv_step(1) == &b.gemv_int8);
+  CHECK(&b.gemv_step(4) == &b.gemv_f32);
   CHECK(b.direct_rows == 8);
 }
 
@@ -113,7 +113,7 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(b.tile_prefetch);
   CHECK(b.strip_prefetch);
   CHECK(b.strip_prefetch_int8);
-  CHECK(b.direct_pf_t1 == 8);
+  CHECK(b.gemv_bf16.pf == 8);
   // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
   HostInfo small = HostInfo::emerald_rapids();
   small.l1d_bytes = 32 * 1024;
@@ -138,10 +138,9 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
   CHECK_FALSE(b.strip_prefetch);
   CHECK(b.strip_prefetch_int8);
   CHECK(b.nc == 512);
-  CHECK(b.direct_pf_t1 == 8);
-  CHECK(b.direct_rows_t1_int8 == 16);  // 8-lane kernels: 16 int8 rows per GEMV call
-  CHECK(b.direct_pf_t1_int8 == 0);
-  CHECK(blocking_for(HostInfo::emerald_rapids()).direct_rows_t1_int8 == 4);
+  CHECK(b.gemv_bf16.pf == 8);
+  CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0});  // 8-lane kernels: 16 int8 rows per call
+  CHECK(blocking_for(HostInfo::emerald_rapids()).gemv_int8.rows == 4);
   const std::size_t scratch = std::size_t{4} << 20;
   CHECK(make_plan(shape(256, 6144, 32768, 4), b, scratch).pack);
   CHECK_FALSE(make_plan(shape(256, 6144, 32768, 4), blocking_for(HostInfo::zen5()), scratch).pack);

@@ -519,7 +519,7 @@ inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, co
   const bool direct = T <= kMR;
   p.path = direct ? Path::kDirect : Path::kPacked;
   p.kc = std::min(round_up(in, 4), direct ? std::size_t{16} : 4 * b.kc);
-  p.pf = direct ? (T == 1 ? b.direct_pf_t1 : 16) : 0;
+  p.pf = direct ? (T == 1 ? b.gemv_bf16.pf : 16) : 0;  // at T = 1 the bf16 GEMV's distance
   if (direct) {
     const std::size_t slab = round_up(std::max(b.direct_slab_bytes, kQR), kQR);
     p.nc = slab >= out ? out : slab;
@@ -545,7 +545,6 @@ void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk,
   Acc32<MR> acc;
   acc.zero();
   const std::int8_t* xq = s.xq + (t - blk.t0) * ldq;
-  const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;
   const std::size_t ldw = w.row_stride();
   const bf16* sw = w.scales + (k0 / w.block_rows()) * ldw + n;
   float* y = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
@@ -578,6 +577,7 @@ void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk,
     return;
   }
 #endif
+  const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;  // rows ahead, within K
   if (!raw) {
     int8act_kernel<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
   } else if (pack_out) {

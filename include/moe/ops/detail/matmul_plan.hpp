@@ -39,6 +39,15 @@ MOE_SIMD_DETAIL_BEGIN
 
 enum class Path { kDirect, kPacked, kDot, kNone };  // kNone: the scratch is too small
 
+/// The one-token GEMV's micro-kernel step (direct path, T = 1): weight rows per call and the
+/// software-prefetch distance in rows (0: none).
+struct GemvStep {
+  std::size_t rows = 4;
+  std::size_t pf = 8;
+
+  friend bool operator==(const GemvStep&, const GemvStep&) = default;
+};
+
 /// Host-dependent parameters of the kernels (see blocking_for).
 struct Blocking {
   // Packed path (GEMM).
@@ -56,16 +65,18 @@ struct Blocking {
   /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
-  // Direct path (GEMV, T <= kMR): bytes of a task's slab; rows per micro-kernel call and
-  // software-prefetch distance (rows) at T = 1 (bf16, int8 and f32), rows for T = 2..6.
+  // Direct path (GEMV, T <= kMR): bytes of a task's slab; the T = 1 step per weight type (see
+  // gemv_step); rows per micro-kernel call for T = 2..6.
   std::size_t direct_slab_bytes = 8192;
-  std::size_t direct_rows_t1 = 4;
-  std::size_t direct_pf_t1 = 8;
-  std::size_t direct_rows_t1_int8 = 4;
-  std::size_t direct_pf_t1_int8 = 8;
-  std::size_t direct_rows_t1_f32 = 16;
-  std::size_t direct_pf_t1_f32 = 0;
+  GemvStep gemv_f32{16, 0};
+  GemvStep gemv_bf16{4, 8};
+  GemvStep gemv_int8{4, 8};
   std::size_t direct_rows = 8;
+
+  /// The T = 1 step for weights of `elem` bytes per element (4 f32, 2 bf16, 1 int8).
+  [[nodiscard]] const GemvStep& gemv_step(std::size_t elem) const noexcept {
+    return elem == 4 ? gemv_f32 : elem == 1 ? gemv_int8 : gemv_bf16;
+  }
 
   friend bool operator==(const Blocking&, const Blocking&) = default;
 };
@@ -107,10 +118,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.strip_prefetch = true;
   }
   if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
-  if (!h.avx512) {
-    b.direct_rows_t1_int8 = 16;
-    b.direct_pf_t1_int8 = 0;
-  }
+  if (!h.avx512) b.gemv_int8 = GemvStep{16, 0};
   return b;
 }
 
@@ -308,10 +316,8 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   Plan p;
   p.path = Path::kDirect;
   if (T == 1) {
-    p.kc = s.elem == 4   ? b.direct_rows_t1_f32
-           : s.elem == 1 ? b.direct_rows_t1_int8
-                         : b.direct_rows_t1;
-    p.pf = s.elem == 4 ? b.direct_pf_t1_f32 : s.elem == 1 ? b.direct_pf_t1_int8 : b.direct_pf_t1;
+    p.kc = b.gemv_step(s.elem).rows;
+    p.pf = b.gemv_step(s.elem).pf;
   } else {
     p.kc = b.direct_rows;
     p.pf = p.kc;
