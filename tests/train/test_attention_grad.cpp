@@ -276,6 +276,33 @@ TEST_CASE("RotaryAttention backward matches float64 central differences", "[trai
   }
 }
 
+TEST_CASE("RotaryAttention asks for the scratch of one backward query row", "[train][attention]") {
+  // The least pool scratch does not grow with the backward's blocks: the layer asks for one
+  // query row's score gradients and takes the largest block its pool's scratch holds (the
+  // gradients are the same for every block: the test above).
+  moe::AttentionConfig c;
+  c.d_model = 16;
+  c.n_q_heads = 8;
+  c.n_kv_heads = 2;
+  c.head_dim = 32;
+  const std::vector<float> wb(16 * 256, 0.1f);
+  const moe::AttentionWeights<moe::F32Weight> w{
+      {wb.data(), 16, 256}, {wb.data(), 16, 64}, {wb.data(), 16, 64}, {wb.data(), 256, 16}};
+  const moe::RotaryAttention<moe::F32Weight> attn(c, w);
+  const moe::AttentionCore core{8, 2, 32};
+  for (const std::size_t T : {std::size_t{1}, std::size_t{256}, std::size_t{16384}}) {
+    INFO("T " << T);
+    const std::size_t least = attn.training_scratch_bytes(T);
+    CHECK(least == std::max(moe::attend_scratch_bytes(core, 1, T),
+                            moe::attend_backward_scratch_bytes(core, T, 1)));
+    CHECK(moe::attend_backward_block_rows(core, T, least) >= 1);
+  }
+  CHECK(moe::attend_backward_block_rows(core, 256, moe::ThreadPool::kDefaultScratchBytes) ==
+        moe::kAttentionBackwardRows);
+  // 16384 tokens: 16 rows would need 8.4 MB; the default 4 MiB holds 7.
+  CHECK(moe::attend_backward_block_rows(core, 16384, moe::ThreadPool::kDefaultScratchBytes) == 7);
+}
+
 TEST_CASE("RotaryAttention backward: frozen and non-f32 weights", "[train][attention]") {
   moe::AttentionConfig c;
   c.d_model = 8;

@@ -284,7 +284,7 @@ class RotaryAttention {
   /// to kAttentionBackwardRows; the results do not depend on it).
   [[nodiscard]] std::size_t training_scratch_bytes(std::size_t seq_len) const noexcept {
     return std::max(attend_scratch_bytes(core_, 1, seq_len),
-                    attend_backward_scratch_bytes(core_, seq_len));
+                    attend_backward_scratch_bytes(core_, seq_len, 1));
   }
 
   /// y [B*T, D] = attention over x [B*T, D], B sequences of seq_len tokens, each causal within
