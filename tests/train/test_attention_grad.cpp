@@ -36,6 +36,7 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
       {"GQA 4/2, dh 4, soft-cap 1.5 engaged", 4, 2, 4, 0.9, 1.5},
       {"MQA 3/1, tiled dh, cap 3", 3, 1, 2 * L, 0.4, 3.0},
       {"MHA 2/2, tiled dh, no cap", 2, 2, L, 0.3, 0.0},
+      {"GQA 8/2 (dot products on transposed key tiles), tiled dh, cap 2", 8, 2, L, 0.4, 2.0},
   };
   for (const CoreCase& k : cases) {
     SECTION(k.name) {
@@ -162,16 +163,19 @@ TEST_CASE("attention core backward: the same bits for every block of query rows"
   // Blocks change which key rows stay in registers, never a summation order: dq, dk and dv equal
   // the one-row-at-a-time backward bit for bit, with and without a window (keys entering and
   // leaving it inside a block), GQA and MHA, head dims of 1, 2 and 5 SIMD vectors (the key rows
-  // in column groups of 4 vectors) and one that is not a multiple of the SIMD width.
+  // in column groups of 4 vectors) and one that is not a multiple of the SIMD width, the dot
+  // products on transposed key tiles (4 heads per KV head, a window of a tile or more, or none)
+  // and on key rows.
   const std::size_t L = moe::simd::kLanes;
   struct Case {
     std::size_t hq, hkv, dh, window;
     float cap;
   };
   const Case cases[] = {{8, 2, 2 * L, 0, 30.0f}, {4, 2, L, 1, 0.0f},     {4, 1, 5 * L, 3, 0.0f},
-                        {6, 3, 2 * L, 17, 5.0f}, {4, 4, L + 2, 0, 0.0f}, {4, 2, L + 2, 5, 0.0f}};
+                        {6, 3, 2 * L, 17, 5.0f}, {4, 4, L + 2, 0, 0.0f}, {4, 2, L + 2, 5, 0.0f},
+                        {8, 2, L, 70, 0.0f}};
   for (const Case& k : cases) {
-    for (const std::size_t T : {std::size_t{1}, std::size_t{37}}) {
+    for (const std::size_t T : {std::size_t{1}, std::size_t{37}, std::size_t{150}}) {
       const moe::AttentionCore core{k.hq, k.hkv, k.dh, 0.3f, k.cap, k.window};
       const auto one = core_grads(core, T, 1);
       for (const std::size_t rows : {std::size_t{2}, std::size_t{3}, std::size_t{16}}) {

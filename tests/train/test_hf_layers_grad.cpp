@@ -76,10 +76,25 @@ void check_grad(const char* name, const std::vector<float>& analytic, const doub
 TEST_CASE("attention core with a sliding window: forward and backward vs float64",
           "[train][attention][window]") {
   const std::size_t lanes = moe::simd::kLanes;
+  struct Case {
+    std::size_t dh, window, hq, hkv, B, T;
+  };
+  std::vector<Case> cases;
   for (const std::size_t dh : {std::size_t{4}, 2 * lanes}) {
     for (const std::size_t window : {std::size_t{1}, std::size_t{3}, std::size_t{17}}) {
-      DYNAMIC_SECTION("dh " << dh << ", window " << window) {
-        const std::size_t hq = 4, hkv = 2, B = 2, T = 19, n = B * T, qd = hq * dh, kvd = hkv * dh;
+      cases.push_back({dh, window, 4, 2, 2, 19});
+    }
+  }
+  // 4 query heads per KV head and a window of a tile or more: the backward's dot products on
+  // transposed key tiles, keys leaving the window from query 65 on.
+  cases.push_back({lanes, 65, 4, 1, 1, 70});
+  for (const Case& k : cases) {
+    {
+      const std::size_t dh = k.dh, window = k.window;
+      DYNAMIC_SECTION("dh " << dh << ", window " << window << ", heads " << k.hq << " / "
+                            << k.hkv) {
+        const std::size_t hq = k.hq, hkv = k.hkv, B = k.B, T = k.T, n = B * T, qd = hq * dh,
+                          kvd = hkv * dh;
         moe::AttentionCore core{hq, hkv, dh, 0.7f, 0.0f, window};
         const auto q = moe_test::randn(n * qd, 1), kk = moe_test::randn(n * kvd, 2),
                    v = moe_test::randn(n * kvd, 3), r = moe_test::randn(n * qd, 4);
