@@ -654,7 +654,7 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
   float* const dw = scratch + qb * group * row;
   // With 4 or more query heads per KV head (Mixtral, Grok-1), the dot products run on tiles of
   // kAttentionTile keys and values transposed (key j's element d at kt[d * ld + j - jt]): each
-  // key vector loaded once for 4 heads, no horizontal sums (1.2x on the whole backward at 8 / 2
+  // key vector loaded once for 4 heads, no horizontal sums (1.15x on the whole backward at 8 / 2
   // heads of 32, T = 256, Zen 3). With fewer heads to share a load the row form (dot_rows_tiled)
   // was as fast or faster (2 heads 0.93x, one head (MHA) 0.47x for the transposed form), and so
   // with a window narrower than a tile (a window of 7: 0.84x).
