@@ -468,6 +468,9 @@ template <std::size_t NH, std::size_t NJ>
 /// and a broadcast fit 16 registers.
 inline constexpr std::size_t kDotHeads = 4;
 inline constexpr std::size_t kDotKeyVectors = 2;
+static_assert(kDotKeyVectors * simd::kLanes <= 32,
+              "attend_backward_row_floats and kTransposedTileFloats leave room for 31 keys past "
+              "the last one a step starts on");
 
 /// s[h * ls + j] = x_h . k_j for heads h < n_heads and keys j in [lo, hi) (rounded up to whole key
 /// vectors: up to kDotKeyVectors * kLanes - 1 scores past hi are written too; kt's columns
@@ -620,6 +623,34 @@ inline void add_block_keys(const AttentionCore& c, const float* a, std::size_t a
   }
 }
 
+/// attend_causal_backward's dot products for the query rows [t0, t1) of a block, the group's
+/// heads at once: s_j = q_t,hi . k_j into ds and do_t,hi . v_j into dw (row (t - t0) * group + hi
+/// at ds + that * row, indexed by the absolute key), for the keys each row sees, tile by tile of
+/// kAttentionTile keys and values transposed into kt / vt (dh x kTransposedTileFloats each).
+/// q_g / do_g: the group's heads of query row 0 (row strides ldq / ldo).
+inline void block_dots_transposed(const AttentionCore& c, const float* q_g, std::size_t ldq,
+                                  const float* do_g, std::size_t ldo, const KvRows<float>& kv,
+                                  std::size_t t0, std::size_t t1, float* ds, float* dw,
+                                  std::size_t row, float* kt, float* vt) noexcept {
+  const std::size_t dh = c.head_dim, group = c.group(), n_rows = group * row;
+  const std::size_t ldt = kTransposedTileFloats;
+  const std::size_t j_lo = c.first_key(t0);
+  for (std::size_t jt = j_lo / kAttentionTile * kAttentionTile; jt < t1; jt += kAttentionTile) {
+    // The block's keys of this tile, [ja, jb), at columns ja - jt ...
+    const std::size_t ja = std::max(jt, j_lo), jb = std::min(jt + kAttentionTile, t1);
+    const std::size_t off = ja - jt;
+    transpose_rows(kv.keys + ja * kv.stride, kv.stride, jb - ja, dh, kt + off, ldt, ldt - off);
+    transpose_rows(kv.values + ja * kv.stride, kv.stride, jb - ja, dh, vt + off, ldt, ldt - off);
+    for (std::size_t t = std::max(t0, jt); t < t1; ++t) {
+      const std::size_t a = std::max(c.first_key(t), jt), b = std::min(t + 1, jb);
+      if (b <= a) continue;
+      const std::size_t r = (t - t0) * n_rows + jt;
+      dot_heads_transposed(q_g + t * ldq, group, dh, kt, ldt, a - jt, b - jt, ds + r, row);
+      dot_heads_transposed(do_g + t * ldo, group, dh, vt, ldt, a - jt, b - jt, dw + r, row);
+    }
+  }
+}
+
 MOE_SIMD_DETAIL_END
 
 MOE_SIMD_NAMESPACE_BEGIN
@@ -659,9 +690,8 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
   // was as fast or faster (2 heads 0.93x, one head (MHA) 0.47x for the transposed form), and so
   // with a window narrower than a tile (a window of 7: 0.84x).
   const bool transposed = tiled && group >= 4 && (c.window == 0 || c.window >= kAttentionTile);
-  const std::size_t ldt = kTransposedTileFloats;
   float* const kt = dw + qb * group * row;
-  float* const vt = kt + dh * ldt;
+  float* const vt = kt + dh * kTransposedTileFloats;
   const auto ds_row = [&](std::size_t t, std::size_t t0, std::size_t hi) {
     return ds + ((t - t0) * group + hi) * row;
   };
@@ -675,24 +705,8 @@ inline void attend_causal_backward(const AttentionCore& c, MatrixView<const floa
     // 1. s_j = q . k_j and dw_j = do . v_j of the block's rows: the group's heads at once, tile
     //    by tile of keys (transposed), or below one head at a time.
     if (transposed) {
-      const std::size_t j_lo = c.first_key(t0);
-      for (std::size_t jt = j_lo / kAttentionTile * kAttentionTile; jt < t1; jt += kAttentionTile) {
-        // The block's keys of this tile, [ja, jb), at columns ja - jt ...
-        const std::size_t ja = std::max(jt, j_lo), jb = std::min(jt + kAttentionTile, t1);
-        const std::size_t off = ja - jt;
-        detail::transpose_rows(kv.keys + ja * kv.stride, kv.stride, jb - ja, dh, kt + off, ldt,
-                               ldt - off);
-        detail::transpose_rows(kv.values + ja * kv.stride, kv.stride, jb - ja, dh, vt + off, ldt,
-                               ldt - off);
-        for (std::size_t t = std::max(t0, jt); t < t1; ++t) {
-          const std::size_t a = std::max(c.first_key(t), jt), b = std::min(t + 1, jb);
-          if (b <= a) continue;
-          detail::dot_heads_transposed(q_g + t * q.stride, group, dh, kt, ldt, a - jt, b - jt,
-                                       ds_row(t, t0, 0) + jt, row);
-          detail::dot_heads_transposed(do_g + t * d_o.stride, group, dh, vt, ldt, a - jt, b - jt,
-                                       dw_row(t, t0, 0) + jt, row);
-        }
-      }
+      detail::block_dots_transposed(c, q_g, q.stride, do_g, d_o.stride, kv, t0, t1, ds, dw, row, kt,
+                                    vt);
     }
     //    Then the score gradients and dq.
     for (std::size_t t = t0; t < t1; ++t) {
