@@ -465,6 +465,54 @@ TEST_CASE("f32 [in, out] GEMM read in place equals the packed bf16 path bit for 
   }
 }
 
+TEST_CASE("the fused packing's prefetch of the next strips changes no result",
+          "[kernels][matmul]") {
+  // Blocking::pack_fetch_cols only adds L2 prefetches to the first token block of each strip:
+  // the outputs must equal those without it bit for bit, for column tails and for prefetches that
+  // run past the end of a row (64 columns: what Zen 3 uses; 1024: lines far past the row's end).
+  moe::ThreadPool pool(2);
+  moe::detail::Blocking base = moe::detail::host_blocking();
+  base.f32_in_place_max_t = 0;  // f32 strips packed (fused) on every host
+  base.pack_fetch_cols = 0;
+  struct Shape {
+    std::size_t T, in, out;
+  };
+  const Shape shapes[] = {{7, 300, 1500}, {64, 1000, 777}, {130, 333, 20}};
+  std::uint64_t seed = 3100;
+  for (Kind kind : {Kind::kF32InOut, Kind::kBf16InOut}) {
+    for (const Shape& s : shapes) {
+      const TestWeight tw = make_weight(kind, s.in, s.out, 1, ++seed);
+      const TestX x = make_x(s.T, s.in, seed + 1);
+      TestY y0 = make_y(s.T, s.out);
+      visit(tw, [&](const auto& w) {
+        CHECK(
+            moe::detail::gemm(pool, moe::detail::Activations(x.view()), w, y0.view(), false, base));
+      });
+      for (std::size_t cols : {64, 1024}) {
+        moe::detail::Blocking b = base;
+        b.pack_fetch_cols = cols;
+        const std::size_t elem = kind == Kind::kF32InOut ? 4 : 2;
+        moe::detail::Shape shape;
+        shape.T = s.T;
+        shape.in = s.in;
+        shape.out = s.out;
+        shape.elem = elem;
+        INFO(kind_name(kind) << " T=" << s.T << " in=" << s.in << " out=" << s.out
+                             << " pack_fetch_cols=" << cols);
+        if (cols == 1024) {
+          CHECK(moe::detail::make_plan(shape, b, pool.scratch_bytes()).pack_pf_lines > 0);
+        }
+        TestY y = make_y(s.T, s.out);
+        visit(tw, [&](const auto& w) {
+          CHECK(moe::detail::gemm(pool, moe::detail::Activations(x.view()), w, y.view(), false, b));
+        });
+        CHECK(std::memcmp(y.buf.data(), y0.buf.data(), y.buf.size() * sizeof(float)) == 0);
+        CHECK(y.padding_intact());
+      }
+    }
+  }
+}
+
 TEST_CASE("zero activations give exact zeros; empty inputs are no-ops", "[kernels][matmul]") {
   moe::ThreadPool pool(2);
   for (Kind kind : kAllKinds) {

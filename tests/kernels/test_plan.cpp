@@ -89,6 +89,7 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(&b.gemv_step(1) == &b.gemv_int8);
   CHECK(&b.gemv_step(4) == &b.gemv_f32);
   CHECK(b.direct_rows == 8);
+  CHECK(b.pack_fetch_cols == 0);
 }
 
 TEST_CASE("Zen 5 prefetches the next strip for int8 weights only", "[kernels][plan]") {
@@ -114,6 +115,7 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(b.strip_prefetch);
   CHECK(b.strip_prefetch_int8);
   CHECK(b.gemv_bf16.pf == 8);
+  CHECK(b.pack_fetch_cols == 0);
   // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
   HostInfo small = HostInfo::emerald_rapids();
   small.l1d_bytes = 32 * 1024;
@@ -150,6 +152,31 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
   CHECK(int8_gemv.pf == 0);
   CHECK(make_plan(shape(1, 6144, 32768, 2), b, scratch).kc == 4);  // bf16 keeps 4 rows
   CHECK(make_plan(shape(1, 6144, 32768, 1), blocking_for(HostInfo::zen5()), scratch).kc == 4);
+}
+
+TEST_CASE("Zen 3's fused packing fetches 64 columns of f32 and bf16 weight rows at once",
+          "[kernels][plan]") {
+  using moe::detail::kNR;
+  const Blocking b = blocking_for(HostInfo::zen3());
+  CHECK(b.pack_fetch_cols == 64);
+  // The lines beyond the strip's own: with strips of 16 columns or fewer (AVX2, SSE2) f32 3 of
+  // 4, bf16 1 of 2; none where the strip is 64 columns wide already (AVX-512).
+  const std::size_t f32_lines = kNR <= 16 ? 3 : 0;
+  const std::size_t bf16_lines = kNR <= 16 ? 1 : 0;
+  CHECK(moe::detail::pack_pf_lines(b, 4) == f32_lines);
+  CHECK(moe::detail::pack_pf_lines(b, 2) == bf16_lines);
+  const std::size_t scratch = std::size_t{4} << 20;
+  for (std::size_t T : {7, 64, 256}) {
+    INFO("T " << T);
+    CHECK(make_plan(shape(T, 6144, 1024, 4), b, scratch).pack_pf_lines == f32_lines);
+    CHECK(make_plan(shape(T, 1024, 4096, 2), b, scratch).pack_pf_lines == bf16_lines);
+    CHECK(make_plan(shape(T, 1024, 4096, 1), b, scratch).pack_pf_lines == 0);  // int8: not here
+    CHECK(make_plan(shape(T, 1024, 4096, 4, false), b, scratch).pack_pf_lines == 0);  // [out, in]
+    CHECK(
+        make_plan(shape(T, 1024, 4096, 2), blocking_for(HostInfo::zen5()), scratch).pack_pf_lines ==
+        0);
+  }
+  CHECK(make_plan(shape(1, 1024, 4096, 4), b, scratch).pack_pf_lines == 0);  // direct path
 }
 
 TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {

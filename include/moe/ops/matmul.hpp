@@ -308,11 +308,11 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
           if (cols == kNR) {
             axpy_kernel_mr<false, false, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp,
                                                          ldw, sp, yp(t), blk.d.ld, ly, cols, 0,
-                                                         bp + (ka - k0) * kNR);
+                                                         bp + (ka - k0) * kNR, plan.pack_pf_lines);
           } else {
             axpy_kernel_mr<true, true, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp, ldw,
                                                        sp, yp(t), blk.d.ld, ly, cols, 0,
-                                                       bp + (ka - k0) * kNR);
+                                                       bp + (ka - k0) * kNR, plan.pack_pf_lines);
           }
           ka = kb;
         }

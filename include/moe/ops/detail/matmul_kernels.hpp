@@ -174,12 +174,16 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 /// `cols` columns are valid for the weight loads / the y loads and stores (column tails; masked
 /// weight lanes read as 0). When pf_rows > 0 every step also prefetches weight row k + pf_rows
 /// (the caller guarantees it exists). kPackOut: row k of the widened (scaled) weights is also
-/// stored to pk[k * kNR ..] (kNR floats, zeros past `cols`).
+/// stored to pk[k * kNR ..] (kNR floats, zeros past `cols`), and the `pack_pf_lines` cache lines
+/// that follow the start of weight row k (the row's part of the next strips) are prefetched into
+/// L2 as it is read, so that several lines of each row are in flight at once (see
+/// Blocking::pack_fetch_cols).
 template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut,
           std::size_t NV = kNV, class E>
 inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E* w,
                         std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
-                        std::size_t cols, std::size_t pf_rows, float* pk) noexcept {
+                        std::size_t cols, std::size_t pf_rows, float* pk,
+                        std::size_t pack_pf_lines) noexcept {
   static_assert(!kPackOut || NV == kNV, "a packed strip is kNR columns wide");
 #if MOE_MATMUL_AVX512
   if constexpr (std::is_same_v<E, bf16> && NV == kNV && !kMaskW && !kMaskY && !kScaled &&
@@ -212,6 +216,10 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
     if (pf_rows != 0) {
       const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
       for (std::size_t b = 0; b < kRowBytes; b += kCacheLine) simd::prefetch_l1(a + b);
+    }
+    if constexpr (kPackOut) {
+      const auto row = reinterpret_cast<std::uintptr_t>(wr);
+      for (std::size_t q = 1; q <= pack_pf_lines; ++q) simd::prefetch_l2(row + q * kCacheLine);
     }
     fbatch wv[NV];
     for (std::size_t j = 0; j < NV; ++j) {
@@ -247,22 +255,23 @@ template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, std::si
           class E>
 inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx,
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
-                           bool load_y, std::size_t cols, std::size_t pf_rows,
-                           float* pk = nullptr) noexcept {
+                           bool load_y, std::size_t cols, std::size_t pf_rows, float* pk = nullptr,
+                           std::size_t pack_pf_lines = 0) noexcept {
   static_assert(kMR == 6, "update the switch below");
   auto call = [&](auto m) {
     constexpr std::size_t M = decltype(m)::value;
     constexpr std::size_t V = fitting_nv(M, NV);
     if constexpr (V == NV) {
       axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV>(kc, x, ldx, w, ldw, s, y, ldy, load_y,
-                                                            cols, pf_rows, pk);
+                                                            cols, pf_rows, pk, pack_pf_lines);
     } else {  // too many rows for NV vectors: V-wide column groups (never with kPackOut)
       static_assert(V == NV || !kPackOut, "a packed strip is one kNV-wide call");
       constexpr std::size_t W = V * simd::kLanes;
       for (std::size_t c = 0; c < cols; c += W) {
         const std::size_t n = cols - c < W ? cols - c : W;
-        axpy_kernel<M, kMaskW, kMaskY, kScaled, false, V>(
-            kc, x, ldx, w + c, ldw, kScaled ? s + c : s, y + c, ldy, load_y, n, pf_rows, nullptr);
+        axpy_kernel<M, kMaskW, kMaskY, kScaled, false, V>(kc, x, ldx, w + c, ldw,
+                                                          kScaled ? s + c : s, y + c, ldy, load_y,
+                                                          n, pf_rows, nullptr, 0);
       }
     }
   };

@@ -62,6 +62,11 @@ struct Blocking {
   /// bench_kernels zen5plan against a zen5 blocking with it on, per-core CPU time; f32 and bf16
   /// there within -5 .. +3 %).
   bool strip_prefetch_int8 = true;
+  /// f32 and bf16 [in, out] weights: the fused first token block (see kPacked) fetches this many
+  /// columns of each weight row together, its own strip's and, by an L2 prefetch of the lines
+  /// that follow, the next strips' (0: its strip only; see pack_pf_lines). int8 strips are
+  /// prefetched into L1 ahead instead (strip_prefetch_int8).
+  std::size_t pack_fetch_cols = 0;
   /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
@@ -108,6 +113,16 @@ struct Blocking {
 ///    L1, so a call's fixed cost (y, the column scales) weighed 1.9x at 4 rows per call. On
 ///    Zen 3: 1.20-1.45x with 2 threads, 1.37-1.40x with 1 (bench_kernels matmul/ against
 ///    zen5plan/, same run); bf16 stays at 4 rows (0.80-0.97 of DRAM there, 0.66-0.95 with 16).
+///  * on a host without AVX-512 the fused packing fetches 64 columns of each f32 / bf16 weight
+///    row together (pack_fetch_cols), as an AVX-512 strip does: a strip row there is 16 columns
+///    (64 bytes of f32, 32 of bf16), so the first token block had one line of each weight row in
+///    flight, and its loads waited on DRAM (a profile of f32 [6144 -> 1024] at T = 64 on Zen 3:
+///    ~40 % of the GEMM's samples in run_packed, where that block is inlined). The tile prefetch
+///    cannot do it there: rows 4 or 16 KiB apart (out = 1024, 4096 floats) put a strip's 256
+///    rows in 16 or 4 of the L2's 1024 sets (8-way), so lines fetched a tile ahead are evicted
+///    before use. Zen 3, 2 threads, alternated with the code before: f32 GEMMs 1.03-1.33x and
+///    bf16 1.01-1.24x at T = 64 and 256 (bench_kernels' four shapes), the f32 MoE layer
+///    1.04-1.10x; int8 0.90x at T = 64 (not applied).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -118,7 +133,10 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.strip_prefetch = true;
   }
   if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
-  if (!h.avx512) b.gemv_int8 = GemvStep{16, 0};
+  if (!h.avx512) {
+    b.gemv_int8 = GemvStep{16, 0};
+    b.pack_fetch_cols = 64;
+  }
   return b;
 }
 
@@ -171,14 +189,15 @@ struct Plan {
   std::size_t tb = 0, n_tblocks = 1;    ///< tokens per block
   std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed strip
   std::size_t pf = 0;                   ///< direct path: prefetch distance in rows
-  bool pack = true;              ///< packed path: pack strips (false: f32 [in, out] read in place)
-  bool tile_pf = false;          ///< packed path: prefetch the next tile into L2
-  bool strip_pf = false;         ///< packed path: prefetch the next strip into L1
-  bool c_tile = false;           ///< packed path: accumulate in a contiguous scratch tile
-  std::size_t strip_floats = 0;  ///< scratch floats for the packed strip
-  bool a_pack = false;           ///< packed path: copy / transpose each activation block
-  std::size_t a_floats = 0;      ///< scratch floats for a packed (transposed) activation block
-  std::size_t c_floats = 0;      ///< scratch floats for the contiguous output tile (c_tile)
+  bool pack = true;               ///< packed path: pack strips (false: f32 [in, out] read in place)
+  bool tile_pf = false;           ///< packed path: prefetch the next tile into L2
+  bool strip_pf = false;          ///< packed path: prefetch the next strip into L1
+  std::size_t pack_pf_lines = 0;  ///< packed path, fused packing: see pack_pf_lines()
+  bool c_tile = false;            ///< packed path: accumulate in a contiguous scratch tile
+  std::size_t strip_floats = 0;   ///< scratch floats for the packed strip
+  bool a_pack = false;            ///< packed path: copy / transpose each activation block
+  std::size_t a_floats = 0;       ///< scratch floats for a packed (transposed) activation block
+  std::size_t c_floats = 0;       ///< scratch floats for the contiguous output tile (c_tile)
   std::size_t partial_floats = 0;  ///< scratch floats for all K-chunk partial slots
 
   [[nodiscard]] std::size_t n_tasks() const noexcept { return n_slabs * n_chunks * n_tblocks; }
@@ -235,6 +254,15 @@ inline void split_k(Plan& p, std::size_t t_block, std::size_t in, std::size_t al
   if (p.n_chunks > 1) p.partial_floats = (p.n_chunks - 1) * tiles * partial;
 }
 
+/// The cache lines after the start of a weight row that the fused packing prefetches into L2
+/// (the row's part of the next strips): those of Blocking::pack_fetch_cols columns beyond the
+/// strip's own (f32 on AVX2: 64 columns are 4 lines, the 16-column strip 1, so 3; bf16: 1).
+constexpr std::size_t pack_pf_lines(const Blocking& b, std::size_t elem) noexcept {
+  const std::size_t want = ceil_div(b.pack_fetch_cols * elem, kCacheLine);
+  const std::size_t own = ceil_div(kNR * elem, kCacheLine);
+  return want > own ? want - own : 0;
+}
+
 /// Dot path over [out, in] weights.
 inline Plan dot_plan(const Shape& s, bool tiny) noexcept {
   Plan p;
@@ -273,6 +301,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.nc = std::min(b.nc, out);
     q.n_slabs = ceil_div(out, q.nc);
     q.pack = !(s.in_out && s.elem == sizeof(float) && T <= b.f32_in_place_max_t);
+    q.pack_pf_lines = q.pack && s.in_out && s.elem != 1 ? pack_pf_lines(b, s.elem) : 0;
     q.strip_floats = q.pack ? q.kc * kNR : 0;
     q.n_tblocks = ceil_div(T, b.max_tb);
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
