@@ -89,73 +89,70 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
   // transposed key tiles, keys leaving the window from query 65 on.
   cases.push_back({lanes, 65, 4, 1, 1, 70});
   for (const Case& k : cases) {
-    {
-      const std::size_t dh = k.dh, window = k.window;
-      DYNAMIC_SECTION("dh " << dh << ", window " << window << ", heads " << k.hq << " / "
-                            << k.hkv) {
-        const std::size_t hq = k.hq, hkv = k.hkv, B = k.B, T = k.T, n = B * T, qd = hq * dh,
-                          kvd = hkv * dh;
-        moe::AttentionCore core{hq, hkv, dh, 0.7f, 0.0f, window};
-        const auto q = moe_test::randn(n * qd, 1), kk = moe_test::randn(n * kvd, 2),
-                   v = moe_test::randn(n * kvd, 3), r = moe_test::randn(n * qd, 4);
-        std::vector<float> o(n * qd), lse(n * hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
-            dv(n * kvd, 0.0f);
-        moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
-                           moe::attend_backward_scratch_bytes(core, T, 4));
-        float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
-        for (std::size_t b = 0; b < B; ++b) {
-          const std::size_t r0 = b * T;
-          for (std::size_t g = 0; g < hkv; ++g) {
-            const moe::KvRows<float> kv{kk.data() + r0 * kvd + g * dh, v.data() + r0 * kvd + g * dh,
-                                        kvd};
-            // Two blocks of query rows (as the layer's tasks), the second at a later position.
-            moe::attend_causal(core, {q.data() + r0 * qd, T, qd}, {o.data() + r0 * qd, T, qd}, kv,
-                               g, 0, 7, 0, s, lse.data() + r0 * hq, hq);
-            moe::attend_causal(core, {q.data() + r0 * qd, T, qd}, {o.data() + r0 * qd, T, qd}, kv,
-                               g, 7, T, 0, s, lse.data() + r0 * hq, hq);
-            const moe::KvGradRows dkv{dk.data() + r0 * kvd + g * dh, dv.data() + r0 * kvd + g * dh,
+    DYNAMIC_SECTION("dh " << k.dh << ", window " << k.window << ", heads " << k.hq << " / "
+                          << k.hkv) {
+      const std::size_t dh = k.dh, window = k.window, hq = k.hq, hkv = k.hkv, B = k.B, T = k.T,
+                        n = B * T, qd = hq * dh, kvd = hkv * dh;
+      moe::AttentionCore core{hq, hkv, dh, 0.7f, 0.0f, window};
+      const auto q = moe_test::randn(n * qd, 1), kk = moe_test::randn(n * kvd, 2),
+                 v = moe_test::randn(n * kvd, 3), r = moe_test::randn(n * qd, 4);
+      std::vector<float> o(n * qd), lse(n * hq), dq(n * qd, 0.0f), dk(n * kvd, 0.0f),
+          dv(n * kvd, 0.0f);
+      moe::Arena scratch(moe::attend_scratch_bytes(core, T, T) +
+                         moe::attend_backward_scratch_bytes(core, T, 4));
+      float* s = scratch.alloc<float>(moe::attend_scratch_bytes(core, T, T) / sizeof(float));
+      for (std::size_t b = 0; b < B; ++b) {
+        const std::size_t r0 = b * T;
+        for (std::size_t g = 0; g < hkv; ++g) {
+          const moe::KvRows<float> kv{kk.data() + r0 * kvd + g * dh, v.data() + r0 * kvd + g * dh,
                                       kvd};
-            moe::attend_causal_backward(core, {q.data() + r0 * qd, T, qd},
-                                        {o.data() + r0 * qd, T, qd}, {r.data() + r0 * qd, T, qd},
-                                        lse.data() + r0 * hq, hq, kv, {dq.data() + r0 * qd, T, qd},
-                                        dkv, g, s, 4);  // blocks of 4 query rows
-          }
+          // Two blocks of query rows (as the layer's tasks), the second at a later position.
+          moe::attend_causal(core, {q.data() + r0 * qd, T, qd}, {o.data() + r0 * qd, T, qd}, kv, g,
+                             0, 7, 0, s, lse.data() + r0 * hq, hq);
+          moe::attend_causal(core, {q.data() + r0 * qd, T, qd}, {o.data() + r0 * qd, T, qd}, kv, g,
+                             7, T, 0, s, lse.data() + r0 * hq, hq);
+          const moe::KvGradRows dkv{dk.data() + r0 * kvd + g * dh, dv.data() + r0 * kvd + g * dh,
+                                    kvd};
+          moe::attend_causal_backward(core, {q.data() + r0 * qd, T, qd},
+                                      {o.data() + r0 * qd, T, qd}, {r.data() + r0 * qd, T, qd},
+                                      lse.data() + r0 * hq, hq, kv, {dq.data() + r0 * qd, T, qd},
+                                      dkv, g, s, 4);  // blocks of 4 query rows
         }
-        moe::AttentionConfig c;
-        c.n_q_heads = hq;
-        c.n_kv_heads = hkv;
-        c.head_dim = dh;
-        c.logit_multiplier = 0.7;
-        Vec theta(q.begin(), q.end());
-        theta.insert(theta.end(), kk.begin(), kk.end());
-        theta.insert(theta.end(), v.begin(), v.end());
-        const auto part = [&](std::size_t off, std::size_t len) {
-          return Vec(theta.begin() + static_cast<std::ptrdiff_t>(off),
-                     theta.begin() + static_cast<std::ptrdiff_t>(off + len));
-        };
-        const auto out = [&]() {
-          return windowed_core(c, part(0, n * qd), part(n * qd, n * kvd),
-                               part(n * qd + n * kvd, n * kvd), n, T, window);
-        };
-        CHECK(moe_test::diff(o.data(), out().data(), n * qd).max_abs < 1e-5);
-        const auto loss = [&]() {
-          const Vec y = out();
-          double l = 0;
-          for (std::size_t i = 0; i < y.size(); ++i) l += r[i] * y[i];
-          return l;
-        };
-        const auto num = moe_test::numeric_gradient(loss, theta);
-        if (window == 1) {
-          // Each query sees only its own key: o = v, and the scores have no gradient.
-          const std::vector<double> zq(n * qd, 0.0), zk(n * kvd, 0.0);
-          CHECK(moe_test::diff(dq.data(), zq.data(), n * qd).max_abs < 1e-6);
-          CHECK(moe_test::diff(dk.data(), zk.data(), n * kvd).max_abs < 1e-6);
-        } else {
-          check_grad("q", dq, num.data());
-          check_grad("k", dk, num.data() + n * qd);
-        }
-        check_grad("v", dv, num.data() + n * qd + n * kvd);
       }
+      moe::AttentionConfig c;
+      c.n_q_heads = hq;
+      c.n_kv_heads = hkv;
+      c.head_dim = dh;
+      c.logit_multiplier = 0.7;
+      Vec theta(q.begin(), q.end());
+      theta.insert(theta.end(), kk.begin(), kk.end());
+      theta.insert(theta.end(), v.begin(), v.end());
+      const auto part = [&](std::size_t off, std::size_t len) {
+        return Vec(theta.begin() + static_cast<std::ptrdiff_t>(off),
+                   theta.begin() + static_cast<std::ptrdiff_t>(off + len));
+      };
+      const auto out = [&]() {
+        return windowed_core(c, part(0, n * qd), part(n * qd, n * kvd),
+                             part(n * qd + n * kvd, n * kvd), n, T, window);
+      };
+      CHECK(moe_test::diff(o.data(), out().data(), n * qd).max_abs < 1e-5);
+      const auto loss = [&]() {
+        const Vec y = out();
+        double l = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) l += r[i] * y[i];
+        return l;
+      };
+      const auto num = moe_test::numeric_gradient(loss, theta);
+      if (window == 1) {
+        // Each query sees only its own key: o = v, and the scores have no gradient.
+        const std::vector<double> zq(n * qd, 0.0), zk(n * kvd, 0.0);
+        CHECK(moe_test::diff(dq.data(), zq.data(), n * qd).max_abs < 1e-6);
+        CHECK(moe_test::diff(dk.data(), zk.data(), n * kvd).max_abs < 1e-6);
+      } else {
+        check_grad("q", dq, num.data());
+        check_grad("k", dk, num.data() + n * qd);
+      }
+      check_grad("v", dv, num.data() + n * qd + n * kvd);
     }
   }
 }
