@@ -158,13 +158,8 @@ void run_direct(const Plan& plan, const Activations& x, const W& w, const Block&
         const std::size_t mr = std::min(kMR, blk.t1 - t);
         float* yp = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
         const float* xp = x.row(t) + k0;
-        if (cols == NR) {
-          axpy_kernel_mr<false, false, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp,
-                                                            blk.d.ld, load_y, cols, pf);
-        } else {
-          axpy_kernel_mr<true, true, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp,
-                                                          blk.d.ld, load_y, cols, pf);
-        }
+        axpy_strip<false, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp, blk.d.ld, load_y,
+                                               cols, pf);
       }
     }
     k0 = k1;
@@ -282,13 +277,8 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
           const float* wp = w.data + k0 * ldw + n;
           for (; t < t1; t += kMR) {
             const std::size_t mr = std::min(kMR, t1 - t), pf = t == t0 ? in_place_pf : 0;
-            if (cols == kNR) {
-              axpy_kernel_mr<false, false, false>(mr, kc, xp(t), ldx, wp, ldw, nullptr, yp(t),
-                                                  blk.d.ld, load_y, cols, pf);
-            } else {
-              axpy_kernel_mr<true, true, false>(mr, kc, xp(t), ldx, wp, ldw, nullptr, yp(t),
-                                                blk.d.ld, load_y, cols, pf);
-            }
+            axpy_strip<false, false>(mr, kc, xp(t), ldx, wp, ldw, nullptr, yp(t), blk.d.ld, load_y,
+                                     cols, pf);
           }
         }
         continue;
@@ -305,15 +295,9 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
           const E* wp = w.data + ka * ldw + n;
           const bf16* sp = A::kInt8 ? A::scales(w) + (ka / br) * ldw + n : nullptr;
           const bool ly = ka == k0 ? load_y : true;
-          if (cols == kNR) {
-            axpy_kernel_mr<false, false, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp,
-                                                         ldw, sp, yp(t), blk.d.ld, ly, cols, 0,
-                                                         bp + (ka - k0) * kNR, plan.pack_pf_lines);
-          } else {
-            axpy_kernel_mr<true, true, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp, ldw,
-                                                       sp, yp(t), blk.d.ld, ly, cols, 0,
-                                                       bp + (ka - k0) * kNR, plan.pack_pf_lines);
-          }
+          axpy_strip<false, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp, ldw, sp, yp(t),
+                                            blk.d.ld, ly, cols, 0, bp + (ka - k0) * kNR,
+                                            plan.pack_pf_lines);
           ka = kb;
         }
         t += kMR;
@@ -324,13 +308,8 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
         const std::size_t mr = std::min(kMR, t1 - t);
         tile_pf.template step<false>();
         strip_pf.template step<true>();
-        if (cols == kNR) {
-          axpy_kernel_mr<false, false, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld,
-                                              load_y, cols, 0);
-        } else {
-          axpy_kernel_mr<false, true, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld,
-                                             load_y, cols, 0);
-        }
+        axpy_strip<true, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld, load_y, cols,
+                                0);
       }
     }
   }

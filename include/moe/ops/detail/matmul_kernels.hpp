@@ -297,6 +297,23 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
   }
 }
 
+/// One micro-kernel call over a strip of cols <= NV * kLanes columns: a full strip runs unmasked;
+/// a narrower one masks y, and the weights too unless they are a packed strip, whose columns past
+/// `cols` are zeros (kPaddedW). Same arguments as axpy_kernel.
+template <bool kPaddedW, bool kScaled, bool kPackOut = false, std::size_t NV = kNV, class E>
+inline void axpy_strip(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx, const E* w,
+                       std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
+                       std::size_t cols, std::size_t pf_rows, float* pk = nullptr,
+                       std::size_t pack_pf_lines = 0) noexcept {
+  if (cols == NV * simd::kLanes) {
+    axpy_kernel_mr<false, false, kScaled, kPackOut, NV>(mr, kc, x, ldx, w, ldw, s, y, ldy, load_y,
+                                                        cols, pf_rows, pk, pack_pf_lines);
+  } else {
+    axpy_kernel_mr<!kPaddedW, true, kScaled, kPackOut, NV>(
+        mr, kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk, pack_pf_lines);
+  }
+}
+
 /// y[t * ldy + o] (+)= sum_k x[t * ldx + k] * widen(w[o * ldw + k]) for t < MR, o < NO, k < K
 /// (added to y when `add`). Lane l of each accumulator sums k = l, l + L, l + 2L, ... (a fixed
 /// order; bf16 on AVX-512: 2l, 2l + 1, 2l + 2L, ... over the 2L-blocks, then the rest as above),
