@@ -255,8 +255,8 @@ template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, std::si
           class E>
 inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx,
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
-                           bool load_y, std::size_t cols, std::size_t pf_rows, float* pk = nullptr,
-                           std::size_t pack_pf_lines = 0) noexcept {
+                           bool load_y, std::size_t cols, std::size_t pf_rows, float* pk,
+                           std::size_t pack_pf_lines) noexcept {
   static_assert(kMR == 6, "update the switch below");
   auto call = [&](auto m) {
     constexpr std::size_t M = decltype(m)::value;
