@@ -51,6 +51,7 @@
 #include <moe/config.hpp>
 #include <moe/core/arena.hpp>
 #include <moe/core/bf16.hpp>
+#include <moe/core/dispatch.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/ops/softmax.hpp>
 #include <moe/ops/vector.hpp>
@@ -249,32 +250,9 @@ template <class KV>
 inline void axpy_rows_tiled(const float* w, const KV* v, std::size_t stride, std::size_t n,
                             std::size_t dh, float* o) noexcept {
   for (std::size_t c0 = 0; c0 < dh; c0 += 8 * simd::kLanes) {
-    switch (std::min<std::size_t>(8, (dh - c0) / simd::kLanes)) {
-      case 8:
-        axpy_rows_block<8>(w, v + c0, stride, n, o + c0);
-        break;
-      case 7:
-        axpy_rows_block<7>(w, v + c0, stride, n, o + c0);
-        break;
-      case 6:
-        axpy_rows_block<6>(w, v + c0, stride, n, o + c0);
-        break;
-      case 5:
-        axpy_rows_block<5>(w, v + c0, stride, n, o + c0);
-        break;
-      case 4:
-        axpy_rows_block<4>(w, v + c0, stride, n, o + c0);
-        break;
-      case 3:
-        axpy_rows_block<3>(w, v + c0, stride, n, o + c0);
-        break;
-      case 2:
-        axpy_rows_block<2>(w, v + c0, stride, n, o + c0);
-        break;
-      default:
-        axpy_rows_block<1>(w, v + c0, stride, n, o + c0);
-        break;
-    }
+    dispatch_count<8>((dh - c0) / simd::kLanes, [&](auto nb) {
+      axpy_rows_block<decltype(nb)::value>(w, v + c0, stride, n, o + c0);
+    });
   }
 }
 
@@ -479,25 +457,13 @@ inline void dot_heads_transposed(const float* x, std::size_t n_heads, std::size_
                                  const float* kt, std::size_t ld, std::size_t lo, std::size_t hi,
                                  float* s, std::size_t ls) noexcept {
   constexpr std::size_t L = simd::kLanes, kStep = kDotKeyVectors * L;
-  static_assert(kDotHeads == 4, "update the switch below");
   for (std::size_t h0 = 0; h0 < n_heads; h0 += kDotHeads) {
     const float* xh = x + h0 * dh;
     float* sh = s + h0 * ls;
     for (std::size_t j = lo; j < hi; j += kStep) {
-      switch (std::min(kDotHeads, n_heads - h0)) {
-        case 4:
-          dots_transposed<4, kDotKeyVectors>(xh, dh, kt, ld, j, sh, ls);
-          break;
-        case 3:
-          dots_transposed<3, kDotKeyVectors>(xh, dh, kt, ld, j, sh, ls);
-          break;
-        case 2:
-          dots_transposed<2, kDotKeyVectors>(xh, dh, kt, ld, j, sh, ls);
-          break;
-        default:
-          dots_transposed<1, kDotKeyVectors>(xh, dh, kt, ld, j, sh, ls);
-          break;
-      }
+      dispatch_count<kDotHeads>(n_heads - h0, [&](auto nh) {
+        dots_transposed<decltype(nh)::value, kDotKeyVectors>(xh, dh, kt, ld, j, sh, ls);
+      });
     }
   }
 }
@@ -564,22 +530,10 @@ template <std::size_t NK>
 inline void add_key_rows_nv(std::size_t nv, const float* a, std::size_t a_t, std::size_t a_h,
                             const float* x, std::size_t x_t, std::size_t dh, std::size_t group,
                             std::size_t nt, float* y, std::size_t ldy) noexcept {
-  static_assert(kKeyRowVectors == 4, "update the switch below");
   if (nt == 0) return;
-  switch (nv) {
-    case 4:
-      add_key_rows<NK, 4>(a, a_t, a_h, x, x_t, dh, group, nt, y, ldy);
-      break;
-    case 3:
-      add_key_rows<NK, 3>(a, a_t, a_h, x, x_t, dh, group, nt, y, ldy);
-      break;
-    case 2:
-      add_key_rows<NK, 2>(a, a_t, a_h, x, x_t, dh, group, nt, y, ldy);
-      break;
-    default:
-      add_key_rows<NK, 1>(a, a_t, a_h, x, x_t, dh, group, nt, y, ldy);
-      break;
-  }
+  dispatch_count<kKeyRowVectors>(nv, [&](auto v) {
+    add_key_rows<NK, decltype(v)::value>(a, a_t, a_h, x, x_t, dh, group, nt, y, ldy);
+  });
 }
 
 /// For the query rows [t0, t1) of a block and the keys [j0, t1): key row j of y (y + j * ldy)

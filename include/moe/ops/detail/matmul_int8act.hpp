@@ -39,6 +39,7 @@
 
 #include <moe/config.hpp>
 #include <moe/core/bf16.hpp>
+#include <moe/core/dispatch.hpp>
 #include <moe/core/tensor.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/ops/detail/matmul_kernels.hpp>
@@ -626,26 +627,10 @@ void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& 
         const bool first = t == blk.t0;
         const bool raw = !packed || first;
         const bool pack_out = packed && first;
-        switch (std::min(kMR, blk.t1 - t)) {
-          case 1:
-            run_int8act_tblock<1, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-          case 2:
-            run_int8act_tblock<2, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-          case 3:
-            run_int8act_tblock<3, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-          case 4:
-            run_int8act_tblock<4, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-          case 5:
-            run_int8act_tblock<5, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-          default:
-            run_int8act_tblock<6, K>(plan, w, blk, t, k0, kc, n, cols, s, raw, pack_out, load_y);
-            break;
-        }
+        dispatch_count<kMR>(blk.t1 - t, [&](auto m) {
+          run_int8act_tblock<decltype(m)::value, K>(plan, w, blk, t, k0, kc, n, cols, s, raw,
+                                                    pack_out, load_y);
+        });
       }
     }
     k0 = k1;

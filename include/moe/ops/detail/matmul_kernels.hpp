@@ -31,6 +31,7 @@
 
 #include <moe/config.hpp>
 #include <moe/core/bf16.hpp>
+#include <moe/core/dispatch.hpp>
 #include <moe/simd/simd.hpp>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
@@ -257,7 +258,6 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
                            bool load_y, std::size_t cols, std::size_t pf_rows, float* pk,
                            std::size_t pack_pf_lines) noexcept {
-  static_assert(kMR == 6, "update the switch below");
   auto call = [&](auto m) {
     constexpr std::size_t M = decltype(m)::value;
     constexpr std::size_t V = fitting_nv(M, NV);
@@ -275,26 +275,7 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
       }
     }
   };
-  switch (mr) {
-    case 1:
-      call(std::integral_constant<std::size_t, 1>{});
-      break;
-    case 2:
-      call(std::integral_constant<std::size_t, 2>{});
-      break;
-    case 3:
-      call(std::integral_constant<std::size_t, 3>{});
-      break;
-    case 4:
-      call(std::integral_constant<std::size_t, 4>{});
-      break;
-    case 5:
-      call(std::integral_constant<std::size_t, 5>{});
-      break;
-    default:
-      call(std::integral_constant<std::size_t, 6>{});
-      break;
-  }
+  dispatch_count<kMR>(mr, call);
 }
 
 /// One micro-kernel call over a strip of cols <= NV * kLanes columns: a full strip runs unmasked;
@@ -400,59 +381,12 @@ template <class E>
 inline void dot_kernel_rt(std::size_t mr, std::size_t no, std::size_t K, const float* x,
                           std::size_t ldx, const E* w, std::size_t ldw, float* y, std::size_t ldy,
                           bool add) noexcept {
-  auto rows = [&](auto mr_c) {
+  dispatch_count<kDotMaxT>(mr, [&](auto mr_c) {
     constexpr std::size_t M = decltype(mr_c)::value;
-    auto call = [&](auto no_c) {
+    dispatch_count<dot_rows(M)>(no, [&](auto no_c) {
       dot_kernel<M, decltype(no_c)::value>(K, x, ldx, w, ldw, y, ldy, add);
-    };
-    switch (no) {
-      case 1:
-        call(std::integral_constant<std::size_t, 1>{});
-        break;
-      case 2:
-        call(std::integral_constant<std::size_t, 2>{});
-        break;
-      case 3:
-        call(std::integral_constant<std::size_t, 3>{});
-        break;
-      case 4:
-        call(std::integral_constant<std::size_t, 4>{});
-        break;
-      default:
-        if constexpr (M == 1) {
-          switch (no) {
-            case 5:
-              call(std::integral_constant<std::size_t, 5>{});
-              break;
-            case 6:
-              call(std::integral_constant<std::size_t, 6>{});
-              break;
-            case 7:
-              call(std::integral_constant<std::size_t, 7>{});
-              break;
-            default:
-              call(std::integral_constant<std::size_t, 8>{});
-              break;
-          }
-        }
-        break;
-    }
-  };
-  static_assert(kDotMaxT == 4, "update the switch below");
-  switch (mr) {
-    case 1:
-      rows(std::integral_constant<std::size_t, 1>{});
-      break;
-    case 2:
-      rows(std::integral_constant<std::size_t, 2>{});
-      break;
-    case 3:
-      rows(std::integral_constant<std::size_t, 3>{});
-      break;
-    default:
-      rows(std::integral_constant<std::size_t, 4>{});
-      break;
-  }
+    });
+  });
 }
 
 // ---- transposing packers --------------------------------------------------------------------
