@@ -1,6 +1,7 @@
-// The example programs' command-line helpers (grok1, moe-run, train): one usage-error type and
-// strict parsers of flag values that name the flag, the accepted range and the value on error,
-// and what the runners' --json reports of the process: bytes read from storage, peak RSS.
+// The example programs' command-line helpers (grok1, moe-run, train): one usage-error type, strict
+// parsers of flag values that name the flag, the accepted range and the value on error, the
+// flags both checkpoint runners take (RunnerArgs), the programs' main() (run_main), and what the
+// runners' --json reports of the process: bytes read from storage, peak RSS.
 #pragma once
 
 #include <cerrno>
@@ -9,6 +10,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -80,6 +85,111 @@ inline std::vector<std::int32_t> parse_tokens(std::string_view s) {
   }
   if (ids.empty()) throw UsageError("--tokens is empty");
   return ids;
+}
+
+/// The flags both checkpoint runners take (grok1, moe-run): the checkpoint and the prompt,
+/// sampling, threads, outputs, and where the weights live (moe::ResidencyOptions).
+struct RunnerArgs {
+  std::filesystem::path checkpoint;
+  std::optional<std::filesystem::path> tokenizer;
+  std::optional<std::string> prompt;
+  std::optional<std::vector<std::int32_t>> tokens;
+  std::size_t max_new_tokens = 100;
+  double temperature = 0.0;  ///< each runner sets its default
+  double top_p = 1.0;
+  std::uint64_t seed = 42;
+  std::size_t threads = 0;  ///< 0: all cores
+  std::optional<std::filesystem::path> dump_logits;
+  bool json = false;
+  bool stop_at_eos = false;
+  std::uint64_t ram_budget = 0;  ///< 0: default
+  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
+  bool huge_readahead = true;
+  std::size_t prefill_chunk = 0;  ///< 0: automatic
+};
+
+/// Reads `flag` into `a` when it is one of RunnerArgs' flags, its value (if it takes one) from
+/// value(); false for any other flag.
+template <class Value>
+bool parse_runner_flag(std::string_view flag, Value&& value, RunnerArgs& a) {
+  if (flag == "--checkpoint") {
+    a.checkpoint = std::string(value());
+  } else if (flag == "--tokenizer") {
+    a.tokenizer = std::string(value());
+  } else if (flag == "--prompt") {
+    a.prompt = std::string(value());
+  } else if (flag == "--tokens") {
+    a.tokens = parse_tokens(value());
+  } else if (flag == "--max-new-tokens") {
+    a.max_new_tokens = parse_integer<std::size_t>(flag, value(), 0, 1u << 20);
+  } else if (flag == "--temperature") {
+    a.temperature = parse_double(flag, value(), 0.0, 1e6);
+  } else if (flag == "--top-p") {
+    a.top_p = parse_double(flag, value(), 1e-12, 1.0);
+  } else if (flag == "--seed") {
+    a.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
+  } else if (flag == "--threads") {
+    a.threads = parse_integer<std::size_t>(flag, value(), 1, 1024);
+  } else if (flag == "--dump-logits") {
+    a.dump_logits = std::string(value());
+  } else if (flag == "--json") {
+    a.json = true;
+  } else if (flag == "--stop-at-eos") {
+    a.stop_at_eos = true;
+  } else if (flag == "--ram-budget") {
+    a.ram_budget = parse_bytes(flag, value());
+  } else if (flag == "--cache-policy") {
+    a.cache_policy = parse_policy(value());
+  } else if (flag == "--no-huge-readahead") {
+    a.huge_readahead = false;
+  } else if (flag == "--prefill-chunk") {
+    a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/// The command line, argv[1..argc), flag by flag: `--help` / `-h` prints `usage` and exits 0;
+/// every other flag goes to take(flag, value), which returns false for a flag it does not know
+/// (a UsageError then); value() reads the flag's value or throws a UsageError naming the flag.
+template <class Take>
+void for_each_flag(int argc, char** argv, const char* usage, Take&& take) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    }
+    if (!take(flag, value)) throw UsageError("unknown option '" + std::string(flag) + "'");
+  }
+}
+
+/// An example's main(): args = parse(argc, argv), then run(args). A UsageError prints the
+/// message and `usage` on stderr and returns 2; an exception from run prints
+/// "<program>: error: <what>" and returns 1; otherwise run's return value.
+template <class Parse, class Run>
+int run_main(const char* program, const char* usage, int argc, char** argv, Parse&& parse,
+             Run&& run) {
+  decltype(parse(argc, argv)) args;
+  try {
+    args = parse(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: error: %s\n\n%s", program, e.what(), usage);
+    return 2;
+  }
+  try {
+    return run(args);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "\n%s: error: out of memory\n", program);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\n%s: error: %s\n", program, e.what());
+  }
+  return 1;
 }
 
 /// Bytes this process caused to be read from storage (/proc/self/io read_bytes; 0 if unknown).

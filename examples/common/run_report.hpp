@@ -10,6 +10,7 @@
 //   j["residency"] = json_residency(r);  print_json(j);
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -38,6 +39,24 @@ struct RunReport {
   moe::CachePolicy cache_policy{};
   std::size_t prefill_chunk = 0;
 };
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// The generation options of the runners' flags: new tokens, the sampler, and `eos_id` as the
+/// stop token with --stop-at-eos (none otherwise).
+inline moe::GenerateOptions generate_options(const RunnerArgs& a, std::int32_t eos_id) {
+  moe::GenerateOptions gen;
+  gen.max_new_tokens = a.max_new_tokens;
+  gen.sampler.temperature = a.temperature;
+  gen.sampler.top_p = a.top_p;
+  gen.sampler.seed = a.seed;
+  gen.eos_id = a.stop_at_eos ? eos_id : -1;
+  return gen;
+}
 
 /// moe::generate over r.prompt, streaming the text to `out`; records the storage reads of the
 /// whole generation and of the decode steps (those after the first sampled token).

@@ -49,11 +49,6 @@
 namespace {
 
 using examples::Log;
-using examples::parse_bytes;
-using examples::parse_double;
-using examples::parse_integer;
-using examples::parse_policy;
-using examples::parse_tokens;
 using examples::peak_rss_bytes;
 using examples::print_json;
 using examples::TextOutput;
@@ -61,7 +56,8 @@ using examples::Tokenizer;
 using examples::UsageError;
 using grok1_example::Activations;
 
-using Clock = std::chrono::steady_clock;
+using examples::Clock;
+using examples::seconds_since;
 
 constexpr const char* kUsage =
     "usage: grok1 --checkpoint DIR [--tokenizer FILE] (--prompt TEXT | --tokens 1,2,3)\n"
@@ -98,84 +94,29 @@ constexpr const char* kUsage =
     "                        perplexity over FILE's text (needs --tokenizer), in windows of\n"
     "                        the model's max_seq_len\n";
 
-struct Args {
-  std::filesystem::path checkpoint;
-  std::optional<std::filesystem::path> tokenizer;
-  std::optional<std::string> prompt;
-  std::optional<std::vector<std::int32_t>> tokens;
-  std::size_t max_new_tokens = 100;
-  double temperature = 0.01;
-  double top_p = 1.0;
-  std::uint64_t seed = 42;
-  std::size_t threads = 0;
-  std::optional<std::filesystem::path> dump_logits;
-  bool json = false;
-  bool stop_at_eos = false;
-  std::uint64_t ram_budget = 0;  // 0: default
-  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
+struct Args : examples::RunnerArgs {
   bool speculate = false;
-  bool huge_readahead = true;
-  std::size_t prefill_chunk = 0;  // 0: automatic
   Activations activations = Activations::kExact;
   std::optional<std::filesystem::path> perplexity;
+  Args() { temperature = 0.01; }  // run.py's
 };
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  bool have_checkpoint = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (flag == "--checkpoint") {
-      a.checkpoint = std::string(value());
-      have_checkpoint = true;
-    } else if (flag == "--tokenizer") {
-      a.tokenizer = std::string(value());
-    } else if (flag == "--prompt") {
-      a.prompt = std::string(value());
-    } else if (flag == "--tokens") {
-      a.tokens = parse_tokens(value());
-    } else if (flag == "--max-new-tokens") {
-      a.max_new_tokens = parse_integer<std::size_t>(flag, value(), 0, 1u << 20);
-    } else if (flag == "--temperature") {
-      a.temperature = parse_double(flag, value(), 0.0, 1e6);
-    } else if (flag == "--top-p") {
-      a.top_p = parse_double(flag, value(), 1e-12, 1.0);
-    } else if (flag == "--seed") {
-      a.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
-    } else if (flag == "--threads") {
-      a.threads = parse_integer<std::size_t>(flag, value(), 1, 1024);
-    } else if (flag == "--dump-logits") {
-      a.dump_logits = std::string(value());
-    } else if (flag == "--json") {
-      a.json = true;
-    } else if (flag == "--stop-at-eos") {
-      a.stop_at_eos = true;
-    } else if (flag == "--ram-budget") {
-      a.ram_budget = parse_bytes(flag, value());
-    } else if (flag == "--cache-policy") {
-      a.cache_policy = parse_policy(value());
-    } else if (flag == "--speculation") {
+  examples::for_each_flag(argc, argv, kUsage, [&a](std::string_view flag, auto& value) {
+    if (examples::parse_runner_flag(flag, value, a)) return true;
+    if (flag == "--speculation") {
       a.speculate = true;
-    } else if (flag == "--no-huge-readahead") {
-      a.huge_readahead = false;
-    } else if (flag == "--prefill-chunk") {
-      a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
     } else if (flag == "--activations") {
       a.activations = grok1_example::parse_activations(value());
     } else if (flag == "--perplexity") {
       a.perplexity = std::string(value());
     } else {
-      throw UsageError("unknown option '" + std::string(flag) + "'");
+      return false;
     }
-  }
-  if (!have_checkpoint) throw UsageError("--checkpoint DIR is required");
+    return true;
+  });
+  if (a.checkpoint.empty()) throw UsageError("--checkpoint DIR is required");
   if (a.perplexity) {
     if (a.prompt || a.tokens) throw UsageError("--perplexity FILE takes no --prompt or --tokens");
     if (!a.tokenizer) throw UsageError("--perplexity needs --tokenizer FILE");
@@ -186,10 +127,6 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.prompt && !a.tokenizer) throw UsageError("--prompt needs --tokenizer FILE");
   return a;
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 #if defined(MOE_HAVE_SENTENCEPIECE)
@@ -279,16 +216,6 @@ std::vector<std::int32_t> prompt_ids(const Args& args, [[maybe_unused]] const To
                            " new tokens exceed the context of " + std::to_string(cfg.max_seq_len));
   }
   return prompt;
-}
-
-moe::GenerateOptions generate_options(const Args& args, const moe::grok1::Config& cfg) {
-  moe::GenerateOptions gen;
-  gen.max_new_tokens = args.max_new_tokens;
-  gen.sampler.temperature = args.temperature;
-  gen.sampler.top_p = args.top_p;
-  gen.sampler.seed = args.seed;
-  gen.eos_id = args.stop_at_eos ? cfg.eos_id : -1;
-  return gen;
 }
 
 /// Where the weights live (library: moe::WeightResidency): all mapped when the checkpoint fits
@@ -457,7 +384,7 @@ int run(const Args& args) {
   log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads\n", r.load_seconds, r.prompt.size(),
       pool.size());
 
-  moe::GenerateOptions gen = generate_options(args, cfg);
+  moe::GenerateOptions gen = examples::generate_options(args, cfg.eos_id);
   gen.on_layer = layer_hook(residency, cfg.n_layers, log);
   moe::Buffer<float> prompt_logits;
   if (args.dump_logits) {
@@ -493,19 +420,5 @@ int main(int argc, char** argv) {
 #if defined(MOE_HAVE_MPI)
   if (moe::mpi::launched_by_mpirun()) return main_tensor_parallel(argc, argv);
 #endif
-  Args args;
-  try {
-    args = parse_args(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "grok1: error: %s\n\n%s", e.what(), kUsage);
-    return 2;
-  }
-  try {
-    return run(args);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "\ngrok1: error: out of memory\n");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "\ngrok1: error: %s\n", e.what());
-  }
-  return 1;
+  return examples::run_main("grok1", kUsage, argc, argv, parse_args, run);
 }

@@ -128,7 +128,7 @@ int run_tensor_parallel(const Args& args, moe::mpi::Communicator& comm) {
   log("grok1: loaded in %.2f s; %zu prompt tokens, %zu threads per rank\n", r.load_seconds,
       r.prompt.size(), pool.size());
 
-  moe::GenerateOptions gen = generate_options(args, cfg);
+  moe::GenerateOptions gen = examples::generate_options(args, cfg.eos_id);
   moe::DecoderProfile prof;
   gen.profile = &prof;
   moe::Buffer<float> prompt_logits;

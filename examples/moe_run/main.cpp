@@ -54,18 +54,14 @@
 namespace {
 
 using examples::Log;
-using examples::parse_bytes;
-using examples::parse_double;
-using examples::parse_integer;
-using examples::parse_policy;
-using examples::parse_tokens;
 using examples::peak_rss_bytes;
 using examples::print_json;
 using examples::TextOutput;
 using examples::Tokenizer;
 using examples::UsageError;
 
-using Clock = std::chrono::steady_clock;
+using examples::Clock;
+using examples::seconds_since;
 namespace fs = std::filesystem;
 namespace st = moe::io::safetensors;
 
@@ -101,80 +97,21 @@ constexpr const char* kUsage =
     "  --prefill-chunk N     prompt tokens per forward call (default 256, or 1 when a layer's\n"
     "                        experts do not fit in the budget)\n";
 
-struct Args {
-  fs::path checkpoint;
-  std::optional<fs::path> tokenizer;
-  std::optional<std::string> prompt;
-  std::optional<std::vector<std::int32_t>> tokens;
+struct Args : examples::RunnerArgs {
   bool bos = true;
-  std::size_t max_new_tokens = 100;
-  double temperature = 0.0;
-  double top_p = 1.0;
-  std::uint64_t seed = 42;
-  std::size_t threads = 0;
-  std::optional<fs::path> dump_logits;
-  bool json = false;
-  bool stop_at_eos = false;
-  std::uint64_t ram_budget = 0;  // 0: default
-  moe::CachePolicy cache_policy = moe::CachePolicy::kMostUsed;
-  bool huge_readahead = true;
-  std::size_t prefill_chunk = 0;  // 0: automatic
 };
 
 // ---- the command line ---------------------------------------------------------------------------
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  bool have_checkpoint = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (flag == "--checkpoint") {
-      a.checkpoint = std::string(value());
-      have_checkpoint = true;
-    } else if (flag == "--tokenizer") {
-      a.tokenizer = std::string(value());
-    } else if (flag == "--prompt") {
-      a.prompt = std::string(value());
-    } else if (flag == "--tokens") {
-      a.tokens = parse_tokens(value());
-    } else if (flag == "--no-bos") {
-      a.bos = false;
-    } else if (flag == "--max-new-tokens") {
-      a.max_new_tokens = parse_integer<std::size_t>(flag, value(), 0, 1u << 20);
-    } else if (flag == "--temperature") {
-      a.temperature = parse_double(flag, value(), 0.0, 1e6);
-    } else if (flag == "--top-p") {
-      a.top_p = parse_double(flag, value(), 1e-12, 1.0);
-    } else if (flag == "--seed") {
-      a.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
-    } else if (flag == "--threads") {
-      a.threads = parse_integer<std::size_t>(flag, value(), 1, 1024);
-    } else if (flag == "--dump-logits") {
-      a.dump_logits = std::string(value());
-    } else if (flag == "--json") {
-      a.json = true;
-    } else if (flag == "--stop-at-eos") {
-      a.stop_at_eos = true;
-    } else if (flag == "--ram-budget") {
-      a.ram_budget = parse_bytes(flag, value());
-    } else if (flag == "--cache-policy") {
-      a.cache_policy = parse_policy(value());
-    } else if (flag == "--no-huge-readahead") {
-      a.huge_readahead = false;
-    } else if (flag == "--prefill-chunk") {
-      a.prefill_chunk = parse_integer<std::size_t>(flag, value(), 1, 1u << 16);
-    } else {
-      throw UsageError("unknown option '" + std::string(flag) + "'");
-    }
-  }
-  if (!have_checkpoint) throw UsageError("--checkpoint DIR is required");
+  examples::for_each_flag(argc, argv, kUsage, [&a](std::string_view flag, auto& value) {
+    if (examples::parse_runner_flag(flag, value, a)) return true;
+    if (flag != "--no-bos") return false;
+    a.bos = false;
+    return true;
+  });
+  if (a.checkpoint.empty()) throw UsageError("--checkpoint DIR is required");
   if (a.prompt.has_value() == a.tokens.has_value()) {
     throw UsageError("give exactly one of --prompt TEXT or --tokens IDS");
   }
@@ -187,12 +124,6 @@ Args parse_args(int argc, char** argv) {
         "tokenizer.model in the checkpoint directory");
   }
   return a;
-}
-
-// ---- output helpers -----------------------------------------------------------------------------
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 #if defined(MOE_HAVE_SENTENCEPIECE)
@@ -347,14 +278,8 @@ int generate_with(const Args& args, const Opened& o, const Tokenizer& tokenizer,
       cfg.top_k, r.weights.c_str(), static_cast<double>(r.copied_bytes) / 1e6, r.load_seconds,
       r.prompt.size(), pool.size());
 
-  moe::GenerateOptions gen;
-  gen.max_new_tokens = args.max_new_tokens;
-  gen.sampler.temperature = args.temperature;
-  gen.sampler.top_p = args.top_p;
-  gen.sampler.seed = args.seed;
-  gen.eos_id = args.stop_at_eos && !cfg.eos_token_ids.empty()
-                   ? static_cast<std::int32_t>(cfg.eos_token_ids.front())
-                   : -1;
+  moe::GenerateOptions gen = examples::generate_options(
+      args, cfg.eos_token_ids.empty() ? -1 : static_cast<std::int32_t>(cfg.eos_token_ids.front()));
   gen.on_layer = layer_hook(residency, cfg.n_layers, log);
   moe::Buffer<float> prompt_logits;
   if (args.dump_logits) {
@@ -399,19 +324,5 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args args;
-  try {
-    args = parse_args(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "moe-run: error: %s\n\n%s", e.what(), kUsage);
-    return 2;
-  }
-  try {
-    return run(args);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "\nmoe-run: error: out of memory\n");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nmoe-run: error: %s\n", e.what());
-  }
-  return 1;
+  return examples::run_main("moe-run", kUsage, argc, argv, parse_args, run);
 }

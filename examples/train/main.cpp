@@ -684,21 +684,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args args;
-  try {
-    args = parse_args(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "train: error: %s\n\n%s", e.what(), kUsage);
-    return 2;
-  }
-  try {
-    return run(args);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "\ntrain: error: out of memory\n");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "\ntrain: error: %s\n", e.what());
-  }
-  return 1;
+  return examples::run_main("train", kUsage, argc, argv, parse_args, run);
 }
 
 #else  // built without SentencePiece: the example needs a tokenizer
