@@ -33,6 +33,15 @@ std::vector<double> numeric_gradient(F&& f, std::vector<double>& theta, double h
   return g;
 }
 
+/// The objective L = sum_i r[i] y[i] over the elements of y, in double: with r fixed and random,
+/// it is not conserved by the layer (as sum(y) can be).
+template <class R, class Y>
+double projected(const R& r, const Y& y) {
+  double l = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) l += double(r[i]) * double(y[i]);
+  return l;
+}
+
 struct GradCheck {
   double max_err = 0;  ///< max |analytic - reference| / scale
   double scale = 0;    ///< max |reference|

@@ -19,6 +19,7 @@
 #include <moe/ops/weights.hpp>
 
 #include "common/test_util.hpp"
+#include "reference/ops_ref.hpp"
 
 namespace moe_test {
 
@@ -68,18 +69,6 @@ struct Int8Stack {
   moe::WeightStack<moe::Int8Weight> view() const { return {at(0), experts}; }
 };
 
-inline double act_ref(moe::Activation a, double x) {
-  switch (a) {
-    case moe::Activation::kGeluTanh:
-      return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    case moe::Activation::kGeluErf:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case moe::Activation::kSilu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return 0.0;
-}
-
 /// float64 gated FFN of one token: down(act(x gate) * (x up)).
 template <class W>
 std::vector<double> ffn_ref(const W& gate, const W& up, const W& down, const float* x,
@@ -92,7 +81,7 @@ std::vector<double> ffn_ref(const W& gate, const W& up, const W& down, const flo
       g += static_cast<double>(x[i]) * gate.at(i, o);
       u += static_cast<double>(x[i]) * up.at(i, o);
     }
-    h[o] = act_ref(a, g) * u;
+    h[o] = moe_ref::activation(a, g) * u;
   }
   for (std::size_t o = 0; o < d; ++o) {
     double s = 0.0;

@@ -3,7 +3,8 @@
 // Each function takes the SAME float inputs as the kernel it mirrors and evaluates the textbook
 // formula in double precision (std::exp, std::tanh, std::erf(c), std::cos/sin of a double angle),
 // so the difference to a kernel's output is the kernel's own f32 error. No SIMD, no cleverness:
-// these are meant to be obviously correct.
+// these are meant to be obviously correct. activation() is the one exception: it takes a double,
+// for the float64 references of whole layers and their gradients (tests/moe, tests/train).
 #pragma once
 
 #include <algorithm>
@@ -13,6 +14,8 @@
 #include <limits>
 #include <numeric>
 #include <vector>
+
+#include <moe/ops/activation.hpp>
 
 namespace moe_ref {
 
@@ -89,6 +92,22 @@ inline double gelu_erf(float xf) {
 inline double silu(float xf) {
   const double x = xf;
   return x / (1.0 + std::exp(-x));
+}
+
+/// The gated FFN's activation of a double: GELU (tanh form or exact) or SiLU, as textbooks write
+/// them.
+inline double activation(moe::Activation a, double x) {
+  switch (a) {
+    case moe::Activation::kGeluTanh:
+      return 0.5 * x *
+             (1.0 +
+              std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x)));
+    case moe::Activation::kGeluErf:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case moe::Activation::kSilu:
+      return x / (1.0 + std::exp(-x));
+  }
+  return 0.0;
 }
 
 /// RoPE of one head (head_dim values) at position pos, pairs by layout; dims >= rotary unchanged.

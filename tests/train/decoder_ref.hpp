@@ -21,22 +21,11 @@
 #include <moe/ops/weights.hpp>
 
 #include "common/test_util.hpp"
+#include "reference/ops_ref.hpp"
 
 namespace moe_test::ref {
 
 using Vec = std::vector<double>;
-
-inline double act(moe::Activation a, double x) {
-  switch (a) {
-    case moe::Activation::kGeluTanh:
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case moe::Activation::kGeluErf:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case moe::Activation::kSilu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return 0;
-}
 
 /// Named slices of theta.
 struct Params {
@@ -164,7 +153,7 @@ inline Vec ffn(moe::Activation a, const Vec& x, std::size_t n, std::size_t d, st
                const double* gate, const double* up, const double* down, moe::Layout layout) {
   Vec g = matmul(x, n, gate, d, f, layout);
   const Vec u = matmul(x, n, up, d, f, layout);
-  for (std::size_t i = 0; i < g.size(); ++i) g[i] = act(a, g[i]) * u[i];
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = moe_ref::activation(a, g[i]) * u[i];
   return matmul(g, n, down, f, d, layout);
 }
 

@@ -28,6 +28,8 @@
 #include <moe/ops/activation.hpp>
 #include <moe/ops/weights.hpp>
 
+#include "reference/ops_ref.hpp"
+
 namespace moe_ref {
 
 enum class Noise { kNone, kJitter, kGauss, kRandomSecond, kNoisyTopK };
@@ -115,17 +117,6 @@ struct Frozen {
   bool operator==(const Frozen&) const = default;
 };
 
-inline double act(moe::Activation a, double x) {
-  switch (a) {
-    case moe::Activation::kGeluTanh:
-      return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    case moe::Activation::kGeluErf:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case moe::Activation::kSilu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return 0.0;
-}
 inline double softplus(double z) {
   return z > 30.0 ? z : std::log1p(std::exp(z));
 }
@@ -162,7 +153,7 @@ inline void ffn(const Config& c, const double* x, const double* g, const double*
       gv += x[i] * w_at(g, c.D, f, c.layout, i, o);
       uv += x[i] * w_at(u, c.D, f, c.layout, i, o);
     }
-    h[o] = act(a, gv) * uv;
+    h[o] = activation(a, gv) * uv;
     if (dropout) {
       const bool drop = moe::rng::uniform(c.dropout_seed, c.step, key, o) < c.dropout;
       h[o] = drop ? 0.0 : h[o] / (1.0 - static_cast<double>(c.dropout));

@@ -92,11 +92,9 @@ TEST_CASE("attention core backward matches float64 central differences", "[train
                                   theta.begin() + static_cast<std::ptrdiff_t>(off + len));
       };
       const auto loss = [&]() {
-        const auto out = moe_test::ref::attention_core(c, slice(0, n * qd), slice(n * qd, n * kvd),
-                                                       slice(n * qd + n * kvd, n * kvd), n, T);
-        double l = 0;
-        for (std::size_t i = 0; i < out.size(); ++i) l += r[i] * out[i];
-        return l;
+        return moe_test::projected(
+            r, moe_test::ref::attention_core(c, slice(0, n * qd), slice(n * qd, n * kvd),
+                                             slice(n * qd + n * kvd, n * kvd), n, T));
       };
       {  // the forward agrees, and the cap is engaged where asked
         const auto out = moe_test::ref::attention_core(c, slice(0, n * qd), slice(n * qd, n * kvd),
@@ -258,11 +256,9 @@ TEST_CASE("RotaryAttention backward matches float64 central differences", "[trai
         CHECK(moe_test::diff(yi.data(), y.data() + b * T * d, T * d).max_abs < 1e-6);
       }
       const auto loss = [&]() {
-        const auto out = moe_test::ref::attention(c, moe_test::ref::Vec(p["x"], p["x"] + n * d), n,
-                                                  T, p["wq"], p["wk"], p["wv"], p["wo"], k.layout);
-        double l = 0;
-        for (std::size_t i = 0; i < out.size(); ++i) l += r[i] * out[i];
-        return l;
+        return moe_test::projected(
+            r, moe_test::ref::attention(c, moe_test::ref::Vec(p["x"], p["x"] + n * d), n, T,
+                                        p["wq"], p["wk"], p["wv"], p["wo"], k.layout));
       };
       const auto num = moe_test::numeric_gradient(loss, p.theta);
       const struct {

@@ -58,11 +58,8 @@ TEST_CASE("TransformerBlock backward matches float64 central differences", "[tra
         CHECK(moe_test::diff(h.data(), y.data() + b * T * d, T * d).max_abs < 1e-5);
       }
       const auto loss = [&]() {
-        const auto out =
-            moe_test::ref::block(s, p, 0, moe_test::ref::Vec(p["x"], p["x"] + n * d), n, T);
-        double l = 0;
-        for (std::size_t i = 0; i < out.size(); ++i) l += r[i] * out[i];
-        return l;
+        return moe_test::projected(
+            r, moe_test::ref::block(s, p, 0, moe_test::ref::Vec(p["x"], p["x"] + n * d), n, T));
       };
       const auto num = moe_test::numeric_gradient(loss, p.theta);
       for (const auto& name : p.order) {

@@ -12,20 +12,9 @@
 
 #include "common/gradcheck.hpp"
 #include "common/test_util.hpp"
+#include "reference/ops_ref.hpp"
 
 namespace {
-
-double act64(moe::Activation a, double x) {
-  switch (a) {
-    case moe::Activation::kGeluTanh:
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case moe::Activation::kGeluErf:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case moe::Activation::kSilu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return 0;
-}
 
 constexpr moe::Activation kActs[] = {moe::Activation::kGeluTanh, moe::Activation::kGeluErf,
                                      moe::Activation::kSilu};
@@ -44,11 +33,11 @@ TEST_CASE("activation derivatives match float64 central differences", "[train][a
                                    n);
     for (std::size_t i = 0; i < n; ++i) {
       const double xi = x[i], h = 1e-5 * std::max(1.0, std::abs(xi));
-      const double d = (act64(a, xi + h) - act64(a, xi - h)) / (2 * h);
+      const double d = (moe_ref::activation(a, xi + h) - moe_ref::activation(a, xi - h)) / (2 * h);
       INFO(moe::activation_name(a) << " x = " << xi);
       CHECK(dx[i] == Approx(dy[i] * d).margin(1e-6).epsilon(1e-5));
       CHECK(dgate[i] == Approx(dy[i] * up[i] * d).margin(1e-6).epsilon(1e-5));
-      CHECK(dup[i] == Approx(dy[i] * act64(a, xi)).margin(1e-6).epsilon(1e-5));
+      CHECK(dup[i] == Approx(dy[i] * moe_ref::activation(a, xi)).margin(1e-6).epsilon(1e-5));
     }
   }
 }
@@ -100,7 +89,7 @@ void check_ffn_backward() {
               g += theta[t * d + i] * at(nx, d, f, i, o);
               u += theta[t * d + i] * at(nx + nw, d, f, i, o);
             }
-            hid[o] = act64(a, g) * u;
+            hid[o] = moe_ref::activation(a, g) * u;
           }
           for (std::size_t o = 0; o < d; ++o) {
             double yv = 0;

@@ -136,12 +136,7 @@ TEST_CASE("attention core with a sliding window: forward and backward vs float64
                              part(n * qd + n * kvd, n * kvd), n, T, window);
       };
       CHECK(moe_test::diff(o.data(), out().data(), n * qd).max_abs < 1e-5);
-      const auto loss = [&]() {
-        const Vec y = out();
-        double l = 0;
-        for (std::size_t i = 0; i < y.size(); ++i) l += r[i] * y[i];
-        return l;
-      };
+      const auto loss = [&]() { return moe_test::projected(r, out()); };
       const auto num = moe_test::numeric_gradient(loss, theta);
       if (window == 1) {
         // Each query sees only its own key: o = v, and the scores have no gradient.
@@ -342,12 +337,7 @@ TEST_CASE("RotaryAttention with q/k/v biases, q/k norms and a window: backward v
         return moe_test::ref::matmul(o, n, p["wo"], qd, d, layout);
       };
       CHECK(moe_test::diff(y.data(), forward64().data(), n * d).max_abs < 1e-5);
-      const auto loss = [&]() {
-        const Vec out = forward64();
-        double l = 0;
-        for (std::size_t i = 0; i < out.size(); ++i) l += r[i] * out[i];
-        return l;
-      };
+      const auto loss = [&]() { return moe_test::projected(r, forward64()); };
       const auto num = moe_test::numeric_gradient(loss, p.theta);
       const struct {
         const char* name;
