@@ -93,7 +93,9 @@ TEST_CASE("json: typed access errors name the types", "[io][json]") {
         "[json] expected an integer, got a number (12.5)");
   CHECK(message_of<FormatError>([&] { (void)v.at("missing"); }) == "[json] missing key 'missing'");
   CHECK_THROWS_AS(v.at(0), FormatError);
-  CHECK_THROWS_AS(moe::io::read_json_file(fixtures() / "no_such.json"), moe::IoError);
+  const std::filesystem::path missing = fixtures() / "no_such.json";
+  CHECK(message_of<moe::IoError>([&] { (void)moe::io::read_json_file(missing); }) ==
+        "[json] cannot read '" + missing.string() + "': No such file or directory");
 }
 
 TEST_CASE("npy: the writer reproduces numpy's np.save bytes", "[io][npy]") {

@@ -10,9 +10,11 @@
 // and the actual type; callers add the key name (see json_number / json_integer below).
 #pragma once
 
+#include <cerrno>
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -476,10 +478,16 @@ inline JsonValue parse_json(std::string_view text, std::string_view name = "<str
   return JsonParser(text, name).parse();
 }
 
-/// Reads and parses a JSON file. Throws IoError if it cannot be read, FormatError if malformed.
+/// Reads and parses a JSON file. Throws IoError if it cannot be read (naming the path and the
+/// reason), FormatError if malformed.
 inline JsonValue read_json_file(const std::filesystem::path& path) {
+  errno = 0;
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw IoError("[json] cannot read '" + path.string() + "'");
+  if (!f) {
+    const int err = errno;  // the failed open's (0 if the library did not say)
+    throw IoError("[json] cannot read '" + path.string() + "'" +
+                  (err != 0 ? ": " + std::string(std::strerror(err)) : std::string()));
+  }
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw IoError("[json] error reading '" + path.string() + "'");
