@@ -53,8 +53,9 @@ inline double parse_double(std::string_view flag, std::string_view s, double lo,
   return v;
 }
 
-/// "4G", "512M", "1048576" -> bytes (binary suffixes).
+/// "4G", "512M", "1048576" -> bytes (binary suffixes), 1 B to 1 PiB.
 inline std::uint64_t parse_bytes(std::string_view flag, std::string_view s) {
+  const std::string given(s);
   std::uint64_t unit = 1;
   const std::size_t suffix =
       s.empty() ? std::string_view::npos : std::string_view("KMG").find(s.back());
@@ -62,7 +63,14 @@ inline std::uint64_t parse_bytes(std::string_view flag, std::string_view s) {
     unit = std::uint64_t{1} << (10 * (suffix + 1));
     s.remove_suffix(1);
   }
-  return unit * parse_integer<std::uint64_t>(flag, s, 1, (std::uint64_t{1} << 50) / unit);
+  try {
+    return unit * parse_integer<std::uint64_t>(flag, s, 1, (std::uint64_t{1} << 50) / unit);
+  } catch (const UsageError&) {  // the integer's range is after the suffix: name the whole value
+    throw UsageError(std::string(flag) +
+                     " expects a size from 1 byte to 1 PiB: an integer, optionally followed by "
+                     "K, M or G (binary units), got '" +
+                     given + "'");
+  }
 }
 
 inline moe::CachePolicy parse_policy(std::string_view s) {

@@ -107,15 +107,20 @@ def case_errors(args):
     ck = tiny(args)
     g = args.grok1
 
-    def expect(cmd, rc, text):
+    def expect(cmd, rc, *texts):
         p = run([g, *cmd], expect_rc=rc, timeout=120)
-        assert text in p.stderr, f"{cmd}: expected {text!r} in stderr, got:\n{p.stderr}"
+        for text in texts:
+            assert text in p.stderr, f"{cmd}: expected {text!r} in stderr, got:\n{p.stderr}"
 
     expect([], 2, "--checkpoint DIR is required")
     expect(["--checkpoint", ck], 2, "exactly one of --prompt TEXT or --tokens IDS")
     expect(["--checkpoint", ck, "--tokens", "1", "--bogus"], 2, "unknown option '--bogus'")
     expect(["--checkpoint", ck, "--tokens", "1,x"], 2, "--tokens expects an integer")
     expect(["--checkpoint", ck, "--tokens", "1", "--top-p", "0"], 2, "--top-p expects a number")
+    for budget in ("2000000G", "5X"):
+        expect(["--checkpoint", ck, "--tokens", "1", "--ram-budget", budget], 2,
+               "--ram-budget expects a size from 1 byte to 1 PiB", f"got '{budget}'")
+    expect(["--checkpoint", ck, "--tokens", "1", "--seed"], 2, "--seed needs a value")
     expect(["--checkpoint", ck, "--prompt", "hi"], 2, "--prompt needs --tokenizer")
     expect(["--checkpoint", ck, "--tokens", "1,64", "--max-new-tokens", "1"], 1, "outside the vocabulary")
     expect(["--checkpoint", os.path.join(args.work, "nope"), "--tokens", "1", "--max-new-tokens", "1"], 1, "nope")

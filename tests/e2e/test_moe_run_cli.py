@@ -133,6 +133,10 @@ def case_errors(args):
     expect(["--checkpoint", ck, "--tokens", "1", "--bogus"], 2, "unknown option '--bogus'")
     expect(["--checkpoint", ck, "--tokens", "1,x"], 2, "--tokens expects an integer")
     expect(["--checkpoint", ck, "--tokens", "1", "--top-p", "0"], 2, "--top-p expects a number")
+    for budget in ("2000000G", "5X"):
+        expect(["--checkpoint", ck, "--tokens", "1", "--ram-budget", budget], 2,
+               "--ram-budget expects a size from 1 byte to 1 PiB", f"got '{budget}'")
+    expect(["--checkpoint", ck, "--tokens", "1", "--seed"], 2, "--seed needs a value")
     expect(["--checkpoint", ck, "--prompt", "hi"], 2, "--prompt needs a SentencePiece tokenizer")
     expect(["--checkpoint", ck, "--tokens", "1,96", "--max-new-tokens", "1"], 1,
            "token id 96", "outside the vocabulary")
