@@ -95,6 +95,34 @@ inline std::vector<std::int32_t> parse_tokens(std::string_view s) {
   return ids;
 }
 
+/// The value(s) of the flag for_each_flag is at: value() is the next argument, value.list(what)
+/// the arguments up to the next flag ("--..."); both throw a UsageError naming the flag (and
+/// `what` it needs) when there is none.
+class FlagValue {
+ public:
+  FlagValue(int argc, char** argv, int& i) noexcept : argc_(argc), argv_(argv), i_(i) {}
+  std::string_view operator()() {
+    if (i_ + 1 >= argc_) throw UsageError(std::string(argv_[i_]) + " needs a value");
+    return argv_[++i_];
+  }
+  std::vector<std::string_view> list(std::string_view what = "value") {
+    const std::string_view flag = argv_[i_];
+    std::vector<std::string_view> values;
+    while (i_ + 1 < argc_ && std::string_view(argv_[i_ + 1]).substr(0, 2) != "--") {
+      values.emplace_back(argv_[++i_]);
+    }
+    if (values.empty()) {
+      throw UsageError(std::string(flag) + " needs at least one " + std::string(what));
+    }
+    return values;
+  }
+
+ private:
+  int argc_;
+  char** argv_;
+  int& i_;
+};
+
 /// The flags both checkpoint runners take (grok1, moe-run): the checkpoint and the prompt,
 /// sampling, threads, outputs, and where the weights live (moe::ResidencyOptions).
 struct RunnerArgs {
@@ -118,8 +146,7 @@ struct RunnerArgs {
 
 /// Reads `flag` into `a` when it is one of RunnerArgs' flags, its value (if it takes one) from
 /// value(); false for any other flag.
-template <class Value>
-bool parse_runner_flag(std::string_view flag, Value&& value, RunnerArgs& a) {
+inline bool parse_runner_flag(std::string_view flag, FlagValue& value, RunnerArgs& a) {
   if (flag == "--checkpoint") {
     a.checkpoint = std::string(value());
   } else if (flag == "--tokenizer") {
@@ -159,20 +186,17 @@ bool parse_runner_flag(std::string_view flag, Value&& value, RunnerArgs& a) {
 }
 
 /// The command line, argv[1..argc), flag by flag: `--help` / `-h` prints `usage` and exits 0;
-/// every other flag goes to take(flag, value), which returns false for a flag it does not know
-/// (a UsageError then); value() reads the flag's value or throws a UsageError naming the flag.
+/// every other flag goes to take(flag, value) (value: a FlagValue), which returns false for a
+/// flag it does not know (a UsageError then).
 template <class Take>
 void for_each_flag(int argc, char** argv, const char* usage, Take&& take) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view flag = argv[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
-      return argv[++i];
-    };
     if (flag == "--help" || flag == "-h") {
       std::fputs(usage, stdout);
       std::exit(0);
     }
+    FlagValue value(argc, argv, i);
     if (!take(flag, value)) throw UsageError("unknown option '" + std::string(flag) + "'");
   }
 }

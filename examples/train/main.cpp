@@ -117,23 +117,12 @@ struct Args {
 Args parse_args(int argc, char** argv) {
   Args a;
   Hyper& h = a.hyper;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
-      return argv[++i];
-    };
+  constexpr std::size_t kMax = std::size_t{1} << 30;
+  examples::for_each_flag(argc, argv, kUsage, [&](std::string_view flag, auto& value) {
     auto files = [&](std::vector<fs::path>& to) {
-      while (i + 1 < argc && std::string_view(argv[i + 1]).substr(0, 2) != "--") {
-        to.emplace_back(argv[++i]);
-      }
-      if (to.empty()) throw UsageError(std::string(flag) + " needs at least one file");
+      for (const std::string_view f : value.list("file")) to.emplace_back(f);
     };
-    constexpr std::size_t kMax = std::size_t{1} << 30;
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (flag == "--corpus") {
+    if (flag == "--corpus") {
       files(a.corpus);
     } else if (flag == "--val") {
       files(a.val);
@@ -196,9 +185,10 @@ Args parse_args(int argc, char** argv) {
     } else if (flag == "--json") {
       a.json = true;
     } else {
-      throw UsageError("unknown option '" + std::string(flag) + "'");
+      return false;
     }
-  }
+    return true;
+  });
   if (a.corpus.empty()) throw UsageError("--corpus FILE... is required");
   if (a.tokenizer.empty()) throw UsageError("--tokenizer FILE is required");
   if (a.out.empty()) throw UsageError("--out DIR is required");

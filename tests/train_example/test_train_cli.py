@@ -200,6 +200,8 @@ def case_errors(env):
     expect_error(env.base(out, "--steps", "0"), "--steps expects an integer", rc=2)
     expect_error(env.base(out, "--steps", "10", "--warmup", "10"), "--warmup (10)", rc=2)
     expect_error(env.base(out, "--lr", "abc"), "--lr expects a number", rc=2)
+    expect_error(env.base(out, "--val"), "--val needs at least one file", rc=2)
+    expect_error(env.base(out, "--seed"), "--seed needs a value", rc=2)
     assert not os.path.exists(out)
 
     # Bad inputs: exit 1, a clear message, no output directory created.
