@@ -1,7 +1,8 @@
 // The example programs' command-line helpers (grok1, moe-run, train): one usage-error type, strict
-// parsers of flag values that name the flag, the accepted range and the value on error, the
-// flags both checkpoint runners take (RunnerArgs), the programs' main() (run_main), and what the
-// runners' --json reports of the process: bytes read from storage, peak RSS.
+// parsers of flag values that name the flag, the accepted range and the value on error, the flag
+// loop (for_each_flag), the flags both checkpoint runners take (RunnerArgs), the programs' main()
+// (run_main), and what the runners' --json reports of the process: bytes read from storage, peak
+// RSS.
 #pragma once
 
 #include <cerrno>

@@ -15,18 +15,13 @@
 // (hf::make_model, with the W and shared-expert types the checkpoint needs), plan where the
 // weights live (hf::residency_plan + WeightResidency), encode the prompt, generate.
 #include <algorithm>
-#include <cerrno>
-#include <charconv>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <functional>
-#include <optional>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>

@@ -10,7 +10,6 @@
 // Exit codes: 0 success, 1 error (a message naming the file and the problem), 2 usage error,
 // 130 interrupted (Ctrl-C: the checkpoint of the last finished step is saved).
 #include <atomic>
-#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
