@@ -3,8 +3,9 @@
 // Each function takes the SAME float inputs as the kernel it mirrors and evaluates the textbook
 // formula in double precision (std::exp, std::tanh, std::erf(c), std::cos/sin of a double angle),
 // so the difference to a kernel's output is the kernel's own f32 error. No SIMD, no cleverness:
-// these are meant to be obviously correct. activation() is the one exception: it takes a double,
-// for the float64 references of whole layers and their gradients (tests/moe, tests/train).
+// these are meant to be obviously correct. The activations take a double (a kernel's float converts
+// exactly), so the float64 references of whole layers and their gradients (tests/moe,
+// tests/train) call them too, through activation().
 #pragma once
 
 #include <algorithm>
@@ -66,8 +67,7 @@ inline double softcap(float x, double cap) {
 }
 
 /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the textbook (jax.nn.gelu) form.
-inline double gelu_tanh(float xf) {
-  const double x = xf;
+inline double gelu_tanh(double x) {
   const double k = std::sqrt(2.0 / 3.14159265358979323846);
   return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
 }
@@ -85,27 +85,22 @@ inline double gelu_tanh_2u(float xf) {
   return 2.0 * std::sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x);
 }
 /// 0.5 x erfc(-x / sqrt2) (= 0.5 x (1 + erf(x / sqrt2)) without cancellation).
-inline double gelu_erf(float xf) {
-  const double x = xf;
+inline double gelu_erf(double x) {
   return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
 }
-inline double silu(float xf) {
-  const double x = xf;
+inline double silu(double x) {
   return x / (1.0 + std::exp(-x));
 }
 
-/// The gated FFN's activation of a double: GELU (tanh form or exact) or SiLU, as textbooks write
-/// them.
+/// The gated FFN's activation a of x.
 inline double activation(moe::Activation a, double x) {
   switch (a) {
     case moe::Activation::kGeluTanh:
-      return 0.5 * x *
-             (1.0 +
-              std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x)));
+      return gelu_tanh(x);
     case moe::Activation::kGeluErf:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+      return gelu_erf(x);
     case moe::Activation::kSilu:
-      return x / (1.0 + std::exp(-x));
+      return silu(x);
   }
   return 0.0;
 }
