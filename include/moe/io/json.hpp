@@ -481,13 +481,8 @@ inline JsonValue parse_json(std::string_view text, std::string_view name = "<str
 /// Reads and parses a JSON file. Throws IoError if it cannot be read (naming the path and the
 /// reason), FormatError if malformed.
 inline JsonValue read_json_file(const std::filesystem::path& path) {
-  errno = 0;
   std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    const int err = errno;  // the failed open's (0 if the library did not say)
-    throw IoError("[json] cannot read '" + path.string() + "'" +
-                  (err != 0 ? ": " + std::string(std::strerror(err)) : std::string()));
-  }
+  if (!f) throw IoError("[json] cannot read '" + path.string() + "': " + std::strerror(errno));
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw IoError("[json] error reading '" + path.string() + "'");
