@@ -1,12 +1,13 @@
 // The example programs' command-line helpers (grok1, moe-run, train): one usage-error type, strict
 // parsers of flag values that name the flag, the accepted range and the value on error, the flag
 // loop (for_each_flag), the flags both checkpoint runners take (RunnerArgs), the programs' main()
-// (run_main), and what the runners' --json reports of the process: bytes read from storage, peak
-// RSS.
+// (run_main), and what the runners report of the process: seconds since a time point, bytes read
+// from storage, peak RSS.
 #pragma once
 
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -223,6 +224,13 @@ int run_main(const char* program, const char* usage, int argc, char** argv, Pars
     std::fprintf(stderr, "\n%s: error: %s\n", program, e.what());
   }
   return 1;
+}
+
+using Clock = std::chrono::steady_clock;
+
+/// Seconds from t0 to now.
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 /// Bytes this process caused to be read from storage (/proc/self/io read_bytes; 0 if unknown).

@@ -10,7 +10,6 @@
 //   j["residency"] = json_residency(r);  print_json(j);
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -39,12 +38,6 @@ struct RunReport {
   moe::CachePolicy cache_policy{};
   std::size_t prefill_chunk = 0;
 };
-
-using Clock = std::chrono::steady_clock;
-
-inline double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 /// The generation options of the runners' flags: new tokens, the sampler, and `eos_id` as the
 /// stop token with --stop-at-eos (none otherwise).

@@ -19,7 +19,6 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -99,7 +98,7 @@ PerplexityResult perplexity(
           " of the perplexity text is outside the vocabulary [0, " + std::to_string(vocab) + ")");
     }
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = examples::Clock::now();
   PerplexityResult r;
   r.n_ids = ids.size();
   r.n_predicted = ids.size() - 1;
@@ -121,7 +120,7 @@ PerplexityResult perplexity(
     if (progress) progress(w + 1, r.n_windows);
   }
   r.mean_cross_entropy = sum / static_cast<double>(r.n_predicted);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.seconds = examples::seconds_since(t0);
   return r;
 }
 

@@ -11,7 +11,6 @@
 // 130 interrupted (Ctrl-C: the checkpoint of the last finished step is saved).
 #include <atomic>
 #include <charconv>
-#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
@@ -48,7 +47,8 @@ using examples::parse_integer;
 using examples::UsageError;
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using examples::Clock;
+using examples::seconds_since;
 using namespace train_example;
 
 constexpr const char* kUsage =
@@ -523,7 +523,6 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
               " validation windows; " + std::to_string(pool.size()) + " threads");
 
   const auto t0 = Clock::now();
-  auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   auto save = [&](std::uint64_t step) {
     moe::save_training_state(s.checkpoint, store, s.opt, metadata(step, h.steps, s.identity));
   };
@@ -553,7 +552,7 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
     aux_sum += st.aux;
     routing.add(st);
     window_tokens += batch.n_tokens();
-    const double now = seconds();
+    const double now = seconds_since(t0);
     if (now - window_start > 1.0) {
       last_tps = static_cast<double>(window_tokens) / (now - window_start);
       window_tokens = 0;
@@ -605,7 +604,7 @@ bool train(const Args& a, Setup& s, moe::ThreadPool& pool, Progress& log) {
     }
   }
   log.message("saved " + s.checkpoint.string() + " at step " + std::to_string(h.steps) + " (" +
-              duration(seconds()) + ")");
+              duration(seconds_since(t0)) + ")");
   return true;
 }
 
@@ -630,7 +629,7 @@ void export_and_report(const Args& a, Setup& s, moe::ThreadPool& pool, Progress&
   const auto t0 = Clock::now();
   moe::grok1::export_checkpoint(*a.export_dir, s.config, s.model->grok1_weights(),
                                 export_options(a));
-  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double secs = seconds_since(t0);
   std::uint64_t bytes = 0;
   for (const auto& e : fs::recursive_directory_iterator(*a.export_dir)) {
     if (e.is_regular_file()) bytes += e.file_size();
