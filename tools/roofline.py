@@ -188,6 +188,12 @@ def main():
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
     if args.png:
+        try:
+            import matplotlib  # noqa: F401  (only the plot needs it)
+        except ImportError:
+            print(f"roofline plot skipped ({args.png}): python3-matplotlib is not installed "
+                  "(scripts/deps python3-matplotlib)", file=sys.stderr)
+            return
         plot(ks, lim, args.png)
         print(f"roofline plot: {args.png}", file=sys.stderr)
 
