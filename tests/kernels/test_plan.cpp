@@ -140,6 +140,17 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
   CHECK_FALSE(b.strip_prefetch);
   CHECK(b.strip_prefetch_int8);
   CHECK(b.nc == 512);
+  // The next tile into L2 only while an f32 tile (kc x nc floats) fills at most half of it:
+  // 80 x 512 floats (160 KiB of 512) with AVX-512, 256 x 512 (all 512 KiB) with AVX2.
+#if MOE_MATMUL_AVX512
+  CHECK(b.tile_prefetch);
+#elif defined(__AVX2__)
+  CHECK_FALSE(b.tile_prefetch);
+  HostInfo big_l2 = HostInfo::zen3();
+  big_l2.l2_bytes = 1024 * 1024;
+  CHECK(blocking_for(big_l2).tile_prefetch);
+#endif
+  CHECK(make_plan(shape(64, 6144, 32768, 4), b, std::size_t{4} << 20).tile_pf == b.tile_prefetch);
   CHECK(b.gemv_bf16.pf == 8);
   CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0});  // 8-lane kernels: 16 int8 rows per call
   CHECK(blocking_for(HostInfo::emerald_rapids()).gemv_int8.rows == 4);

@@ -22,9 +22,9 @@
 //    transposed once into an f32 strip in the thread's scratch (L1-sized) and every token block
 //    of the task runs the register-blocked micro-kernel over it. For [in, out] weights the first
 //    token block does the packing itself, on the way ("fused": no separate pass over the
-//    weights). While a tile is computed, the next tile of the task is prefetched into L2 and the
-//    next strip into L1. Small T on f32 [in, out] may read the strips in place instead
-//    (Blocking::f32_in_place_max_t).
+//    weights). While a tile is computed, the next tile of the task may be prefetched into L2
+//    (where it fits: Blocking::tile_prefetch) and the next strip into L1. Small T on f32
+//    [in, out] may read the strips in place instead (Blocking::f32_in_place_max_t).
 //  * kDot ([out, in] weights, T <= kDotMaxT): dot products along the contiguous weight rows.
 #pragma once
 
@@ -52,7 +52,7 @@ struct GemvStep {
 struct Blocking {
   // Packed path (GEMM).
   std::size_t kc = 128;      ///< K rows of a packed strip (kc x kNR floats, kept in L1)
-  std::size_t nc = 512;      ///< columns per task (its next tile is prefetched into L2)
+  std::size_t nc = 512;      ///< columns per task (a tile: kc rows of them)
   std::size_t max_tb = 256;  ///< tokens per task block (one packed strip serves them all)
   /// f32 [in, out] weights are read in place (no packing) while T <= this.
   std::size_t f32_in_place_max_t = static_cast<std::size_t>(-1);
@@ -123,11 +123,19 @@ struct Blocking {
 ///    before use. Zen 3, 2 threads, alternated with the code before: f32 GEMMs 1.03-1.33x and
 ///    bf16 1.01-1.24x at T = 64 and 256 (bench_kernels' four shapes), the f32 MoE layer
 ///    1.04-1.10x; int8 0.90x at T = 64 (not applied).
+///  * the next tile is prefetched into L2 only while a tile of f32 strips (kc x nc floats) takes
+///    at most half of it. With 16-column strips kc is 256, so the tile is 512 KiB: all of a
+///    512 KiB L2 (Zen 1, Zen 3), and fetching it evicts the output tile and the activations the
+///    current tile is still using. Zen 1, 2 threads, alternated with the prefetch on: f32
+///    [6144 -> 32768] at T = 64 1.17x, [32768 -> 6144] 1.06x, bf16 up to 1.07x, every other
+///    GEMM at T = 64 and 256 0.98-1.04x (medians); Zen 3 (earlier, one core) 0.83-1.35x, 1.04x
+///    geometric mean. Zen 5 and Intel (1 and 2 MiB L2, tiles of 256 KiB) keep it.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
   kc = std::clamp<std::size_t>(kc / 16 * 16, 64, 256);
   b.kc = kc;
+  b.tile_prefetch = b.kc * b.nc * sizeof(float) <= h.l2_bytes / 2;
   if (h.vendor == CpuVendor::kIntel) {
     b.f32_in_place_max_t = 0;
     b.strip_prefetch = true;
