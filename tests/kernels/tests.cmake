@@ -1,19 +1,26 @@
-# test_kernels_portable: the same kernel tests compiled WITHOUT -march flags, so the portable
-# xsimd path (SSE2 on x86-64) of the matmul kernels is built and checked on every machine, next to
-# the -march=native build in test_kernels.
+# Extra builds of the kernel tests with other instruction sets than test_kernels' -march=native,
+# so that kernels this host would not compile are built and checked here too.
+#
+# moe_add_kernel_test_build(<name> <ctest prefix> FLAGS ... DEFINES ... SOURCES ...)
+function(moe_add_kernel_test_build name prefix)
+  cmake_parse_arguments(ARG "" "" "FLAGS;DEFINES;SOURCES" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE moe::moe moe_support Catch2::Catch2WithMain)
+  target_include_directories(${name} PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
+  target_compile_definitions(${name} PRIVATE ${ARG_DEFINES})
+  target_compile_options(
+    ${name} PRIVATE ${ARG_FLAGS} -Wall -Wextra -Wpedantic -Wshadow
+                    $<$<BOOL:${MOE_WARNINGS_AS_ERRORS}>:-Werror> $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)
+  target_compile_features(${name} PRIVATE cxx_std_20)
+  catch_discover_tests(${name} TEST_PREFIX "${prefix}: " PROPERTIES LABELS "kernels")
+endfunction()
+
+# test_kernels_portable: every kernel test compiled WITHOUT -march flags, so the portable xsimd
+# path (SSE2 on x86-64) of the matmul kernels is built and checked on every machine.
 file(GLOB _kernel_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/kernels/*.cpp")
 if(_kernel_sources)
-  add_executable(test_kernels_portable ${_kernel_sources})
-  target_link_libraries(test_kernels_portable PRIVATE moe::moe moe_support Catch2::Catch2WithMain)
-  target_include_directories(test_kernels_portable PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
-  target_compile_definitions(test_kernels_portable PRIVATE MOE_TEST_PORTABLE=1)
-  target_compile_options(
-    test_kernels_portable
-    PRIVATE -Wall -Wextra -Wpedantic -Wshadow $<$<BOOL:${MOE_WARNINGS_AS_ERRORS}>:-Werror>
-            $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)
-  target_compile_features(test_kernels_portable PRIVATE cxx_std_20)
-  catch_discover_tests(test_kernels_portable TEST_PREFIX "kernels-portable: "
-                       PROPERTIES LABELS "kernels")
+  moe_add_kernel_test_build(test_kernels_portable "kernels-portable" DEFINES MOE_TEST_PORTABLE=1
+                            SOURCES ${_kernel_sources})
 endif()
 
 # test_kernels_avx2: on a host whose -march=native has AVX-512 (where test_kernels compiles the
@@ -27,15 +34,8 @@ check_cxx_source_compiles("#ifndef __AVX512F__\n#error no AVX-512\n#endif\nint m
                           MOE_NATIVE_HAS_AVX512)
 unset(CMAKE_REQUIRED_FLAGS)
 if(MOE_NATIVE AND MOE_NATIVE_HAS_AVX512)
-  set(_avx2_sources "${CMAKE_CURRENT_SOURCE_DIR}/kernels/test_matmul.cpp"
-                    "${CMAKE_CURRENT_SOURCE_DIR}/kernels/test_matmul_int8act_avx2.cpp")
-  add_executable(test_kernels_avx2 ${_avx2_sources})
-  target_link_libraries(test_kernels_avx2 PRIVATE moe::moe moe_support Catch2::Catch2WithMain)
-  target_include_directories(test_kernels_avx2 PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
-  target_compile_options(
-    test_kernels_avx2
-    PRIVATE -mavx2 -mfma -mf16c -Wall -Wextra -Wpedantic -Wshadow
-            $<$<BOOL:${MOE_WARNINGS_AS_ERRORS}>:-Werror> $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)
-  target_compile_features(test_kernels_avx2 PRIVATE cxx_std_20)
-  catch_discover_tests(test_kernels_avx2 TEST_PREFIX "kernels-avx2: " PROPERTIES LABELS "kernels")
+  moe_add_kernel_test_build(
+    test_kernels_avx2 "kernels-avx2" FLAGS -mavx2 -mfma -mf16c
+    SOURCES "${CMAKE_CURRENT_SOURCE_DIR}/kernels/test_matmul.cpp"
+            "${CMAKE_CURRENT_SOURCE_DIR}/kernels/test_matmul_int8act_avx2.cpp")
 endif()
