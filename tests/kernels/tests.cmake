@@ -28,12 +28,14 @@ endif()
 # an AVX2 host runs (the 8-lane xsimd instantiations with their 16-register blocking, the AVX2
 # int8-activation kernel) are checked on every CI host too. On an AVX2 host test_kernels already
 # is that build.
-include(CheckCXXSourceCompiles)
-set(CMAKE_REQUIRED_FLAGS "-march=native")
-check_cxx_source_compiles("#ifndef __AVX512F__\n#error no AVX-512\n#endif\nint main() {}"
-                          MOE_NATIVE_HAS_AVX512)
-unset(CMAKE_REQUIRED_FLAGS)
-if(MOE_NATIVE AND MOE_NATIVE_HAS_AVX512)
+if(MOE_NATIVE)
+  include(CheckCXXSourceCompiles)
+  set(CMAKE_REQUIRED_FLAGS "-march=native")
+  check_cxx_source_compiles("#ifndef __AVX512F__\n#error no AVX-512\n#endif\nint main() {}"
+                            MOE_NATIVE_HAS_AVX512)
+  unset(CMAKE_REQUIRED_FLAGS)
+endif()
+if(MOE_NATIVE AND MOE_NATIVE_HAS_AVX512)  # the cached result may outlive MOE_NATIVE=ON
   moe_add_kernel_test_build(
     test_kernels_avx2 "kernels-avx2" FLAGS -mavx2 -mfma -mf16c
     SOURCES "${CMAKE_CURRENT_SOURCE_DIR}/kernels/test_matmul.cpp"
