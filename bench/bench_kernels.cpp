@@ -451,21 +451,22 @@ int main(int argc, char** argv) {
   const moe::detail::HostInfo& host = moe::detail::host();
   const moe::detail::Blocking& b = moe::detail::host_blocking();
   const auto gemv = [](const moe::detail::GemvStep& g) {
-    return std::to_string(g.rows) + ":" + std::to_string(g.pf);
+    return std::to_string(g.rows) + ":" + std::to_string(g.pf) + ":" + std::to_string(g.pf_short) +
+           ":" + std::to_string(g.slab_bytes);
   };
   benchmark::AddCustomContext("plan_host", host.describe());
   benchmark::AddCustomContext(
-      "plan_blocking", "kc " + std::to_string(b.kc) + ", nc " + std::to_string(b.nc) + ", max_tb " +
-                           std::to_string(b.max_tb) + ", f32_in_place_max_t " +
-                           (b.f32_in_place_max_t == static_cast<std::size_t>(-1)
-                                ? std::string("inf")
-                                : std::to_string(b.f32_in_place_max_t)) +
-                           ", tile_prefetch " + std::to_string(b.tile_prefetch) +
-                           ", strip_prefetch " + std::to_string(b.strip_prefetch) + ", c_tile " +
-                           std::to_string(b.c_tile) + ", direct_slab_bytes " +
-                           std::to_string(b.direct_slab_bytes) + ", gemv rows:pf f32 " +
-                           gemv(b.gemv_f32) + " bf16 " + gemv(b.gemv_bf16) + " int8 " +
-                           gemv(b.gemv_int8) + ", direct_rows " + std::to_string(b.direct_rows));
+      "plan_blocking",
+      "kc " + std::to_string(b.kc) + ", nc " + std::to_string(b.nc) + ", max_tb " +
+          std::to_string(b.max_tb) + ", f32_in_place_max_t " +
+          (b.f32_in_place_max_t == static_cast<std::size_t>(-1)
+               ? std::string("inf")
+               : std::to_string(b.f32_in_place_max_t)) +
+          ", tile_prefetch " + std::to_string(b.tile_prefetch) + ", strip_prefetch " +
+          std::to_string(b.strip_prefetch) + ", c_tile " + std::to_string(b.c_tile) +
+          ", direct_slab_bytes " + std::to_string(b.direct_slab_bytes) +
+          ", gemv rows:pf:pf_short:slab f32 " + gemv(b.gemv_f32) + " bf16 " + gemv(b.gemv_bf16) +
+          " int8 " + gemv(b.gemv_int8) + ", direct_rows " + std::to_string(b.direct_rows));
   benchmark::AddCustomContext("limit_dram_GBps_1t_2t", std::to_string(l.dram(1) * 1e-9) + " " +
                                                            std::to_string(l.dram(2) * 1e-9));
   benchmark::AddCustomContext("limit_fma_GFLOPs_1t_2t", std::to_string(l.fma(1) * 1e-9) + " " +

@@ -84,7 +84,7 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(b.direct_slab_bytes == 8192);
   CHECK(b.gemv_bf16 == moe::detail::GemvStep{4, 8});
   CHECK(b.gemv_int8 == moe::detail::GemvStep{4, 8});
-  CHECK(b.gemv_f32 == moe::detail::GemvStep{16, 0});
+  CHECK(b.gemv_f32 == moe::detail::GemvStep{16, 0, 0});
   CHECK(&b.gemv_step(2) == &b.gemv_bf16);
   CHECK(&b.gemv_step(1) == &b.gemv_int8);
   CHECK(&b.gemv_step(4) == &b.gemv_f32);
@@ -152,7 +152,7 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
 #endif
   CHECK(make_plan(shape(64, 6144, 32768, 4), b, std::size_t{4} << 20).tile_pf == b.tile_prefetch);
   CHECK(b.gemv_bf16.pf == 8);
-  CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0});  // 8-lane kernels: 16 int8 rows per call
+  CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0, 0});  // 8-lane kernels: 16 int8 rows a call
   CHECK(blocking_for(HostInfo::emerald_rapids()).gemv_int8.rows == 4);
   const std::size_t scratch = std::size_t{4} << 20;
   CHECK(make_plan(shape(256, 6144, 32768, 4), b, scratch).pack);
@@ -163,6 +163,49 @@ TEST_CASE("the Zen 3 blocking packs f32 strips (a 32 KiB L1d)", "[kernels][plan]
   CHECK(int8_gemv.pf == 0);
   CHECK(make_plan(shape(1, 6144, 32768, 2), b, scratch).kc == 4);  // bf16 keeps 4 rows
   CHECK(make_plan(shape(1, 6144, 32768, 1), blocking_for(HostInfo::zen5()), scratch).kc == 4);
+}
+
+TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short slab rows",
+          "[kernels][plan]") {
+  const HostInfo zen1 = HostInfo::zen1();
+  CHECK(zen1.half_width_vectors());
+  for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    CHECK_FALSE(h.half_width_vectors());
+  }
+  HostInfo zen2 = zen1;
+  zen2.model = 0x31;  // Zen 2 (Rome): full-width 256-bit units
+  CHECK_FALSE(zen2.half_width_vectors());
+  CHECK(blocking_for(zen2) == blocking_for(HostInfo::zen3()));
+
+  const Blocking b = blocking_for(zen1);
+  CHECK(b.gemv_bf16 == moe::detail::GemvStep{8, 0, 8, 16384});
+  CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0, 16});
+  // Everything else is Zen 3's (the same caches).
+  Blocking rest = b;
+  rest.gemv_bf16 = rest.gemv_int8 = moe::detail::GemvStep{};
+  Blocking zen3 = blocking_for(HostInfo::zen3());
+  zen3.gemv_bf16 = zen3.gemv_int8 = moe::detail::GemvStep{};
+  CHECK(rest == zen3);
+
+  const std::size_t scratch = std::size_t{4} << 20;
+  const Plan bf16_long = make_plan(shape(1, 6144, 32768, 2), b, scratch);
+  CHECK(bf16_long.path == Path::kDirect);
+  CHECK(bf16_long.kc == 8);
+  CHECK(bf16_long.nc == 8192);  // 16 KiB of each bf16 row
+  CHECK(bf16_long.pf == 0);
+  const Plan bf16_short = make_plan(shape(1, 6144, 1024, 2), b, scratch);
+  CHECK(bf16_short.nc == 1024);  // the whole row: 2 KiB
+  CHECK(bf16_short.pf == 8);
+  CHECK(make_plan(shape(1, 1024, 4096, 2), b, scratch).pf == 0);  // 8 KiB rows
+  CHECK(make_plan(shape(1, 6144, 1024, 1), b, scratch).pf == 16);
+  CHECK(make_plan(shape(1, 6144, 32768, 1), b, scratch).pf == 0);
+  CHECK(make_plan(shape(1, 6144, 1024, 4), b, scratch).pf == 0);  // f32 rows: 4 KiB, no distance
+  // T = 2..6 keep the direct path's own slab and step.
+  const Plan bf16_t2 = make_plan(shape(2, 6144, 32768, 2), b, scratch);
+  CHECK(bf16_t2.kc == b.direct_rows);
+  CHECK(bf16_t2.nc == b.direct_slab_bytes / 2);
+  // Zen 3 keeps its prefetch on every bf16 row.
+  CHECK(make_plan(shape(1, 6144, 32768, 2), blocking_for(HostInfo::zen3()), scratch).pf == 8);
 }
 
 TEST_CASE("Zen 3's fused packing fetches 64 columns of f32 and bf16 weight rows at once",
@@ -216,7 +259,8 @@ TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[
 
 TEST_CASE("plans use the expected paths and fit the scratch", "[kernels][plan]") {
   const std::size_t scratch = moe::ThreadPool::kDefaultScratchBytes;
-  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3()}) {
+  for (const HostInfo& h :
+       {HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3(), HostInfo::zen1()}) {
     const Blocking b = blocking_for(h);
     INFO(h.describe());
     for (std::size_t T : {1, 2, 6, 7, 16, 64, 256, 1000}) {

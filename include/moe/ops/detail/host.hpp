@@ -2,8 +2,8 @@
 //
 //   const HostInfo& h = moe::detail::host();   // detected once: vendor, family/model, caches,
 //                                               // instruction-set extensions
-//   HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3()  // the hosts the kernels were
-//                                                                     // tuned on
+//   HostInfo::zen5(), HostInfo::emerald_rapids(), HostInfo::zen3(), HostInfo::zen1()
+//                                               // the hosts the kernels were tuned on
 //
 // Detection reads CPUID on x86 (leaf 0 vendor, leaf 1 family/model, leaf 7 extensions, cache
 // descriptors from leaf 4 on Intel and leaf 0x8000001D on AMD: same format, "deterministic cache
@@ -79,6 +79,15 @@ struct HostInfo {
     h.l3_bytes = 32 * 1024 * 1024;
     return h;
   }
+  /// AMD EPYC, Zen 1 (Naples, family 23 model 1): Zen 3's L1d and L2, L3 8 MiB per CCX, AVX2 +
+  /// FMA, and every 256-bit operation executed as two 128-bit halves (half_width_vectors()).
+  static HostInfo zen1() noexcept {
+    HostInfo h = zen3();
+    h.family = 23;
+    h.model = 1;
+    h.l3_bytes = 8 * 1024 * 1024;
+    return h;
+  }
   /// Intel Xeon 5th generation (Emerald Rapids, family 6 model 207): L1d 48 KiB 12-way, L2 2 MiB
   /// 16-way per core, L3 260 MiB shared (as a 2-vCPU KVM guest reports it), AMX not exposed.
   static HostInfo emerald_rapids() noexcept {
@@ -93,6 +102,13 @@ struct HostInfo {
     h.l3_bytes = 260 * 1024 * 1024;
     h.avx512 = h.avx512_vnni = h.avx512_bf16 = true;
     return h;
+  }
+
+  /// The core executes each 256-bit vector operation as two 128-bit halves: AMD family 23
+  /// before Zen 2 (models below 0x30: Zen 1 and Zen+), half the FMA and load width per cycle of
+  /// later cores at the same instruction count.
+  [[nodiscard]] bool half_width_vectors() const noexcept {
+    return vendor == CpuVendor::kAmd && family == 23 && model < 0x30;
   }
 
   /// One line for logs and benchmark contexts, e.g.

@@ -520,7 +520,8 @@ inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, co
   const bool direct = T <= kMR;
   p.path = direct ? Path::kDirect : Path::kPacked;
   p.kc = std::min(round_up(in, 4), direct ? std::size_t{16} : 4 * b.kc);
-  p.pf = direct ? (T == 1 ? b.gemv_bf16.pf : 16) : 0;  // at T = 1 the bf16 GEMV's distance
+  // Rows of prefetch distance: at T = 1 that of Zen 5's bf16 GEMV, with which it was tuned.
+  p.pf = direct ? (T == 1 ? std::size_t{8} : 16) : 0;
   if (direct) {
     const std::size_t slab = round_up(std::max(b.direct_slab_bytes, kQR), kQR);
     p.nc = slab >= out ? out : slab;

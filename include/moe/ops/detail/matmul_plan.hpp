@@ -39,11 +39,18 @@ MOE_SIMD_DETAIL_BEGIN
 
 enum class Path { kDirect, kPacked, kDot, kNone };  // kNone: the scratch is too small
 
-/// The one-token GEMV's micro-kernel step (direct path, T = 1): weight rows per call and the
-/// software-prefetch distance in rows (0: none).
+/// A task's slab rows shorter than this take GemvStep::pf_short (see make_plan).
+inline constexpr std::size_t kShortSlabRowBytes = 4096;
+
+/// How the one-token GEMV (direct path, T = 1) walks a weight: rows per micro-kernel call, the
+/// software-prefetch distance in rows (0: none), the distance when each row of a task's slab is
+/// shorter than kShortSlabRowBytes (the slab is then a few lines of every row: [6144 -> 1024]
+/// int8 and bf16), and the bytes of each weight row a task's slab takes.
 struct GemvStep {
   std::size_t rows = 4;
   std::size_t pf = 8;
+  std::size_t pf_short = 8;
+  std::size_t slab_bytes = 8192;
 
   friend bool operator==(const GemvStep&, const GemvStep&) = default;
 };
@@ -70,12 +77,12 @@ struct Blocking {
   /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
-  // Direct path (GEMV, T <= kMR): bytes of a task's slab; the T = 1 step per weight type (see
-  // gemv_step); rows per micro-kernel call for T = 2..6.
+  // Direct path (GEMV, T <= kMR): bytes of a task's slab for T = 2..6; the T = 1 step per weight
+  // type (see gemv_step); rows per micro-kernel call for T = 2..6.
   std::size_t direct_slab_bytes = 8192;
-  GemvStep gemv_f32{16, 0};
-  GemvStep gemv_bf16{4, 8};
-  GemvStep gemv_int8{4, 8};
+  GemvStep gemv_f32{16, 0, 0};
+  GemvStep gemv_bf16{4, 8, 8};
+  GemvStep gemv_int8{4, 8, 8};
   std::size_t direct_rows = 8;
 
   /// The T = 1 step for weights of `elem` bytes per element (4 f32, 2 bf16, 1 int8).
@@ -130,6 +137,15 @@ struct Blocking {
 ///    [6144 -> 32768] at T = 64 1.17x, [32768 -> 6144] 1.06x, bf16 up to 1.07x, every other
 ///    GEMM at T = 64 and 256 0.98-1.04x (medians); Zen 3 (earlier, one core) 0.83-1.35x, 1.04x
 ///    geometric mean. Zen 5 and Intel (1 and 2 MiB L2, tiles of 256 KiB) keep it.
+///  * on a core that runs 256-bit operations as two halves (Zen 1: HostInfo::half_width_vectors)
+///    one thread's bf16 GEMV reads only ~0.53 of its DRAM limit: the widening is slow there, and
+///    software prefetch competes with the hardware's streams while a slab row is long. So bf16
+///    takes 8 rows per call, 16 KiB of each row per slab and no prefetch, except on slab rows
+///    shorter than kShortSlabRowBytes (a task then reads a few lines of every row), which keep
+///    8 rows ahead; int8 prefetches 16 rows ahead on such rows. Zen 1, alternated with the
+///    Zen 3 steps, 5 rounds, medians: bf16 [6144 -> 32768] and [32768 -> 6144] 1.19x (2
+///    threads), 1.22x (1), [1024 -> 4096] 1.13x, [6144 -> 1024] 1.05x; int8 [6144 -> 1024]
+///    1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged (0.98-1.02x).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -142,8 +158,12 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
   }
   if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
   if (!h.avx512) {
-    b.gemv_int8 = GemvStep{16, 0};
+    b.gemv_int8 = GemvStep{16, 0, 0};
     b.pack_fetch_cols = 64;
+  }
+  if (h.half_width_vectors()) {
+    b.gemv_bf16 = GemvStep{8, 0, 8, 16384};
+    b.gemv_int8.pf_short = 16;
   }
   return b;
 }
@@ -352,22 +372,20 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   // Direct path on [in, out] weights.
   Plan p;
   p.path = Path::kDirect;
-  if (T == 1) {
-    p.kc = b.gemv_step(s.elem).rows;
-    p.pf = b.gemv_step(s.elem).pf;
-  } else {
-    p.kc = b.direct_rows;
-    p.pf = p.kc;
-  }
+  const GemvStep& gemv = b.gemv_step(s.elem);
+  p.kc = T == 1 ? gemv.rows : b.direct_rows;
+  p.pf = T == 1 ? gemv.pf : p.kc;
   p.tb = T;
   if (tiny) {
     p.nc = out;
     p.chunk = in;
     return p;
   }
+  const std::size_t slab_bytes = T == 1 ? gemv.slab_bytes : b.direct_slab_bytes;
   const std::size_t slab =
-      round_up(std::max<std::size_t>(b.direct_slab_bytes / s.elem, kDirectNR), kDirectNR);
+      round_up(std::max<std::size_t>(slab_bytes / s.elem, kDirectNR), kDirectNR);
   p.nc = slab >= out ? out : slab;
+  if (T == 1 && p.nc * s.elem < kShortSlabRowBytes) p.pf = gemv.pf_short;
   p.n_slabs = ceil_div(out, p.nc);
   split_k(p, T, in, p.kc, 0, scratch_bytes);
   return p;
