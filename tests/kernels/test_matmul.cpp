@@ -538,6 +538,12 @@ TEST_CASE("the kernels are compiled for the expected instruction set", "[kernels
 #else
   CHECK(name == "xsimd");
 #endif
+  // The one-token bf16 GEMV's unpacking kernel: AVX2 + FMA builds without AVX-512.
+#if !MOE_MATMUL_AVX512 && defined(__AVX2__) && defined(__FMA__)
+  CHECK(MOE_MATMUL_BF16_UNPACK == 1);
+#else
+  CHECK(MOE_MATMUL_BF16_UNPACK == 0);
+#endif
 #if defined(MOE_TEST_PORTABLE) && !defined(__AVX__)
   // The portable build really is the baseline: no AVX namespace, no AVX-512 kernels.
   CHECK(std::string(moe::simd_abi_name()).find("avx") == std::string::npos);

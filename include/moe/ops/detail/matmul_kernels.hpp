@@ -3,7 +3,8 @@
 // Written in the shared SIMD vocabulary (moe/simd/simd.hpp: simd::fbatch, load / load_partial,
 // widen, fma, prefetch). Three kernels use raw AVX-512 intrinsics because the vocabulary has no
 // equivalent at the same speed; each says why: axpy_kernel_bf16_pairs, the bf16 branch of
-// dot_kernel and transpose16 (and transpose8, its AVX / AVX2 counterpart).
+// dot_kernel and transpose16. Two more use AVX / AVX2 ones: axpy_kernel_bf16_unpack (the
+// one-token bf16 GEMV) and transpose8 (transpose16's counterpart).
 //
 // Two micro-kernels cover every weight type and layout (see matmul.hpp for how they are used):
 //
@@ -36,9 +37,15 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define MOE_MATMUL_AVX512 1
+#define MOE_MATMUL_BF16_UNPACK 0
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MOE_MATMUL_AVX512 0
+#define MOE_MATMUL_BF16_UNPACK 1  // axpy_kernel_bf16_unpack
 #include <immintrin.h>
 #else
 #define MOE_MATMUL_AVX512 0
+#define MOE_MATMUL_BF16_UNPACK 0
 #endif
 
 MOE_SIMD_DETAIL_BEGIN
@@ -169,6 +176,52 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 }
 #endif
 
+#if MOE_MATMUL_BF16_UNPACK
+/// axpy_kernel for one token row and full steps of bf16 weights on AVX2 (the one-token GEMV).
+/// Raw intrinsics: one 32-byte load holds 16 bf16, and interleaving it with zeros
+/// (`vpunpck{l,h}wd`, within each 128-bit half) gives two f32 vectors, columns {0-3, 8-11} and
+/// {4-7, 12-15}: one load and two shuffles per 16 weights, where simd::widen takes two widening
+/// loads and two shifts (on Zen 1, whose 256-bit operations run as two halves, the GEMV's
+/// bottleneck). The accumulators keep that column order; y is regrouped by 128-bit halves when
+/// loaded and stored. Each column is the same sequential FMA chain as the generic kernel's.
+template <std::size_t NV>
+inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, const bf16* w, std::size_t ldw,
+                                    float* y, bool load_y, std::size_t pf_rows) noexcept {
+  static_assert(NV % 2 == 0, "groups of 16 columns");
+  constexpr std::size_t G = NV / 2;
+  __m256 lo[G], hi[G];  // columns {0-3, 8-11} and {4-7, 12-15} of group g
+  for (std::size_t g = 0; g < G; ++g) {
+    if (load_y) {
+      const __m256 a = _mm256_loadu_ps(y + 16 * g);
+      const __m256 b = _mm256_loadu_ps(y + 16 * g + 8);
+      lo[g] = _mm256_permute2f128_ps(a, b, 0x20);
+      hi[g] = _mm256_permute2f128_ps(a, b, 0x31);
+    } else {
+      lo[g] = hi[g] = _mm256_setzero_ps();
+    }
+  }
+  const __m256i zero = _mm256_setzero_si256();
+  const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(bf16);
+  for (std::size_t k = 0; k < kc; ++k) {
+    const bf16* wr = w + k * ldw;
+    if (pf_rows != 0) {
+      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
+      for (std::size_t b = 0; b < 16 * G * sizeof(bf16); b += kCacheLine) simd::prefetch_l1(a + b);
+    }
+    const __m256 xb = _mm256_set1_ps(x[k]);
+    for (std::size_t g = 0; g < G; ++g) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 16 * g));
+      lo[g] = _mm256_fmadd_ps(xb, _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v)), lo[g]);
+      hi[g] = _mm256_fmadd_ps(xb, _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v)), hi[g]);
+    }
+  }
+  for (std::size_t g = 0; g < G; ++g) {
+    _mm256_storeu_ps(y + 16 * g, _mm256_permute2f128_ps(lo[g], hi[g], 0x20));
+    _mm256_storeu_ps(y + 16 * g + 8, _mm256_permute2f128_ps(lo[g], hi[g], 0x31));
+  }
+}
+#endif
+
 /// Y[t][c] = (load_y ? Y[t][c] : 0) + sum_{k < kc} X[t][k] * W(k, c)  for t < MR, c < kNR, with
 /// W(k, c) = widen(w[k * ldw + c]) (* widen(s[c]) when kScaled). x points at X[0][k0] (row
 /// stride ldx), w at W(k0, n0), y at Y[0][n0] (row stride ldy). kMaskW / kMaskY: only the first
@@ -190,6 +243,12 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
   if constexpr (std::is_same_v<E, bf16> && NV == kNV && !kMaskW && !kMaskY && !kScaled &&
                 !kPackOut) {
     axpy_kernel_bf16_pairs<MR>(kc, x, ldx, w, ldw, y, ldy, load_y, pf_rows);
+    return;
+  }
+#elif MOE_MATMUL_BF16_UNPACK
+  if constexpr (std::is_same_v<E, bf16> && MR == 1 && NV % 2 == 0 && !kMaskW && !kMaskY &&
+                !kScaled && !kPackOut) {
+    axpy_kernel_bf16_unpack<NV>(kc, x, w, ldw, y, load_y, pf_rows);
     return;
   }
 #endif

@@ -138,14 +138,16 @@ struct Blocking {
 ///    GEMM at T = 64 and 256 0.98-1.04x (medians); Zen 3 (earlier, one core) 0.83-1.35x, 1.04x
 ///    geometric mean. Zen 5 and Intel (1 and 2 MiB L2, tiles of 256 KiB) keep it.
 ///  * on a core that runs 256-bit operations as two halves (Zen 1: HostInfo::half_width_vectors)
-///    one thread's bf16 GEMV reads only ~0.53 of its DRAM limit: the widening is slow there, and
-///    software prefetch competes with the hardware's streams while a slab row is long. So bf16
+///    one thread's bf16 GEMV read only ~0.53 of its DRAM limit: the widening is slow there (see
+///    axpy_kernel_bf16_unpack), and software prefetch competes with the hardware's streams while
+///    a slab row is long. So bf16
 ///    takes 8 rows per call, 16 KiB of each row per slab and no prefetch, except on slab rows
 ///    shorter than kShortSlabRowBytes (a task then reads a few lines of every row), which keep
 ///    8 rows ahead; int8 prefetches 16 rows ahead on such rows. Zen 1, alternated with the
 ///    Zen 3 steps, 5 rounds, medians: bf16 [6144 -> 32768] and [32768 -> 6144] 1.19x (2
 ///    threads), 1.22x (1), [1024 -> 4096] 1.13x, [6144 -> 1024] 1.05x; int8 [6144 -> 1024]
-///    1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged (0.98-1.02x).
+///    1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged (0.98-1.02x). With
+///    the unpacking kernel on top, bf16 reads 0.92-0.98 of DRAM on the long rows.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
