@@ -14,7 +14,8 @@
 //
 // Three paths:
 //  * kDirect (weights [in, out], T <= kMR): the micro-kernel reads the weight in place, a few
-//    rows at a time across a slab about 8 KiB wide, prefetching the same slab of the next rows.
+//    rows at a time across a slab 8 or 16 KiB wide, prefetching the same slab of the next rows
+//    where the host's GemvStep says so.
 //    Each weight row is thus read as one long sequential run (not a 64-byte sliver per 4 KiB
 //    page, which defeats the hardware prefetcher). Narrow outputs are split along K instead.
 //  * kPacked (more tokens, or [out, in] weights with T > kDotMaxT): a task walks its column slab
@@ -140,14 +141,13 @@ struct Blocking {
 ///  * on a core that runs 256-bit operations as two halves (Zen 1: HostInfo::half_width_vectors)
 ///    one thread's bf16 GEMV read only ~0.53 of its DRAM limit: the widening is slow there (see
 ///    axpy_kernel_bf16_unpack), and software prefetch competes with the hardware's streams while
-///    a slab row is long. So bf16
-///    takes 8 rows per call, 16 KiB of each row per slab and no prefetch, except on slab rows
-///    shorter than kShortSlabRowBytes (a task then reads a few lines of every row), which keep
-///    8 rows ahead; int8 prefetches 16 rows ahead on such rows. Zen 1, alternated with the
-///    Zen 3 steps, 5 rounds, medians: bf16 [6144 -> 32768] and [32768 -> 6144] 1.19x (2
-///    threads), 1.22x (1), [1024 -> 4096] 1.13x, [6144 -> 1024] 1.05x; int8 [6144 -> 1024]
-///    1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged (0.98-1.02x). With
-///    the unpacking kernel on top, bf16 reads 0.92-0.98 of DRAM on the long rows.
+///    a slab row is long. So bf16 takes 8 rows per call, 16 KiB of each row per slab and no
+///    prefetch, except on slab rows shorter than kShortSlabRowBytes (a task then reads a few
+///    lines of every row), which keep 8 rows ahead; int8 prefetches 16 rows ahead on such rows.
+///    Zen 1, alternated with the Zen 3 steps, 5 rounds, medians: bf16 [6144 -> 32768] and
+///    [32768 -> 6144] 1.19x (2 threads), 1.22x (1), [1024 -> 4096] 1.13x, [6144 -> 1024] 1.05x;
+///    int8 [6144 -> 1024] 1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged
+///    (0.98-1.02x). With the unpacking kernel on top, bf16 reads 0.92-0.98 of DRAM on long rows.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
