@@ -465,6 +465,60 @@ TEST_CASE("f32 [in, out] GEMM read in place equals the packed bf16 path bit for 
   }
 }
 
+TEST_CASE("packing strips in groups changes no result", "[kernels][matmul]") {
+  // Blocking::pack_group packs several strips of an [in, out] weight in a pass of their own
+  // where its rows alias (Blocking::group_stride); every token block then reads the packed
+  // strips. The outputs must equal the fused packing's bit for bit: for column tails inside a
+  // group and past its end, groups wider than the slab, int8 scale blocks that cut a K step, and
+  // prefetch distances of none, a few rows and more rows than a K step has.
+  moe::ThreadPool pool(2);
+  moe::detail::Blocking base = moe::detail::host_blocking();
+  base.f32_in_place_max_t = 0;  // f32 strips packed (fused) on every host
+  base.group_stride = 0;
+  struct Shape {
+    std::size_t T, in, out, blocks;
+  };
+  const Shape shapes[] = {{7, 300, 1500, 1},
+                          {64, 999, 777, 3},
+                          {130, 333, 20, 1},
+                          {9, 520, 2 * moe::detail::kNR + 1, 2}};
+  std::uint64_t seed = 3300;
+  for (Kind kind : {Kind::kF32InOut, Kind::kBf16InOut, Kind::kInt8}) {
+    for (const Shape& s : shapes) {
+      const TestWeight tw = make_weight(kind, s.in, s.out, s.blocks, ++seed);
+      const TestX x = make_x(s.T, s.in, seed + 1);
+      TestY y0 = make_y(s.T, s.out);
+      visit(tw, [&](const auto& w) {
+        CHECK(
+            moe::detail::gemm(pool, moe::detail::Activations(x.view()), w, y0.view(), false, base));
+      });
+      for (std::size_t group : {2, 3, 4}) {
+        for (std::size_t pf : {0, 3, 4096}) {
+          moe::detail::Blocking b = base;
+          b.pack_group = group;
+          b.group_stride = 1;  // every weight's rows "alias"
+          b.group_pf_rows = pf;
+          moe::detail::Shape shape;
+          shape.T = s.T;
+          shape.in = s.in;
+          shape.out = s.out;
+          shape.elem = kind == Kind::kF32InOut ? 4 : kind == Kind::kBf16InOut ? 2 : 1;
+          INFO(kind_name(kind) << " T=" << s.T << " in=" << s.in << " out=" << s.out
+                               << " group=" << group << " pf=" << pf);
+          CHECK(moe::detail::make_plan(shape, b, pool.scratch_bytes()).group == group);
+          TestY y = make_y(s.T, s.out);
+          visit(tw, [&](const auto& w) {
+            CHECK(
+                moe::detail::gemm(pool, moe::detail::Activations(x.view()), w, y.view(), false, b));
+          });
+          CHECK(std::memcmp(y.buf.data(), y0.buf.data(), y.buf.size() * sizeof(float)) == 0);
+          CHECK(y.padding_intact());
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("the fused packing's prefetch of the next strips changes no result",
           "[kernels][matmul]") {
   // Blocking::pack_fetch_cols only adds L2 prefetches to the first token block of each strip:

@@ -233,6 +233,50 @@ TEST_CASE("Zen 3's fused packing fetches 64 columns of f32 and bf16 weight rows 
   CHECK(make_plan(shape(1, 1024, 4096, 4), b, scratch).pack_pf_lines == 0);  // direct path
 }
 
+TEST_CASE("hosts without AVX-512 pack the strips of aliasing weight rows in groups",
+          "[kernels][plan]") {
+  using moe::detail::kNR;
+  const std::size_t scratch = std::size_t{4} << 20;
+  for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen1()}) {
+    INFO(h.describe());
+    const Blocking b = blocking_for(h);
+    CHECK(b.pack_group == b.pack_fetch_cols / kNR);  // the columns a fused packing fetches
+    CHECK(b.group_stride == 32 * 1024);              // half a way of a 512 KiB 8-way L2
+    if (b.pack_group < 2) continue;                  // an AVX-512 build: strips 64 columns wide
+    for (std::size_t T : {7, 64, 256}) {
+      INFO("T " << T);
+      // [6144 -> 32768]: rows 128, 64 and 32 KiB apart, on one or two positions of an L2 way.
+      for (std::size_t elem : {1, 2, 4}) {
+        const Plan p = make_plan(shape(T, 6144, 32768, elem), b, scratch);
+        CHECK(p.group == b.pack_group);
+        CHECK(p.group_pf == b.group_pf_rows);
+        CHECK(p.strip_floats == b.pack_group * p.kc * kNR);
+        CHECK_FALSE(p.strip_pf);
+        CHECK(p.pack_pf_lines == 0);
+      }
+      // Rows 24 KiB apart, or not a power-of-two multiple, or stored [out, in]: one at a time.
+      CHECK(make_plan(shape(T, 32768, 6144, 4), b, scratch).group == 1);
+      CHECK(make_plan(shape(T, 6144, 32704, 4), b, scratch).group == 1);
+      CHECK(make_plan(shape(T, 1024, 4096, 4), b, scratch).group == 1);
+      CHECK(make_plan(shape(T, 32768, 6144, 4, false), b, scratch).group == 1);
+      // The stride, not the width, decides: a narrow view of a wide weight.
+      Shape view = shape(T, 6144, 1000, 4);
+      view.ldw = 32768;
+      CHECK(make_plan(view, b, scratch).group == b.pack_group);
+      // A scratch with no room for the group packs one strip at a time.
+      const Plan one = make_plan(shape(T, 6144, 32768, 4), b, b.kc * kNR * 4 * 2);
+      CHECK(one.group == 1);
+      CHECK(one.strip_floats == one.kc * kNR);
+    }
+    CHECK(make_plan(shape(1, 6144, 32768, 4), b, scratch).group == 1);  // direct path
+  }
+  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    const Blocking b = blocking_for(h);
+    CHECK(b.group_stride == 0);
+    CHECK(make_plan(shape(64, 6144, 32768, 4), b, scratch).group == 1);
+  }
+}
+
 TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {
   using moe::detail::kMR;
   using moe::detail::kNV;

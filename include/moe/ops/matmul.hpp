@@ -213,8 +213,26 @@ BlockPrefetcher weight_block(const W& w, std::size_t k0, std::size_t kc, std::si
   return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, calls};
 }
 
-/// Packed path: see detail/matmul_plan.hpp. `scratch` holds the packed strip, then the packed
-/// (transposed) activation block.
+/// Packs rows [k0, k0 + kc) x columns [n, n + cols) of an [in, out] weight as plan.group
+/// consecutive strips at bp (see pack_strips_inout), one int8 scale block at a time.
+template <class W>
+void pack_group(const Plan& plan, const W& w, std::size_t k0, std::size_t kc, std::size_t n,
+                std::size_t cols, float* bp) noexcept {
+  using A = WeightAccess<W>;
+  const std::size_t ldw = A::ld(w);
+  const std::size_t br = A::block_rows(w);
+  for (std::size_t ka = k0; ka < k0 + kc;) {
+    std::size_t kb = k0 + kc;
+    if constexpr (A::kInt8) kb = std::min(kb, (ka / br + 1) * br);
+    const bf16* sp = A::kInt8 ? A::scales(w) + (ka / br) * ldw + n : nullptr;
+    pack_strips_inout<A::kInt8>(kb - ka, w.data + ka * ldw + n, ldw, sp, cols, bp + (ka - k0) * kNR,
+                                plan.kc * kNR, plan.group_pf);
+    ka = kb;
+  }
+}
+
+/// Packed path: see detail/matmul_plan.hpp. `scratch` holds the packed strip (or group of
+/// strips), then the packed (transposed) activation block.
 template <class W>
 void run_packed(const Plan& plan, const Activations& a, const W& w, const Block& blk,
                 float* scratch) noexcept {
@@ -283,7 +301,13 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
         }
         continue;
       }
-      if (in_out) {
+      const float* strip = bp;  // what the token blocks below read
+      if (plan.group > 1) {
+        // Grouped packing: the first strip of each group packs the whole group.
+        const std::size_t j = (n - n0) / kNR % plan.group;
+        if (j == 0) pack_group(plan, w, k0, kc, n, std::min(plan.group * kNR, n1 - n), bp);
+        strip = bp + j * plan.kc * kNR;
+      } else if (in_out) {
         // Fused packing: the first token block reads the weights (int8: one scale block at a
         // time) and stores the widened strip into bp on the way.
         const std::size_t mr = std::min(kMR, t1 - t);
@@ -308,8 +332,8 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
         const std::size_t mr = std::min(kMR, t1 - t);
         tile_pf.template step<false>();
         strip_pf.template step<true>();
-        axpy_strip<true, false>(mr, kc, xp(t), ldx, bp, kNR, nullptr, yp(t), blk.d.ld, load_y, cols,
-                                0);
+        axpy_strip<true, false>(mr, kc, xp(t), ldx, strip, kNR, nullptr, yp(t), blk.d.ld, load_y,
+                                cols, 0);
       }
     }
   }
@@ -397,6 +421,7 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
   shape.out = w.out;
   shape.elem = sizeof(typename A::E);
   shape.in_out = A::in_out(w);
+  shape.ldw = A::ld(w);
   shape.a_trans = x.trans;
   shape.a_alias = !x.trans && x.rows > 1 && (x.ld * sizeof(float)) % 4096 == 0;
   shape.y_alias = (y.stride * sizeof(float)) % 4096 == 0;

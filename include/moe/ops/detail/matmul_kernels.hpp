@@ -577,6 +577,43 @@ inline void transpose_block(const RowReader<E>& src, std::size_t r0, std::size_t
   }
 }
 
+/// Packs W(k, c), k < kc, c < cols, of a weight stored [in, out] (w at W(0, 0), row stride ldw;
+/// when kScaled, times the column scales s[c], one row of them for all kc rows) as consecutive
+/// kc x kNR strips: columns [j * kNR, (j + 1) * kNR) at bp + j * strip_floats, zeros past `cols`.
+/// Each weight row's `cols` columns are read together, and row k + pf_rows is prefetched into L1
+/// while row k is packed (0: no prefetch; only rows below kc).
+template <bool kScaled, class E>
+inline void pack_strips_inout(std::size_t kc, const E* w, std::size_t ldw, const bf16* s,
+                              std::size_t cols, float* bp, std::size_t strip_floats,
+                              std::size_t pf_rows) noexcept {
+  constexpr std::size_t L = simd::kLanes;
+  const std::size_t strips = (cols + kNR - 1) / kNR;
+  const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(E);
+  for (std::size_t k = 0; k < kc; ++k) {
+    const E* wr = w + k * ldw;
+    if (pf_rows != 0 && k + pf_rows < kc) {
+      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
+      for (std::size_t b = 0; b < cols * sizeof(E); b += kCacheLine) simd::prefetch_l1(a + b);
+    }
+    for (std::size_t j = 0; j < strips; ++j) {
+      float* dst = bp + j * strip_floats + k * kNR;
+      for (std::size_t v = 0; v < kNV; ++v) {
+        const std::size_t c = j * kNR + v * L;
+        const std::size_t n = strip_lanes(cols, c / L);
+        fbatch wv(0.0f);
+        if (n == L) {
+          wv = load_w<false>(wr + c, L);
+          if constexpr (kScaled) wv = wv * load_w<false>(s + c, L);
+        } else if (n != 0) {
+          wv = load_w<true>(wr + c, n);
+          if constexpr (kScaled) wv = wv * load_w<true>(s + c, n);
+        }
+        simd::store(dst + v * L, wv);
+      }
+    }
+  }
+}
+
 /// Packs the strip W(k0 + k, n0 + c), k < kc, c < cols (<= kNR) of a weight stored [out, in]
 /// (`src` row = output column) into `bp` (kc x kNR, zero columns past `cols`).
 template <class E>

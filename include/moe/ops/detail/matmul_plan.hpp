@@ -25,7 +25,9 @@
 //    token block does the packing itself, on the way ("fused": no separate pass over the
 //    weights). While a tile is computed, the next tile of the task may be prefetched into L2
 //    (where it fits: Blocking::tile_prefetch) and the next strip into L1. Small T on f32
-//    [in, out] may read the strips in place instead (Blocking::f32_in_place_max_t).
+//    [in, out] may read the strips in place instead (Blocking::f32_in_place_max_t). Where an
+//    [in, out] weight's rows alias (Blocking::group_stride), a few strips are packed together
+//    in a pass of their own instead of fused, and every token block reads them packed.
 //  * kDot ([out, in] weights, T <= kDotMaxT): dot products along the contiguous weight rows.
 #pragma once
 
@@ -75,6 +77,14 @@ struct Blocking {
   /// that follow, the next strips' (0: its strip only; see pack_pf_lines). int8 strips are
   /// prefetched into L1 ahead instead (strip_prefetch_int8).
   std::size_t pack_fetch_cols = 0;
+  /// [in, out] weights whose row stride in bytes is a multiple of group_stride (0: none) are
+  /// packed pack_group strips at a time, all token blocks then reading the packed strips, in a
+  /// pass of their own that prefetches group_pf_rows rows ahead (see pack_strips_inout): the
+  /// rows of such a weight fall on so few cache sets that the lines of the next strips a fused
+  /// packing fetches are evicted before their strip comes.
+  std::size_t group_stride = 0;
+  std::size_t pack_group = 1;
+  std::size_t group_pf_rows = 8;
   /// A task accumulates its outputs in a contiguous tile in scratch and copies it to y at the
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
@@ -148,6 +158,17 @@ struct Blocking {
 ///    [32768 -> 6144] 1.19x (2 threads), 1.22x (1), [1024 -> 4096] 1.13x, [6144 -> 1024] 1.05x;
 ///    int8 [6144 -> 1024] 1.62x (1.83x with 1 thread); f32 and the other int8 shapes unchanged
 ///    (0.98-1.02x). With the unpacking kernel on top, bf16 reads 0.92-0.98 of DRAM on long rows.
+///  * on a host without AVX-512, [in, out] weights whose rows are a multiple of half an L2 way
+///    apart (32 KiB on a 512 KiB 8-way L2: Grok's [6144 -> 32768] in f32, bf16 and int8) pack
+///    pack_fetch_cols / kNR strips at a time (4 on AVX2) in a pass of their own that prefetches
+///    8 rows ahead, instead of the fused packing. Such rows take one or two positions of an L2
+///    way, so the lines of the next strips that the fused packing fetches are evicted before
+///    their strip comes, and each strip's first token block waited on a miss per weight row.
+///    Zen 1, T = 64: 0.64-0.70 of the FMA peak against 0.81-0.84 for [6144 -> 32704] (2 MiB
+///    pages; in 4 KiB pages as slow, and the rule 1.15-1.32x there too). Alternated with the
+///    fused packing, 3 rounds, medians: T = 64 1.19-1.25x (0.76-0.82 of the peak), T = 256
+///    1.08-1.13x; with every weight grouped, the other shapes moved 0.96-1.06x (so they keep
+///    the fused packing). Groups of 2 or 8 and 4 or 16 rows ahead measured within 0.98-1.03x.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -162,6 +183,8 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
   if (!h.avx512) {
     b.gemv_int8 = GemvStep{16, 0, 0};
     b.pack_fetch_cols = 64;
+    b.pack_group = b.pack_fetch_cols / kNR;
+    b.group_stride = h.l2_bytes / h.l2_ways / 2;
   }
   if (h.half_width_vectors()) {
     b.gemv_bf16 = GemvStep{8, 0, 8, 16384};
@@ -210,6 +233,9 @@ struct Shape {
   /// (Blocking::c_tile). At 1 or 2 KiB (out = 256, 512) the copies in and out only cost time.
   bool y_alias = true;
   bool dot = true;  ///< an [out, in] weight of this type has a dot kernel (else: packed)
+  /// Elements between the starts of two weight rows in storage (0: `out` for [in, out], `in`
+  /// for [out, in] weights).
+  std::size_t ldw = 0;
 };
 
 struct Plan {
@@ -220,6 +246,8 @@ struct Plan {
   std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed strip
   std::size_t pf = 0;                   ///< direct path: prefetch distance in rows
   bool pack = true;               ///< packed path: pack strips (false: f32 [in, out] read in place)
+  std::size_t group = 1;          ///< packed path: strips packed together (Blocking::pack_group)
+  std::size_t group_pf = 0;       ///< ... prefetching this many rows ahead
   bool tile_pf = false;           ///< packed path: prefetch the next tile into L2
   bool strip_pf = false;          ///< packed path: prefetch the next strip into L1
   std::size_t pack_pf_lines = 0;  ///< packed path, fused packing: see pack_pf_lines()
@@ -327,15 +355,29 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.path = Path::kPacked;
     q.kc = std::min(b.kc, in);
     q.tile_pf = b.tile_prefetch;
-    q.strip_pf = s.elem == 1 ? b.strip_prefetch_int8 : b.strip_prefetch;
     q.nc = std::min(b.nc, out);
     q.n_slabs = ceil_div(out, q.nc);
     q.pack = !(s.in_out && s.elem == sizeof(float) && T <= b.f32_in_place_max_t);
-    q.pack_pf_lines = q.pack && s.in_out && s.elem != 1 ? pack_pf_lines(b, s.elem) : 0;
-    q.strip_floats = q.pack ? q.kc * kNR : 0;
+    // Strips packed one at a time (fused) or in groups (set_group; the weight rows alias).
+    auto set_group = [&q, &s, &b](std::size_t group) {
+      q.group = group;
+      q.group_pf = group > 1 ? b.group_pf_rows : 0;
+      q.strip_pf = group == 1 && (s.elem == 1 ? b.strip_prefetch_int8 : b.strip_prefetch);
+      q.pack_pf_lines =
+          q.pack && s.in_out && s.elem != 1 && group == 1 ? pack_pf_lines(b, s.elem) : 0;
+      q.strip_floats = q.pack ? group * q.kc * kNR : 0;
+    };
     q.n_tblocks = ceil_div(T, b.max_tb);
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
     q.n_tblocks = ceil_div(T, q.tb);
+    // Groups only where the rows alias, and only with room for every buffer next to them.
+    const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : s.in_out ? out : in) * s.elem;
+    const bool alias = b.group_stride != 0 && row_bytes % b.group_stride == 0;
+    const std::size_t group_floats =
+        b.pack_group * q.kc * kNR + q.tb * q.kc + q.tb * round_up(q.nc, kNR);
+    set_group(q.pack && s.in_out && alias && group_floats * sizeof(float) <= scratch_bytes
+                  ? b.pack_group
+                  : 1);
     auto size_buffers = [&q, &s, &b, scratch_bytes] {
       q.a_pack = s.a_trans || s.a_alias;
       q.a_floats = q.a_pack ? q.tb * q.kc : 0;
