@@ -79,6 +79,13 @@ static_assert(kDirectNR % (direct_nv(true) * simd::kLanes) == 0 && direct_nv(tru
 /// Bytes of one cache line (prefetch granularity).
 inline constexpr std::size_t kCacheLine = 64;
 
+/// Prefetches into L1 the `bytes` that start `offset` bytes past `row`: in the micro-kernels, the
+/// part of the weight row pf_rows ahead that a step reads.
+inline void prefetch_ahead(const void* row, std::uintptr_t offset, std::size_t bytes) noexcept {
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(row) + offset;
+  for (std::size_t b = 0; b < bytes; b += kCacheLine) simd::prefetch_l1(a + b);
+}
+
 /// Valid lanes of vector j of a strip with `cols` valid columns (0..simd::kLanes).
 constexpr std::size_t strip_lanes(std::size_t cols, std::size_t j) noexcept {
   return cols > j * simd::kLanes
@@ -149,10 +156,7 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(bf16);
   for (std::size_t k = 0; k < kc; ++k) {
     const bf16* wr = w + k * ldw;
-    if (pf_rows != 0) {
-      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < kNR * sizeof(bf16); b += kCacheLine) simd::prefetch_l1(a + b);
-    }
+    if (pf_rows != 0) prefetch_ahead(wr, pf_offset, kNR * sizeof(bf16));
     __m512 we[G], wo[G];
     for (std::size_t g = 0; g < G; ++g) {
       const __m512i v = _mm512_loadu_si512(wr + 32 * g);
@@ -204,10 +208,7 @@ inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, const bf16* 
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(bf16);
   for (std::size_t k = 0; k < kc; ++k) {
     const bf16* wr = w + k * ldw;
-    if (pf_rows != 0) {
-      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < 16 * G * sizeof(bf16); b += kCacheLine) simd::prefetch_l1(a + b);
-    }
+    if (pf_rows != 0) prefetch_ahead(wr, pf_offset, 16 * G * sizeof(bf16));
     const __m256 xb = _mm256_set1_ps(x[k]);
     for (std::size_t g = 0; g < G; ++g) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 16 * g));
@@ -273,10 +274,7 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(E);
   for (std::size_t k = 0; k < kc; ++k) {
     const E* wr = w + k * ldw;
-    if (pf_rows != 0) {
-      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < kRowBytes; b += kCacheLine) simd::prefetch_l1(a + b);
-    }
+    if (pf_rows != 0) prefetch_ahead(wr, pf_offset, kRowBytes);
     if constexpr (kPackOut) {
       const auto row = reinterpret_cast<std::uintptr_t>(wr);
       for (std::size_t q = 1; q <= pack_pf_lines; ++q) simd::prefetch_l2(row + q * kCacheLine);
@@ -591,10 +589,7 @@ inline void pack_strips_inout(std::size_t kc, const E* w, std::size_t ldw, const
   const std::uintptr_t pf_offset = pf_rows * ldw * sizeof(E);
   for (std::size_t k = 0; k < kc; ++k) {
     const E* wr = w + k * ldw;
-    if (pf_rows != 0 && k + pf_rows < kc) {
-      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(wr) + pf_offset;
-      for (std::size_t b = 0; b < cols * sizeof(E); b += kCacheLine) simd::prefetch_l1(a + b);
-    }
+    if (pf_rows != 0 && k + pf_rows < kc) prefetch_ahead(wr, pf_offset, cols * sizeof(E));
     for (std::size_t j = 0; j < strips; ++j) {
       float* dst = bp + j * strip_floats + k * kNR;
       for (std::size_t v = 0; v < kNV; ++v) {
