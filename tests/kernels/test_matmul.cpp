@@ -567,6 +567,67 @@ TEST_CASE("the fused packing's prefetch of the next strips changes no result",
   }
 }
 
+TEST_CASE("the dot path's prefetch changes no result; its bf16 sums are the f32 ones",
+          "[kernels][matmul]") {
+  // [out, in] weights at T <= 4 take dot products along the weight rows. Blocking::dot_pf_short
+  // only adds prefetches of the rows further on (distances of one row, of a few calls and past
+  // the last row), so the outputs must equal those without it bit for bit. Without AVX-512 the
+  // bf16 kernel (the unpacking one for one token) must also give the f32 kernel's sums of the
+  // same weights widened: the same FMAs in the same lane order. Rows of 1 to 1000 elements cover
+  // the 16-element steps, the 8-lane steps and the tails; 13 and 300 rows the partial calls.
+  moe::ThreadPool pool(2);
+  moe::detail::Blocking base = moe::detail::host_blocking();
+  base.dot_pf_short = 0;
+  const bool same_order = std::string(moe::detail::kMatmulKernels) != "avx512";
+  std::uint64_t seed = 3500;
+  for (std::size_t in : {1, 15, 16, 17, 40, 100, 1000}) {
+    for (std::size_t out : {1, 7, 13, 300}) {
+      const TestWeight b = make_weight(Kind::kBf16OutIn, in, out, 1, ++seed);
+      TestWeight f = b;
+      f.kind = Kind::kF32OutIn;
+      f.f32.resize(b.b16.size());
+      for (std::size_t i = 0; i < b.b16.size(); ++i) f.f32[i] = b.b16[i].to_float();
+      for (std::size_t T : {1, 2, 3, 4}) {
+        const TestX x = make_x(T, in, seed + T);
+        TestY yb = make_y(T, out), yf = make_y(T, out);
+        CHECK(moe::detail::gemm(pool, moe::detail::Activations(x.view()), b.b(), yb.view(), false,
+                                base));
+        CHECK(moe::detail::gemm(pool, moe::detail::Activations(x.view()), f.f(), yf.view(), false,
+                                base));
+        INFO("T=" << T << " in=" << in << " out=" << out);
+        if (same_order) {
+          CHECK(std::memcmp(yb.buf.data(), yf.buf.data(), yb.buf.size() * sizeof(float)) == 0);
+        }
+        const Worst w = worst_error(yb, reference(x.view(), b), in);
+        INFO(describe(b, T, w));
+        CHECK(w.ratio <= 1.0);
+        for (std::size_t pf : {1, 8, 4096}) {
+          moe::detail::Blocking bp = base;
+          bp.dot_pf_short = pf;
+          moe::detail::Shape shape;
+          shape.T = T;
+          shape.in = in;
+          shape.out = out;
+          shape.elem = 2;
+          shape.in_out = false;
+          INFO("dot_pf_short=" << pf);
+          CHECK(moe::detail::make_plan(shape, bp, pool.scratch_bytes()).pf == pf);
+          for (const TestWeight* tw : {&b, static_cast<const TestWeight*>(&f)}) {
+            TestY y = make_y(T, out);
+            visit(*tw, [&](const auto& wv) {
+              CHECK(moe::detail::gemm(pool, moe::detail::Activations(x.view()), wv, y.view(), false,
+                                      bp));
+            });
+            const TestY& y0 = tw == &b ? yb : yf;
+            CHECK(std::memcmp(y.buf.data(), y0.buf.data(), y.buf.size() * sizeof(float)) == 0);
+            CHECK(y.padding_intact());
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("zero activations give exact zeros; empty inputs are no-ops", "[kernels][matmul]") {
   moe::ThreadPool pool(2);
   for (Kind kind : kAllKinds) {

@@ -277,6 +277,31 @@ TEST_CASE("hosts without AVX-512 pack the strips of aliasing weight rows in grou
   }
 }
 
+TEST_CASE("hosts without AVX-512 prefetch [out, in] rows shorter than 4 KiB in the dot path",
+          "[kernels][plan]") {
+  const std::size_t scratch = std::size_t{4} << 20;
+  for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen1()}) {
+    INFO(h.describe());
+    const Blocking b = blocking_for(h);
+    CHECK(b.dot_pf_short == 8);
+    for (std::size_t T : {1, 2, 4}) {
+      INFO("T " << T);
+      // [1024 -> 4096] in bf16: rows of 2 KiB; in f32 they are 4 KiB, not short.
+      const Plan p = make_plan(shape(T, 1024, 4096, 2, false), b, scratch);
+      CHECK(p.path == Path::kDot);
+      CHECK(p.pf == 8);
+      CHECK(make_plan(shape(T, 1023, 4096, 4, false), b, scratch).pf == 8);
+      CHECK(make_plan(shape(T, 1024, 4096, 4, false), b, scratch).pf == 0);
+      CHECK(make_plan(shape(T, 6144, 1024, 2, false), b, scratch).pf == 0);
+    }
+  }
+  for (const HostInfo& h : {HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    const Blocking b = blocking_for(h);
+    CHECK(b.dot_pf_short == 0);
+    CHECK(make_plan(shape(1, 1024, 4096, 2, false), b, scratch).pf == 0);
+  }
+}
+
 TEST_CASE("micro-kernel register blocks fit the instruction set's registers", "[kernels][plan]") {
   using moe::detail::kMR;
   using moe::detail::kNV;

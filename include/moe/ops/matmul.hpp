@@ -340,17 +340,19 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
 }
 
 /// Dot path: output rows [n0, n1) for tokens [t0, t1) of an [out, in] weight, written (or added)
-/// to y.
+/// to y, prefetching plan.pf rows ahead while those rows exist.
 template <class T>
-void run_dot(const Activations& x, const DenseWeight<T>& w, std::size_t n0, std::size_t n1,
-             std::size_t t0, std::size_t t1, MatrixView<float> y, bool add) noexcept {
+void run_dot(const Plan& plan, const Activations& x, const DenseWeight<T>& w, std::size_t n0,
+             std::size_t n1, std::size_t t0, std::size_t t1, MatrixView<float> y,
+             bool add) noexcept {
   for (std::size_t t = t0; t < t1; t += kDotMaxT) {
     const std::size_t mr = std::min(kDotMaxT, t1 - t);
     const std::size_t step = dot_rows(mr);
     for (std::size_t o = n0; o < n1; o += step) {
       const std::size_t no = std::min(step, n1 - o);
+      const std::size_t pf = o + no + plan.pf <= w.out ? plan.pf : 0;
       dot_kernel_rt(mr, no, w.in, x.row(t), x.ld, w.data + o * w.in, w.in, y.row(t) + o, y.stride,
-                    add);
+                    add, pf);
     }
   }
 }
@@ -434,7 +436,7 @@ bool gemm(ThreadPool& pool, const Activations& x, const W& w, MatrixView<float> 
     if constexpr (kDense) {
       pool.parallel_for(plan.n_slabs, [&](std::size_t s, std::size_t) {
         const std::size_t n0 = s * plan.nc;
-        run_dot(x, w, n0, std::min(w.out, n0 + plan.nc), 0, T, y, accumulate);
+        run_dot(plan, x, w, n0, std::min(w.out, n0 + plan.nc), 0, T, y, accumulate);
       });
     }
     return true;

@@ -227,8 +227,10 @@ inline void widen(const bf16* src, float* dst, std::size_t n) noexcept {
 // ---- prefetch ----------------------------------------------------------------------------------
 // Hints for data needed soon (L1) or a while later (L2). The address is formed from an integer,
 // so prefetching past the end of a buffer (harmless in hardware) is not pointer arithmetic UB.
+// Always inlined: GCC 12 deletes a call to a function that only prefetches when it does not inline
+// it first (the function counts as one without effects), and so would drop the hint.
 
-inline void prefetch_l1(std::uintptr_t addr) noexcept {
+[[gnu::always_inline]] inline void prefetch_l1(std::uintptr_t addr) noexcept {
 #if defined(__GNUC__)
   // NOLINTNEXTLINE(performance-no-int-to-ptr): an address, not a pointer (see above)
   __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 3);
@@ -236,7 +238,7 @@ inline void prefetch_l1(std::uintptr_t addr) noexcept {
   (void)addr;
 #endif
 }
-inline void prefetch_l2(std::uintptr_t addr) noexcept {
+[[gnu::always_inline]] inline void prefetch_l2(std::uintptr_t addr) noexcept {
 #if defined(__GNUC__)
   // NOLINTNEXTLINE(performance-no-int-to-ptr): an address, not a pointer (see above)
   __builtin_prefetch(reinterpret_cast<const void*>(addr), 0, 2);

@@ -3,8 +3,9 @@
 // Written in the shared SIMD vocabulary (moe/simd/simd.hpp: simd::fbatch, load / load_partial,
 // widen, fma, prefetch). Three kernels use raw AVX-512 intrinsics because the vocabulary has no
 // equivalent at the same speed; each says why: axpy_kernel_bf16_pairs, the bf16 branch of
-// dot_kernel and transpose16. Two more use AVX / AVX2 ones: axpy_kernel_bf16_unpack (the
-// one-token bf16 GEMV) and transpose8 (transpose16's counterpart).
+// dot_kernel and transpose16. Three more use AVX / AVX2 ones: axpy_kernel_bf16_unpack (the
+// one-token bf16 GEMV), the bf16 branch of dot_kernel there and transpose8 (transpose16's
+// counterpart).
 //
 // Two micro-kernels cover every weight type and layout (see matmul.hpp for how they are used):
 //
@@ -80,10 +81,25 @@ static_assert(kDirectNR % (direct_nv(true) * simd::kLanes) == 0 && direct_nv(tru
 inline constexpr std::size_t kCacheLine = 64;
 
 /// Prefetches into L1 the `bytes` that start `offset` bytes past `row`: in the micro-kernels, the
-/// part of the weight row pf_rows ahead that a step reads.
-inline void prefetch_ahead(const void* row, std::uintptr_t offset, std::size_t bytes) noexcept {
+/// part of the weight row pf_rows ahead that a step reads. Always inlined, like every helper that
+/// only prefetches: GCC 12 takes a call to such a function for one without effects and deletes it
+/// when the function is not inlined first (its pure-const analysis), so a lambda or a plain inline
+/// function around these prefetches compiled to nothing in dot_kernel.
+[[gnu::always_inline]] inline void prefetch_ahead(const void* row, std::uintptr_t offset,
+                                                  std::size_t bytes) noexcept {
   const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(row) + offset;
   for (std::size_t b = 0; b < bytes; b += kCacheLine) simd::prefetch_l1(a + b);
+}
+
+/// In the dot kernel, once per cache line of its NO weight rows (when element k starts a line):
+/// the line at element k of each row pf_rows further on.
+template <std::size_t NO, class E>
+[[gnu::always_inline]] inline void prefetch_rows(const E* w, std::size_t ldw, std::size_t pf_rows,
+                                                 std::size_t k) noexcept {
+  if ((k * sizeof(E)) % kCacheLine != 0) return;
+  for (std::size_t o = 0; o < NO; ++o) {
+    prefetch_ahead(w + (o + pf_rows) * ldw, k * sizeof(E), kCacheLine);
+  }
 }
 
 /// Valid lanes of vector j of a strip with `cols` valid columns (0..simd::kLanes).
@@ -355,10 +371,12 @@ inline void axpy_strip(std::size_t mr, std::size_t kc, const float* x, std::size
 /// y[t * ldy + o] (+)= sum_k x[t * ldx + k] * widen(w[o * ldw + k]) for t < MR, o < NO, k < K
 /// (added to y when `add`). Lane l of each accumulator sums k = l, l + L, l + 2L, ... (a fixed
 /// order; bf16 on AVX-512: 2l, 2l + 1, 2l + 2L, ... over the 2L-blocks, then the rest as above),
-/// then simd::reduce_add.
-template <std::size_t MR, std::size_t NO, class E>
+/// then simd::reduce_add. kPrefetch: each step also prefetches the lines it reads of the rows
+/// pf_rows further on (the caller guarantees they exist; a template flag, so that the loops
+/// without it carry no test).
+template <std::size_t MR, std::size_t NO, bool kPrefetch, class E>
 inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* w, std::size_t ldw,
-                       float* y, std::size_t ldy, bool add) noexcept {
+                       float* y, std::size_t ldy, bool add, std::size_t pf_rows) noexcept {
   constexpr std::size_t L = simd::kLanes;
   fbatch acc[MR][NO];
   for (std::size_t t = 0; t < MR; ++t) {
@@ -378,6 +396,7 @@ inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* 
         _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     for (; k + 2 * L <= K; k += 2 * L) {
+      if constexpr (kPrefetch) prefetch_rows<NO>(w, ldw, pf_rows, k);
       __m512 we[NO], wo[NO];
       for (std::size_t o = 0; o < NO; ++o) {
         const __m512i v = _mm512_loadu_si512(w + o * ldw + k);
@@ -395,8 +414,36 @@ inline void dot_kernel(std::size_t K, const float* x, std::size_t ldx, const E* 
       }
     }
   }
+#elif MOE_MATMUL_BF16_UNPACK
+  if constexpr (std::is_same_v<E, bf16> && MR == 1) {
+    // The one-token GEMV, in raw intrinsics (as axpy_kernel_bf16_unpack): 16 bf16 per 32-byte
+    // load, its 64-bit quarters reordered (0, 2, 1, 3) so that interleaving with zeros within each
+    // 128-bit half gives the f32 vectors of k .. k + 7 and k + 8 .. k + 15 in order: one load and
+    // three shuffles per 16 weights, where simd::widen takes two widening loads and two shifts.
+    // The FMAs are those of the loop below, in the same order. (With 2 tokens, whose vectors then
+    // exceed the 16 registers, it ran 0.93x on long rows; 3 and 4 tokens gained nothing.)
+    const __m256i zero = _mm256_setzero_si256();
+    for (; k + 2 * L <= K; k += 2 * L) {
+      if constexpr (kPrefetch) prefetch_rows<NO>(w, ldw, pf_rows, k);
+      __m256 lo[NO], hi[NO];
+      for (std::size_t o = 0; o < NO; ++o) {
+        const __m256i v = _mm256_permute4x64_epi64(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + o * ldw + k)), 0xD8);
+        lo[o] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+        hi[o] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+      }
+      for (std::size_t t = 0; t < MR; ++t) {
+        const __m256 a = _mm256_loadu_ps(x + t * ldx + k);
+        const __m256 b = _mm256_loadu_ps(x + t * ldx + k + L);
+        for (std::size_t o = 0; o < NO; ++o) {
+          acc[t][o] = _mm256_fmadd_ps(b, hi[o], _mm256_fmadd_ps(a, lo[o], acc[t][o]));
+        }
+      }
+    }
+  }
 #endif
   for (; k + L <= K; k += L) {
+    if constexpr (kPrefetch) prefetch_rows<NO>(w, ldw, pf_rows, k);
     fbatch wv[NO];
     for (std::size_t o = 0; o < NO; ++o) wv[o] = load_w<false>(w + o * ldw + k, L);
     for (std::size_t t = 0; t < MR; ++t) {
@@ -433,15 +480,20 @@ inline constexpr std::size_t dot_rows(std::size_t mr) noexcept {
   }
 }
 
-/// Runtime (mr in 1..kDotMaxT, no in 1..dot_rows(mr)) -> template.
+/// Runtime (mr in 1..kDotMaxT, no in 1..dot_rows(mr), prefetch or not) -> template.
 template <class E>
 inline void dot_kernel_rt(std::size_t mr, std::size_t no, std::size_t K, const float* x,
                           std::size_t ldx, const E* w, std::size_t ldw, float* y, std::size_t ldy,
-                          bool add) noexcept {
+                          bool add, std::size_t pf_rows) noexcept {
   dispatch_count<kDotMaxT>(mr, [&](auto mr_c) {
     constexpr std::size_t M = decltype(mr_c)::value;
     dispatch_count<dot_rows(M)>(no, [&](auto no_c) {
-      dot_kernel<M, decltype(no_c)::value>(K, x, ldx, w, ldw, y, ldy, add);
+      constexpr std::size_t N = decltype(no_c)::value;
+      if (pf_rows != 0) {
+        dot_kernel<M, N, true>(K, x, ldx, w, ldw, y, ldy, add, pf_rows);
+      } else {
+        dot_kernel<M, N, false>(K, x, ldx, w, ldw, y, ldy, add, pf_rows);
+      }
     });
   });
 }

@@ -28,7 +28,8 @@
 //    [in, out] may read the strips in place instead (Blocking::f32_in_place_max_t). Where an
 //    [in, out] weight's rows alias (Blocking::group_stride), a few strips are packed together
 //    in a pass of their own instead of fused, and every token block reads them packed.
-//  * kDot ([out, in] weights, T <= kDotMaxT): dot products along the contiguous weight rows.
+//  * kDot ([out, in] weights, T <= kDotMaxT): dot products along the contiguous weight rows,
+//    which prefetch the rows a few calls ahead where a row is short (Blocking::dot_pf_short).
 #pragma once
 
 #include <algorithm>
@@ -42,7 +43,8 @@ MOE_SIMD_DETAIL_BEGIN
 
 enum class Path { kDirect, kPacked, kDot, kNone };  // kNone: the scratch is too small
 
-/// A task's slab rows shorter than this take GemvStep::pf_short (see make_plan).
+/// A task's slab rows shorter than this take GemvStep::pf_short, and [out, in] weight rows
+/// shorter than this Blocking::dot_pf_short (see make_plan).
 inline constexpr std::size_t kShortSlabRowBytes = 4096;
 
 /// How the one-token GEMV (direct path, T = 1) walks a weight: rows per micro-kernel call, the
@@ -95,6 +97,9 @@ struct Blocking {
   GemvStep gemv_bf16{4, 8, 8};
   GemvStep gemv_int8{4, 8, 8};
   std::size_t direct_rows = 8;
+  /// Dot path ([out, in] weights, T <= kDotMaxT): rows ahead the kernel prefetches when a
+  /// weight row is shorter than kShortSlabRowBytes (0: none; see blocking_for).
+  std::size_t dot_pf_short = 0;
 
   /// The T = 1 step for weights of `elem` bytes per element (4 f32, 2 bf16, 1 int8).
   [[nodiscard]] const GemvStep& gemv_step(std::size_t elem) const noexcept {
@@ -169,6 +174,12 @@ struct Blocking {
 ///    fused packing, 3 rounds, medians: T = 64 1.19-1.25x (0.76-0.82 of the peak), T = 256
 ///    1.08-1.13x; with every weight grouped, the other shapes moved 0.96-1.06x (so they keep
 ///    the fused packing). Groups of 2 or 8 and 4 or 16 rows ahead measured within 0.98-1.03x.
+///  * on a host without AVX-512 the dot path prefetches 8 rows ahead where an [out, in] weight
+///    row is shorter than kShortSlabRowBytes (dot_pf_short): a one-token call reads 7 rows of
+///    2 KiB in bf16 [1024 -> 4096], short streams the hardware prefetcher did not run ahead of
+///    (0.58 of DRAM, where rows of 12 KiB and more read 0.86-0.89). Zen 1, alternated with the
+///    code before, 5 rounds, medians, with the unpacking dot kernel: 1.42x (0.83 of DRAM), 2-4
+///    tokens 1.13-1.50x; 4, 16 and 32 rows ahead 0.82-0.95x of 8. AVX-512 hosts: unmeasured.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -185,6 +196,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.pack_fetch_cols = 64;
     b.pack_group = b.pack_fetch_cols / kNR;
     b.group_stride = h.l2_bytes / h.l2_ways / 2;
+    b.dot_pf_short = 8;
   }
   if (h.half_width_vectors()) {
     b.gemv_bf16 = GemvStep{8, 0, 8, 16384};
@@ -244,7 +256,7 @@ struct Plan {
   std::size_t chunk = 0, n_chunks = 1;  ///< K rows per chunk
   std::size_t tb = 0, n_tblocks = 1;    ///< tokens per block
   std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed strip
-  std::size_t pf = 0;                   ///< direct path: prefetch distance in rows
+  std::size_t pf = 0;                   ///< direct and dot paths: prefetch distance in rows
   bool pack = true;               ///< packed path: pack strips (false: f32 [in, out] read in place)
   std::size_t group = 1;          ///< packed path: strips packed together (Blocking::pack_group)
   std::size_t group_pf = 0;       ///< ... prefetching this many rows ahead
@@ -321,12 +333,14 @@ constexpr std::size_t pack_pf_lines(const Blocking& b, std::size_t elem) noexcep
   return want > own ? want - own : 0;
 }
 
-/// Dot path over [out, in] weights.
-inline Plan dot_plan(const Shape& s, bool tiny) noexcept {
+/// Dot path over [out, in] weights: rows shorter than kShortSlabRowBytes prefetch
+/// Blocking::dot_pf_short rows ahead.
+inline Plan dot_plan(const Shape& s, const Blocking& b, bool tiny) noexcept {
   Plan p;
   p.path = Path::kDot;
   p.tb = s.T;
   p.chunk = s.in;
+  p.pf = s.in * s.elem < kShortSlabRowBytes ? b.dot_pf_short : 0;
   p.nc =
       tiny ? s.out
            : std::max(Tuning::kDotMinRows, round_up(ceil_div(s.out, 2 * Tuning::kTargetTasks), 8));
@@ -347,7 +361,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   const std::size_t bytes = in * out * s.elem;
   const bool tiny = bytes <= Tuning::kTinyBytes && T <= kMR;
 
-  if (!s.in_out && T <= kDotMaxT && !s.a_trans && s.dot) return dot_plan(s, tiny);
+  if (!s.in_out && T <= kDotMaxT && !s.a_trans && s.dot) return dot_plan(s, b, tiny);
 
   // Packed path, if a strip (and a transposed activation block) fits in the scratch.
   if (!s.in_out || T > Tuning::kDirectMaxT || s.a_trans) {
@@ -405,7 +419,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
       return q;
     }
     // A scratch too small for a strip: dot products kDotMaxT tokens at a time, or nothing.
-    if (!s.in_out && !s.a_trans && s.dot) return dot_plan(s, false);
+    if (!s.in_out && !s.a_trans && s.dot) return dot_plan(s, b, false);
     if (!s.in_out || s.a_trans) {
       Plan none;
       none.path = Path::kNone;
