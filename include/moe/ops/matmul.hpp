@@ -213,6 +213,22 @@ BlockPrefetcher weight_block(const W& w, std::size_t k0, std::size_t kc, std::si
   return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, calls};
 }
 
+/// Calls f(ka, kb, sp) for each int8 scale block that rows [k0, k0 + kc) of an [in, out] weight
+/// cross (once for the whole range with other weights): rows [ka, kb) share the scale row whose
+/// column n sp points at (nullptr without scales).
+template <class W, class F>
+void for_each_scale_block(const W& w, std::size_t k0, std::size_t kc, std::size_t n,
+                          F&& f) noexcept {
+  using A = WeightAccess<W>;
+  const std::size_t br = A::block_rows(w);
+  for (std::size_t ka = k0; ka < k0 + kc;) {
+    std::size_t kb = k0 + kc;
+    if constexpr (A::kInt8) kb = std::min(kb, (ka / br + 1) * br);
+    f(ka, kb, A::kInt8 ? A::scales(w) + (ka / br) * A::ld(w) + n : nullptr);
+    ka = kb;
+  }
+}
+
 /// Packs rows [k0, k0 + kc) x columns [n, n + cols) of an [in, out] weight as plan.group
 /// consecutive strips at bp (see pack_strips_inout), one int8 scale block at a time.
 template <class W>
@@ -220,15 +236,10 @@ void pack_group(const Plan& plan, const W& w, std::size_t k0, std::size_t kc, st
                 std::size_t cols, float* bp) noexcept {
   using A = WeightAccess<W>;
   const std::size_t ldw = A::ld(w);
-  const std::size_t br = A::block_rows(w);
-  for (std::size_t ka = k0; ka < k0 + kc;) {
-    std::size_t kb = k0 + kc;
-    if constexpr (A::kInt8) kb = std::min(kb, (ka / br + 1) * br);
-    const bf16* sp = A::kInt8 ? A::scales(w) + (ka / br) * ldw + n : nullptr;
+  for_each_scale_block(w, k0, kc, n, [&](std::size_t ka, std::size_t kb, const bf16* sp) {
     pack_strips_inout<A::kInt8>(kb - ka, w.data + ka * ldw + n, ldw, sp, cols, bp + (ka - k0) * kNR,
                                 plan.kc * kNR, plan.group_pf);
-    ka = kb;
-  }
+  });
 }
 
 /// Packed path: see detail/matmul_plan.hpp. `scratch` holds the packed strip (or group of
@@ -241,7 +252,6 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
   float* bp = scratch;
   float* ab = scratch + plan.strip_floats;
   const std::size_t ldw = A::ld(w);
-  const std::size_t br = A::block_rows(w);
   const bool in_out = A::in_out(w);
   const std::size_t r0 = blk.r0, r1 = blk.r1, n0 = blk.n0, n1 = blk.n1, t0 = blk.t0, t1 = blk.t1;
   const std::size_t t_blocks = ceil_div(t1 - t0, kMR);
@@ -313,17 +323,13 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
         const std::size_t mr = std::min(kMR, t1 - t);
         tile_pf.template step<false>();
         strip_pf.template step<true>();
-        for (std::size_t ka = k0; ka < k0 + kc;) {
-          std::size_t kb = k0 + kc;
-          if constexpr (A::kInt8) kb = std::min(kb, (ka / br + 1) * br);
+        for_each_scale_block(w, k0, kc, n, [&](std::size_t ka, std::size_t kb, const bf16* sp) {
           const E* wp = w.data + ka * ldw + n;
-          const bf16* sp = A::kInt8 ? A::scales(w) + (ka / br) * ldw + n : nullptr;
           const bool ly = ka == k0 ? load_y : true;
           axpy_strip<false, A::kInt8, true>(mr, kb - ka, xp(t) + (ka - k0), ldx, wp, ldw, sp, yp(t),
                                             blk.d.ld, ly, cols, 0, bp + (ka - k0) * kNR,
                                             plan.pack_pf_lines);
-          ka = kb;
-        }
+        });
         t += kMR;
       } else {
         pack_strip_outin(A::reader(w), n, cols, k0, kc, bp);

@@ -372,26 +372,23 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.nc = std::min(b.nc, out);
     q.n_slabs = ceil_div(out, q.nc);
     q.pack = !(s.in_out && s.elem == sizeof(float) && T <= b.f32_in_place_max_t);
-    // Strips packed one at a time (fused) or in groups (set_group; the weight rows alias).
-    auto set_group = [&q, &s, &b](std::size_t group) {
-      q.group = group;
-      q.group_pf = group > 1 ? b.group_pf_rows : 0;
-      q.strip_pf = group == 1 && (s.elem == 1 ? b.strip_prefetch_int8 : b.strip_prefetch);
-      q.pack_pf_lines =
-          q.pack && s.in_out && s.elem != 1 && group == 1 ? pack_pf_lines(b, s.elem) : 0;
-      q.strip_floats = q.pack ? group * q.kc * kNR : 0;
-    };
     q.n_tblocks = ceil_div(T, b.max_tb);
     q.tb = round_up(ceil_div(T, q.n_tblocks), kMR);
     q.n_tblocks = ceil_div(T, q.tb);
-    // Groups only where the rows alias, and only with room for every buffer next to them.
+    // Strips packed one at a time (fused), or in groups where the weight rows alias, and only
+    // with room for every buffer next to the group.
     const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : s.in_out ? out : in) * s.elem;
     const bool alias = b.group_stride != 0 && row_bytes % b.group_stride == 0;
     const std::size_t group_floats =
         b.pack_group * q.kc * kNR + q.tb * q.kc + q.tb * round_up(q.nc, kNR);
-    set_group(q.pack && s.in_out && alias && group_floats * sizeof(float) <= scratch_bytes
+    q.group = q.pack && s.in_out && alias && group_floats * sizeof(float) <= scratch_bytes
                   ? b.pack_group
-                  : 1);
+                  : 1;
+    const bool fused = q.group == 1;
+    q.group_pf = fused ? 0 : b.group_pf_rows;
+    q.strip_pf = fused && (s.elem == 1 ? b.strip_prefetch_int8 : b.strip_prefetch);
+    q.pack_pf_lines = q.pack && s.in_out && s.elem != 1 && fused ? pack_pf_lines(b, s.elem) : 0;
+    q.strip_floats = q.pack ? q.group * q.kc * kNR : 0;
     auto size_buffers = [&q, &s, &b, scratch_bytes] {
       q.a_pack = s.a_trans || s.a_alias;
       q.a_floats = q.a_pack ? q.tb * q.kc : 0;
