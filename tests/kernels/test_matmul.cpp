@@ -112,6 +112,28 @@ TestWeight make_weight(Kind kind, std::size_t in, std::size_t out, std::size_t b
   return tw;
 }
 
+/// `b`, a bf16 weight, with its weights widened to f32 (exactly) in the same layout.
+TestWeight widened(const TestWeight& b) {
+  TestWeight f = b;
+  f.kind = b.kind == Kind::kBf16OutIn ? Kind::kF32OutIn : Kind::kF32InOut;
+  f.f32.resize(b.b16.size());
+  for (std::size_t i = 0; i < b.b16.size(); ++i) f.f32[i] = b.b16[i].to_float();
+  return f;
+}
+
+/// The plan's view of T tokens times `tw`.
+moe::detail::Shape plan_shape(std::size_t T, const TestWeight& tw) {
+  moe::detail::Shape shape;
+  shape.T = T;
+  shape.in = tw.in;
+  shape.out = tw.out;
+  shape.elem = tw.kind == Kind::kInt8                                     ? 1
+               : tw.kind == Kind::kF32InOut || tw.kind == Kind::kF32OutIn ? 4
+                                                                          : 2;
+  shape.in_out = tw.layout() == Layout::kInOut;
+  return shape;
+}
+
 /// Calls f(weight_view) with the view of the right type.
 template <class F>
 void visit(const TestWeight& tw, F&& f) {
@@ -448,11 +470,8 @@ TEST_CASE("f32 [in, out] GEMM read in place equals the packed bf16 path bit for 
   const Shape shapes[] = {{7, 300, 1500}, {16, 6144, 70}, {64, 1000, 777}, {130, 333, 520}};
   std::uint64_t seed = 2900;
   for (const Shape& s : shapes) {
-    TestWeight b = make_weight(Kind::kBf16InOut, s.in, s.out, 1, ++seed);
-    TestWeight f = b;
-    f.kind = Kind::kF32InOut;
-    f.f32.resize(b.b16.size());
-    for (std::size_t i = 0; i < b.b16.size(); ++i) f.f32[i] = b.b16[i].to_float();
+    const TestWeight b = make_weight(Kind::kBf16InOut, s.in, s.out, 1, ++seed);
+    const TestWeight f = widened(b);
     const TestX x = make_x(s.T, s.in, seed + 1);
     TestY yb = make_y(s.T, s.out), yf = make_y(s.T, s.out);
     run(pool, x, b, yb);
@@ -498,14 +517,10 @@ TEST_CASE("packing strips in groups changes no result", "[kernels][matmul]") {
           b.pack_group = group;
           b.group_stride = 1;  // every weight's rows "alias"
           b.group_pf_rows = pf;
-          moe::detail::Shape shape;
-          shape.T = s.T;
-          shape.in = s.in;
-          shape.out = s.out;
-          shape.elem = kind == Kind::kF32InOut ? 4 : kind == Kind::kBf16InOut ? 2 : 1;
           INFO(kind_name(kind) << " T=" << s.T << " in=" << s.in << " out=" << s.out
                                << " group=" << group << " pf=" << pf);
-          CHECK(moe::detail::make_plan(shape, b, pool.scratch_bytes()).group == group);
+          CHECK(moe::detail::make_plan(plan_shape(s.T, tw), b, pool.scratch_bytes()).group ==
+                group);
           TestY y = make_y(s.T, s.out);
           visit(tw, [&](const auto& w) {
             CHECK(
@@ -545,16 +560,11 @@ TEST_CASE("the fused packing's prefetch of the next strips changes no result",
       for (std::size_t cols : {64, 1024}) {
         moe::detail::Blocking b = base;
         b.pack_fetch_cols = cols;
-        const std::size_t elem = kind == Kind::kF32InOut ? 4 : 2;
-        moe::detail::Shape shape;
-        shape.T = s.T;
-        shape.in = s.in;
-        shape.out = s.out;
-        shape.elem = elem;
         INFO(kind_name(kind) << " T=" << s.T << " in=" << s.in << " out=" << s.out
                              << " pack_fetch_cols=" << cols);
         if (cols == 1024) {
-          CHECK(moe::detail::make_plan(shape, b, pool.scratch_bytes()).pack_pf_lines > 0);
+          CHECK(moe::detail::make_plan(plan_shape(s.T, tw), b, pool.scratch_bytes()).pack_pf_lines >
+                0);
         }
         TestY y = make_y(s.T, s.out);
         visit(tw, [&](const auto& w) {
@@ -583,10 +593,7 @@ TEST_CASE("the dot path's prefetch changes no result; its bf16 sums are the f32 
   for (std::size_t in : {1, 15, 16, 17, 40, 100, 1000}) {
     for (std::size_t out : {1, 7, 13, 300}) {
       const TestWeight b = make_weight(Kind::kBf16OutIn, in, out, 1, ++seed);
-      TestWeight f = b;
-      f.kind = Kind::kF32OutIn;
-      f.f32.resize(b.b16.size());
-      for (std::size_t i = 0; i < b.b16.size(); ++i) f.f32[i] = b.b16[i].to_float();
+      const TestWeight f = widened(b);
       for (std::size_t T : {1, 2, 3, 4}) {
         const TestX x = make_x(T, in, seed + T);
         TestY yb = make_y(T, out), yf = make_y(T, out);
@@ -604,15 +611,9 @@ TEST_CASE("the dot path's prefetch changes no result; its bf16 sums are the f32 
         for (std::size_t pf : {1, 8, 4096}) {
           moe::detail::Blocking bp = base;
           bp.dot_pf_short = pf;
-          moe::detail::Shape shape;
-          shape.T = T;
-          shape.in = in;
-          shape.out = out;
-          shape.elem = 2;
-          shape.in_out = false;
           INFO("dot_pf_short=" << pf);
-          CHECK(moe::detail::make_plan(shape, bp, pool.scratch_bytes()).pf == pf);
-          for (const TestWeight* tw : {&b, static_cast<const TestWeight*>(&f)}) {
+          CHECK(moe::detail::make_plan(plan_shape(T, b), bp, pool.scratch_bytes()).pf == pf);
+          for (const TestWeight* tw : {&b, &f}) {
             TestY y = make_y(T, out);
             visit(*tw, [&](const auto& wv) {
               CHECK(moe::detail::gemm(pool, moe::detail::Activations(x.view()), wv, y.view(), false,
