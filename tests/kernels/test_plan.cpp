@@ -178,7 +178,7 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   CHECK(blocking_for(zen2) == blocking_for(HostInfo::zen3()));
 
   const Blocking b = blocking_for(zen1);
-  CHECK(b.gemv_bf16 == moe::detail::GemvStep{8, 0, 8, 16384});
+  CHECK(b.gemv_bf16 == moe::detail::GemvStep{8, 0, 8, 16384, true});
   CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0, 16});
   // Everything else is Zen 3's (the same caches).
   Blocking rest = b;
@@ -193,17 +193,26 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   CHECK(bf16_long.kc == 8);
   CHECK(bf16_long.nc == 8192);  // 16 KiB of each bf16 row
   CHECK(bf16_long.pf == 0);
+  CHECK_FALSE(bf16_long.pf_in_order);
   const Plan bf16_short = make_plan(shape(1, 6144, 1024, 2), b, scratch);
   CHECK(bf16_short.nc == 1024);  // the whole row: 2 KiB
   CHECK(bf16_short.pf == 8);
+  CHECK(bf16_short.pf_in_order);  // in address order, before each call
   CHECK(make_plan(shape(1, 1024, 4096, 2), b, scratch).pf == 0);  // 8 KiB rows
-  CHECK(make_plan(shape(1, 6144, 1024, 1), b, scratch).pf == 16);
+  const Plan int8_short = make_plan(shape(1, 6144, 1024, 1), b, scratch);
+  CHECK(int8_short.pf == 16);
+  CHECK_FALSE(int8_short.pf_in_order);  // int8 keeps the micro-kernel's prefetch
   CHECK(make_plan(shape(1, 6144, 32768, 1), b, scratch).pf == 0);
   CHECK(make_plan(shape(1, 6144, 1024, 4), b, scratch).pf == 0);  // f32 rows: 4 KiB, no distance
   // T = 2..6 keep the direct path's own slab and step.
   const Plan bf16_t2 = make_plan(shape(2, 6144, 32768, 2), b, scratch);
   CHECK(bf16_t2.kc == b.direct_rows);
   CHECK(bf16_t2.nc == b.direct_slab_bytes / 2);
+  CHECK_FALSE(make_plan(shape(2, 6144, 1024, 2), b, scratch).pf_in_order);
+  // Only Zen 1 prefetches short rows in order (measured there).
+  for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    CHECK_FALSE(make_plan(shape(1, 6144, 1024, 2), blocking_for(h), scratch).pf_in_order);
+  }
   // Zen 3 keeps its prefetch on every bf16 row.
   CHECK(make_plan(shape(1, 6144, 32768, 2), blocking_for(HostInfo::zen3()), scratch).pf == 8);
 }

@@ -133,39 +133,6 @@ struct WeightAccess<F32Rows> {
   static RowReader<float> reader(const F32Rows&) noexcept { return {}; }
 };
 
-/// Direct path: an [in, out] weight read in place, a few rows per micro-kernel call.
-template <class W>
-void run_direct(const Plan& plan, const Activations& x, const W& w, const Block& blk) noexcept {
-  using A = WeightAccess<W>;
-  using E = typename A::E;
-  const E* data = w.data;
-  const std::size_t ldw = A::ld(w);
-  const std::size_t br = A::block_rows(w);
-  const bf16* scales = A::scales(w);
-  for (std::size_t k0 = blk.r0; k0 < blk.r1;) {
-    std::size_t k1 = std::min(k0 + plan.kc, blk.r1);
-    if constexpr (A::kInt8) k1 = std::min(k1, (k0 / br + 1) * br);  // one scale row per call
-    const std::size_t kc = k1 - k0;
-    const std::size_t pf = k1 + plan.pf <= w.in ? plan.pf : 0;  // prefetch rows ahead
-    const bf16* srow = A::kInt8 ? scales + (k0 / br) * ldw : nullptr;
-    const bool load_y = blk.load_y || k0 != blk.r0;
-    constexpr std::size_t NV = direct_nv(A::kInt8), NR = NV * simd::kLanes;
-    for (std::size_t n = blk.n0; n < blk.n1; n += NR) {
-      const std::size_t cols = std::min(NR, blk.n1 - n);
-      const E* wp = data + k0 * ldw + n;
-      const bf16* sp = A::kInt8 ? srow + n : nullptr;
-      for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
-        const std::size_t mr = std::min(kMR, blk.t1 - t);
-        float* yp = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
-        const float* xp = x.row(t) + k0;
-        axpy_strip<false, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp, blk.d.ld, load_y,
-                                               cols, pf);
-      }
-    }
-    k0 = k1;
-  }
-}
-
 /// Prefetches a block of rows (rows x row_bytes, row stride ld bytes) a few lines at a time, one
 /// share per micro-kernel call, so that the memory stream of the next block overlaps the compute
 /// of this one.
@@ -211,6 +178,48 @@ BlockPrefetcher weight_block(const W& w, std::size_t k0, std::size_t kc, std::si
   const std::size_t ld = A::ld(w) * sizeof(E);
   if (A::in_out(w)) return {w.data + k0 * A::ld(w) + n0, kc, cols * sizeof(E), ld, calls};
   return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, calls};
+}
+
+/// Direct path: an [in, out] weight read in place, a few rows per micro-kernel call.
+template <class W>
+void run_direct(const Plan& plan, const Activations& x, const W& w, const Block& blk) noexcept {
+  using A = WeightAccess<W>;
+  using E = typename A::E;
+  const E* data = w.data;
+  const std::size_t ldw = A::ld(w);
+  const std::size_t br = A::block_rows(w);
+  const bf16* scales = A::scales(w);
+  for (std::size_t k0 = blk.r0; k0 < blk.r1;) {
+    std::size_t k1 = std::min(k0 + plan.kc, blk.r1);
+    if constexpr (A::kInt8) k1 = std::min(k1, (k0 / br + 1) * br);  // one scale row per call
+    const std::size_t kc = k1 - k0;
+    std::size_t pf = k1 + plan.pf <= w.in ? plan.pf : 0;  // prefetch rows ahead
+    const bf16* srow = A::kInt8 ? scales + (k0 / br) * ldw : nullptr;
+    const bool load_y = blk.load_y || k0 != blk.r0;
+    constexpr std::size_t NV = direct_nv(A::kInt8), NR = NV * simd::kLanes;
+    // The rows pf ahead in address order, a share before each call (Plan::pf_in_order), or a
+    // line of each by the micro-kernel.
+    BlockPrefetcher ahead;
+    if (plan.pf_in_order && pf != 0) {
+      ahead = weight_block(w, k0 + pf, kc, blk.n0, blk.n1 - blk.n0,
+                           ceil_div(blk.n1 - blk.n0, NR) * ceil_div(blk.t1 - blk.t0, kMR));
+      pf = 0;
+    }
+    for (std::size_t n = blk.n0; n < blk.n1; n += NR) {
+      const std::size_t cols = std::min(NR, blk.n1 - n);
+      const E* wp = data + k0 * ldw + n;
+      const bf16* sp = A::kInt8 ? srow + n : nullptr;
+      for (std::size_t t = blk.t0; t < blk.t1; t += kMR) {
+        const std::size_t mr = std::min(kMR, blk.t1 - t);
+        float* yp = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
+        const float* xp = x.row(t) + k0;
+        ahead.template step<true>();
+        axpy_strip<false, A::kInt8, false, NV>(mr, kc, xp, x.ld, wp, ldw, sp, yp, blk.d.ld, load_y,
+                                               cols, pf);
+      }
+    }
+    k0 = k1;
+  }
 }
 
 /// Calls f(ka, kb, sp) for each int8 scale block that rows [k0, k0 + kc) of an [in, out] weight

@@ -15,7 +15,7 @@
 // Three paths:
 //  * kDirect (weights [in, out], T <= kMR): the micro-kernel reads the weight in place, a few
 //    rows at a time across a slab 8 or 16 KiB wide, prefetching the same slab of the next rows
-//    where the host's GemvStep says so.
+//    where the host's GemvStep says so (short rows: in address order where it says so).
 //    Each weight row is thus read as one long sequential run (not a 64-byte sliver per 4 KiB
 //    page, which defeats the hardware prefetcher). Narrow outputs are split along K instead.
 //  * kPacked (more tokens, or [out, in] weights with T > kDotMaxT): a task walks its column slab
@@ -50,12 +50,15 @@ inline constexpr std::size_t kShortSlabRowBytes = 4096;
 /// How the one-token GEMV (direct path, T = 1) walks a weight: rows per micro-kernel call, the
 /// software-prefetch distance in rows (0: none), the distance when each row of a task's slab is
 /// shorter than kShortSlabRowBytes (the slab is then a few lines of every row: [6144 -> 1024]
-/// int8 and bf16), and the bytes of each weight row a task's slab takes.
+/// int8 and bf16), the bytes of each weight row a task's slab takes, and whether such short
+/// rows are prefetched in address order, a share before each call (see Plan::pf_in_order),
+/// rather than by the micro-kernel, a line of each row it reads pf_short rows further on.
 struct GemvStep {
   std::size_t rows = 4;
   std::size_t pf = 8;
   std::size_t pf_short = 8;
   std::size_t slab_bytes = 8192;
+  bool short_in_order = false;
 
   friend bool operator==(const GemvStep&, const GemvStep&) = default;
 };
@@ -180,6 +183,13 @@ struct Blocking {
 ///    (0.58 of DRAM, where rows of 12 KiB and more read 0.86-0.89). Zen 1, alternated with the
 ///    code before, 5 rounds, medians, with the unpacking dot kernel: 1.42x (0.83 of DRAM), 2-4
 ///    tokens 1.13-1.50x; 4, 16 and 32 rows ahead 0.82-0.95x of 8. AVX-512 hosts: unmeasured.
+///  * on a core with half-width 256-bit units (Zen 1) the bf16 GEMV's short slab rows are
+///    prefetched in address order, a share before each micro-kernel call (GemvStep::
+///    short_in_order), as the dot path's prefetch_rows does on every host that has it: the
+///    micro-kernel asked for the same lines a column at a time across rows 2 KiB apart. Zen 1,
+///    alternated with the code before, 5 rounds, medians: bf16 [in, out] [6144 -> 1024] 1.25x
+///    (0.73 -> 0.87 of DRAM), [out, in] [1024 -> 4096] 1.06x (0.82 -> 0.86); int8 in address
+///    order 0.85-0.92x (bound by its multiplies), so it keeps the micro-kernel's prefetch.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -199,7 +209,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.dot_pf_short = 8;
   }
   if (h.half_width_vectors()) {
-    b.gemv_bf16 = GemvStep{8, 0, 8, 16384};
+    b.gemv_bf16 = GemvStep{8, 0, 8, 16384, true};
     b.gemv_int8.pf_short = 16;
   }
   return b;
@@ -257,6 +267,9 @@ struct Plan {
   std::size_t tb = 0, n_tblocks = 1;    ///< tokens per block
   std::size_t kc = 0;                   ///< K rows per micro-kernel call / packed strip
   std::size_t pf = 0;                   ///< direct and dot paths: prefetch distance in rows
+  /// Direct path: the pf rows ahead of each call group are prefetched in address order, a share
+  /// before each micro-kernel call (GemvStep::short_in_order), not by the micro-kernel.
+  bool pf_in_order = false;
   bool pack = true;               ///< packed path: pack strips (false: f32 [in, out] read in place)
   std::size_t group = 1;          ///< packed path: strips packed together (Blocking::pack_group)
   std::size_t group_pf = 0;       ///< ... prefetching this many rows ahead
@@ -440,7 +453,10 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   const std::size_t slab =
       round_up(std::max<std::size_t>(slab_bytes / s.elem, kDirectNR), kDirectNR);
   p.nc = slab >= out ? out : slab;
-  if (T == 1 && p.nc * s.elem < kShortSlabRowBytes) p.pf = gemv.pf_short;
+  if (T == 1 && p.nc * s.elem < kShortSlabRowBytes) {
+    p.pf = gemv.pf_short;
+    p.pf_in_order = gemv.short_in_order;
+  }
   p.n_slabs = ceil_div(out, p.nc);
   split_k(p, T, in, p.kc, 0, scratch_bytes);
   return p;
