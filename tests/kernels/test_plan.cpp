@@ -89,6 +89,7 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(&b.gemv_step(1) == &b.gemv_int8);
   CHECK(&b.gemv_step(4) == &b.gemv_f32);
   CHECK(b.direct_rows == 8);
+  CHECK(b.direct_pf == 8);
   CHECK(b.pack_fetch_cols == 0);
 }
 
@@ -181,10 +182,13 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   CHECK(b.gemv_bf16 == moe::detail::GemvStep{8, 0, 8, 16384, true});
   CHECK(b.gemv_int8 == moe::detail::GemvStep{16, 0, 16});
   // Everything else is Zen 3's (the same caches).
+  CHECK(b.direct_pf == 0);
   Blocking rest = b;
   rest.gemv_bf16 = rest.gemv_int8 = moe::detail::GemvStep{};
   Blocking zen3 = blocking_for(HostInfo::zen3());
   zen3.gemv_bf16 = zen3.gemv_int8 = moe::detail::GemvStep{};
+  CHECK(zen3.direct_pf == zen3.direct_rows);
+  rest.direct_pf = zen3.direct_pf;
   CHECK(rest == zen3);
 
   const std::size_t scratch = std::size_t{4} << 20;
@@ -208,7 +212,13 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   const Plan bf16_t2 = make_plan(shape(2, 6144, 32768, 2), b, scratch);
   CHECK(bf16_t2.kc == b.direct_rows);
   CHECK(bf16_t2.nc == b.direct_slab_bytes / 2);
-  CHECK_FALSE(make_plan(shape(2, 6144, 1024, 2), b, scratch).pf_in_order);
+  CHECK(bf16_t2.pf == 0);  // 8 KiB slab rows: no prefetch for 2-6 tokens either
+  const Plan bf16_t2_short = make_plan(shape(2, 6144, 1024, 2), b, scratch);
+  CHECK(bf16_t2_short.pf == b.direct_rows);  // 2 KiB rows keep a call group ahead
+  CHECK_FALSE(bf16_t2_short.pf_in_order);
+  CHECK(make_plan(shape(4, 6144, 32768, 1), b, scratch).pf == 0);
+  CHECK(make_plan(shape(6, 6144, 32768, 4), b, scratch).pf == 0);
+  CHECK(make_plan(shape(2, 6144, 32768, 2), blocking_for(HostInfo::zen3()), scratch).pf == 8);
   // Only Zen 1 prefetches short rows in order (measured there).
   for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen5(), HostInfo::emerald_rapids()}) {
     CHECK_FALSE(make_plan(shape(1, 6144, 1024, 2), blocking_for(h), scratch).pf_in_order);

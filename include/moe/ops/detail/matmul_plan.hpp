@@ -94,12 +94,14 @@ struct Blocking {
   /// end (y rows whose stride is a multiple of 4 KiB map to the same cache sets).
   bool c_tile = true;
   // Direct path (GEMV, T <= kMR): bytes of a task's slab for T = 2..6; the T = 1 step per weight
-  // type (see gemv_step); rows per micro-kernel call for T = 2..6.
+  // type (see gemv_step); rows per micro-kernel call for T = 2..6, and the rows ahead prefetched
+  // for T = 2..6 where a slab row is kShortSlabRowBytes or longer (shorter rows: direct_rows).
   std::size_t direct_slab_bytes = 8192;
   GemvStep gemv_f32{16, 0, 0};
   GemvStep gemv_bf16{4, 8, 8};
   GemvStep gemv_int8{4, 8, 8};
   std::size_t direct_rows = 8;
+  std::size_t direct_pf = 8;
   /// Dot path ([out, in] weights, T <= kDotMaxT): rows ahead the kernel prefetches when a
   /// weight row is shorter than kShortSlabRowBytes (0: none; see blocking_for).
   std::size_t dot_pf_short = 0;
@@ -190,6 +192,12 @@ struct Blocking {
 ///    alternated with the code before, 5 rounds, medians: bf16 [in, out] [6144 -> 1024] 1.25x
 ///    (0.73 -> 0.87 of DRAM), [out, in] [1024 -> 4096] 1.06x (0.82 -> 0.86); int8 in address
 ///    order 0.85-0.92x (bound by its multiplies), so it keeps the micro-kernel's prefetch.
+///  * on the same cores the direct path for 2-6 tokens drops its prefetch on slab rows of 4 KiB
+///    or more (direct_pf; shorter rows keep direct_rows ahead), as the one-token GEMV does: a
+///    16-token prefill of a Grok-1-shaped layer (2-4 tokens per expert) took longer than a
+///    64-token one. Zen 1, alternated with the code before, 3 rounds, medians: that prefill
+///    2.86x (bench_decoder grok1_layer/prefill); [6144 -> 32768] at T = 2 and 4 1.12-1.35x,
+///    [32768 -> 6144] 0.92-1.00x at T = 2 and 1.06-1.10x at T = 4 (bf16, f32, int8).
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -211,6 +219,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
   if (h.half_width_vectors()) {
     b.gemv_bf16 = GemvStep{8, 0, 8, 16384, true};
     b.gemv_int8.pf_short = 16;
+    b.direct_pf = 0;
   }
   return b;
 }
@@ -442,7 +451,7 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   p.path = Path::kDirect;
   const GemvStep& gemv = b.gemv_step(s.elem);
   p.kc = T == 1 ? gemv.rows : b.direct_rows;
-  p.pf = T == 1 ? gemv.pf : p.kc;
+  p.pf = T == 1 ? gemv.pf : b.direct_pf;
   p.tb = T;
   if (tiny) {
     p.nc = out;
@@ -453,9 +462,9 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   const std::size_t slab =
       round_up(std::max<std::size_t>(slab_bytes / s.elem, kDirectNR), kDirectNR);
   p.nc = slab >= out ? out : slab;
-  if (T == 1 && p.nc * s.elem < kShortSlabRowBytes) {
-    p.pf = gemv.pf_short;
-    p.pf_in_order = gemv.short_in_order;
+  if (p.nc * s.elem < kShortSlabRowBytes) {
+    p.pf = T == 1 ? gemv.pf_short : p.kc;
+    p.pf_in_order = T == 1 && gemv.short_in_order;
   }
   p.n_slabs = ceil_div(out, p.nc);
   split_k(p, T, in, p.kc, 0, scratch_bytes);
