@@ -458,6 +458,41 @@ TEST_CASE("[in, out] results do not depend on the path (direct vs packed)", "[ke
   }
 }
 
+TEST_CASE("the 2-6-token bf16 direct path equals the one-token GEMV and the f32 one bit for bit",
+          "[kernels][matmul]") {
+  // T = 2..6 on [in, out] weights runs the direct path, whose bf16 kernel (AVX2: the unpacking
+  // one, with its own column order and y regrouping per token row) must give each token the
+  // same FMA chain as a one-token GEMV and as the generic kernel on the weights widened to f32.
+  // Widths with 16-column tails and rows of odd strides; no K split (in < 256 rows per slab).
+  moe::ThreadPool pool(2);
+  std::uint64_t seed = 2700;
+  std::size_t checked = 0;
+  for (std::size_t out : {16, 77, 300, 1030}) {
+    const TestWeight b = make_weight(Kind::kBf16InOut, 120, out, 1, ++seed);
+    const TestWeight f = widened(b);
+    for (std::size_t T = 2; T <= 6; ++T) {
+      const TestX x = make_x(T, 120, seed + T, 131, 3);
+      TestY yb = make_y(T, out, out + 5, 2), yf = make_y(T, out, out + 5, 2);
+      run(pool, x, b, yb);
+      run(pool, x, f, yf);
+      INFO("out=" << out << " T=" << T);
+      CHECK(yb.padding_intact());
+      CHECK(std::memcmp(yb.buf.data(), yf.buf.data(), yb.buf.size() * sizeof(float)) == 0);
+      for (std::size_t t = 0; t < T; ++t) {
+        std::vector<float> v(out, 0.0f);
+        visit(b, [&](const auto& w) { moe::matvec(pool, x.view().row(t), w, v.data()); });
+        INFO("token " << t);
+        CHECK(std::memcmp(v.data(), yb.buf.data() + yb.off + t * yb.ld, out * sizeof(float)) == 0);
+        ++checked;
+      }
+      const Worst w = worst_error(yb, reference(x.view(), f), 120);
+      INFO(describe(b, T, w));
+      CHECK(w.ratio <= 1.0);
+    }
+  }
+  CHECK(checked == 4 * 20);
+}
+
 TEST_CASE("f32 [in, out] GEMM read in place equals the packed bf16 path bit for bit",
           "[kernels][matmul]") {
   // For T > 6, f32 [in, out] tiles are read in place while bf16 tiles are widened into scratch

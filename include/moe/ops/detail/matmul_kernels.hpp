@@ -4,8 +4,8 @@
 // widen, fma, prefetch). Three kernels use raw AVX-512 intrinsics because the vocabulary has no
 // equivalent at the same speed; each says why: axpy_kernel_bf16_pairs, the bf16 branch of
 // dot_kernel and transpose16. Three more use AVX / AVX2 ones: axpy_kernel_bf16_unpack (the
-// one-token bf16 GEMV), the bf16 branch of dot_kernel there and transpose8 (transpose16's
-// counterpart).
+// bf16 direct path: GEMVs of 1-6 tokens), the one-token bf16 branch of dot_kernel there and
+// transpose8 (transpose16's counterpart).
 //
 // Two micro-kernels cover every weight type and layout (see matmul.hpp for how they are used):
 //
@@ -200,7 +200,7 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 #endif
 
 #if MOE_MATMUL_BF16_UNPACK
-/// axpy_kernel for one token row and full steps of bf16 weights on AVX2 (the one-token GEMV).
+/// axpy_kernel for full steps of bf16 weights on AVX2 (the direct path: GEMVs of 1-6 tokens).
 /// Raw intrinsics: one 32-byte load holds 16 bf16, and interleaving it with zeros
 /// (`vpunpck{l,h}wd`, within each 128-bit half) gives two f32 vectors, columns {0-3, 8-11} and
 /// {4-7, 12-15}: one load and two shuffles per 16 weights, where simd::widen takes two widening
@@ -208,21 +208,25 @@ inline void axpy_kernel_bf16_pairs(std::size_t kc, const float* x, std::size_t l
 /// bottleneck). The accumulators keep that column order; y is regrouped by 128-bit halves when
 /// loaded and stored, by vinsertf128 / vextractf128 (Zen 1 splits a vperm2f128 into 8
 /// micro-ops: 1.00-1.06x over it). Each column is the same sequential FMA chain as the generic
-/// kernel's.
-template <std::size_t NV>
-inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, const bf16* w, std::size_t ldw,
-                                    float* y, bool load_y, std::size_t pf_rows) noexcept {
+/// kernel's. MR x NV accumulators, the two halves of one group and a broadcast fit the 16
+/// registers for the widths fitting_nv gives (1 x 8, 2 x 4, 3..6 x 2).
+template <std::size_t MR, std::size_t NV>
+inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, std::size_t ldx, const bf16* w,
+                                    std::size_t ldw, float* y, std::size_t ldy, bool load_y,
+                                    std::size_t pf_rows) noexcept {
   static_assert(NV % 2 == 0, "groups of 16 columns");
   constexpr std::size_t G = NV / 2;
-  __m256 lo[G], hi[G];  // columns {0-3, 8-11} and {4-7, 12-15} of group g
-  for (std::size_t g = 0; g < G; ++g) {
-    if (load_y) {
-      const __m256 a = _mm256_loadu_ps(y + 16 * g);
-      const __m256 b = _mm256_loadu_ps(y + 16 * g + 8);
-      lo[g] = _mm256_insertf128_ps(a, _mm256_castps256_ps128(b), 1);
-      hi[g] = _mm256_insertf128_ps(b, _mm256_extractf128_ps(a, 1), 0);
-    } else {
-      lo[g] = hi[g] = _mm256_setzero_ps();
+  __m256 lo[MR][G], hi[MR][G];  // columns {0-3, 8-11} and {4-7, 12-15} of group g, token t
+  for (std::size_t t = 0; t < MR; ++t) {
+    for (std::size_t g = 0; g < G; ++g) {
+      if (load_y) {
+        const __m256 a = _mm256_loadu_ps(y + t * ldy + 16 * g);
+        const __m256 b = _mm256_loadu_ps(y + t * ldy + 16 * g + 8);
+        lo[t][g] = _mm256_insertf128_ps(a, _mm256_castps256_ps128(b), 1);
+        hi[t][g] = _mm256_insertf128_ps(b, _mm256_extractf128_ps(a, 1), 0);
+      } else {
+        lo[t][g] = hi[t][g] = _mm256_setzero_ps();
+      }
     }
   }
   const __m256i zero = _mm256_setzero_si256();
@@ -230,17 +234,24 @@ inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, const bf16* 
   for (std::size_t k = 0; k < kc; ++k) {
     const bf16* wr = w + k * ldw;
     if (pf_rows != 0) prefetch_ahead(wr, pf_offset, 16 * G * sizeof(bf16));
-    const __m256 xb = _mm256_set1_ps(x[k]);
     for (std::size_t g = 0; g < G; ++g) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 16 * g));
-      lo[g] = _mm256_fmadd_ps(xb, _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v)), lo[g]);
-      hi[g] = _mm256_fmadd_ps(xb, _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v)), hi[g]);
+      const __m256 wl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+      const __m256 wh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+      for (std::size_t t = 0; t < MR; ++t) {
+        const __m256 xb = _mm256_set1_ps(x[t * ldx + k]);
+        lo[t][g] = _mm256_fmadd_ps(xb, wl, lo[t][g]);
+        hi[t][g] = _mm256_fmadd_ps(xb, wh, hi[t][g]);
+      }
     }
   }
-  for (std::size_t g = 0; g < G; ++g) {
-    _mm256_storeu_ps(y + 16 * g, _mm256_insertf128_ps(lo[g], _mm256_castps256_ps128(hi[g]), 1));
-    _mm256_storeu_ps(y + 16 * g + 8,
-                     _mm256_insertf128_ps(hi[g], _mm256_extractf128_ps(lo[g], 1), 0));
+  for (std::size_t t = 0; t < MR; ++t) {
+    for (std::size_t g = 0; g < G; ++g) {
+      float* yt = y + t * ldy + 16 * g;
+      _mm256_storeu_ps(yt, _mm256_insertf128_ps(lo[t][g], _mm256_castps256_ps128(hi[t][g]), 1));
+      _mm256_storeu_ps(yt + 8,
+                       _mm256_insertf128_ps(hi[t][g], _mm256_extractf128_ps(lo[t][g], 1), 0));
+    }
   }
 }
 #endif
@@ -269,9 +280,9 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
     return;
   }
 #elif MOE_MATMUL_BF16_UNPACK
-  if constexpr (std::is_same_v<E, bf16> && MR == 1 && NV % 2 == 0 && !kMaskW && !kMaskY &&
-                !kScaled && !kPackOut) {
-    axpy_kernel_bf16_unpack<NV>(kc, x, w, ldw, y, load_y, pf_rows);
+  if constexpr (std::is_same_v<E, bf16> && NV % 2 == 0 && !kMaskW && !kMaskY && !kScaled &&
+                !kPackOut) {
+    axpy_kernel_bf16_unpack<MR, NV>(kc, x, ldx, w, ldw, y, ldy, load_y, pf_rows);
     return;
   }
 #endif
