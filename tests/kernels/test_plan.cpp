@@ -187,8 +187,11 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   rest.gemv_bf16 = rest.gemv_int8 = moe::detail::GemvStep{};
   Blocking zen3 = blocking_for(HostInfo::zen3());
   zen3.gemv_bf16 = zen3.gemv_int8 = moe::detail::GemvStep{};
+  CHECK(b.direct_slab_bytes == 16384);
   CHECK(zen3.direct_pf == zen3.direct_rows);
+  CHECK(zen3.direct_slab_bytes == 8192);
   rest.direct_pf = zen3.direct_pf;
+  rest.direct_slab_bytes = zen3.direct_slab_bytes;
   CHECK(rest == zen3);
 
   const std::size_t scratch = std::size_t{4} << 20;
@@ -211,8 +214,10 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   // T = 2..6 keep the direct path's own slab and step.
   const Plan bf16_t2 = make_plan(shape(2, 6144, 32768, 2), b, scratch);
   CHECK(bf16_t2.kc == b.direct_rows);
-  CHECK(bf16_t2.nc == b.direct_slab_bytes / 2);
-  CHECK(bf16_t2.pf == 0);  // 8 KiB slab rows: no prefetch for 2-6 tokens either
+  CHECK(bf16_t2.nc == 8192);  // 16 KiB of each row, as for one token
+  CHECK(bf16_t2.pf == 0);     // long slab rows: no prefetch for 2-6 tokens either
+  CHECK(make_plan(shape(2, 32768, 6144, 2), b, scratch).nc == 6144);  // a whole 12 KiB row
+  CHECK(make_plan(shape(2, 32768, 6144, 2), blocking_for(HostInfo::zen3()), scratch).nc == 4096);
   const Plan bf16_t2_short = make_plan(shape(2, 6144, 1024, 2), b, scratch);
   CHECK(bf16_t2_short.pf == b.direct_rows);  // 2 KiB rows keep a call group ahead
   CHECK_FALSE(bf16_t2_short.pf_in_order);

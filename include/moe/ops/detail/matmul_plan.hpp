@@ -197,7 +197,12 @@ struct Blocking {
 ///    16-token prefill of a Grok-1-shaped layer (2-4 tokens per expert) took longer than a
 ///    64-token one. Zen 1, alternated with the code before, 3 rounds, medians: that prefill
 ///    2.86x (bench_decoder grok1_layer/prefill); [6144 -> 32768] at T = 2 and 4 1.12-1.35x,
-///    [32768 -> 6144] 0.92-1.00x at T = 2 and 1.06-1.10x at T = 4 (bf16, f32, int8).
+///    [32768 -> 6144] 0.92-1.00x at T = 2 and 1.06-1.10x at T = 4 (bf16, f32, int8). Its slabs
+///    are 16 KiB there (direct_slab_bytes, as the one-token bf16 GEMV's): the rows of
+///    [32768 -> 6144] (12 KiB in bf16) are then read whole, in one run each, instead of as an
+///    8 KiB and a 4 KiB slab. Zen 1, 5 rounds, medians, one binary (plan data only), T = 2-4:
+///    bf16 and f32 1.00-1.11x on rows of 12 KiB and more (bf16 [32768 -> 6144] 1.11x at T = 2),
+///    int8 and the int8-activation path 0.98-1.02x, rows of 8 KiB or less 0.99-1.02x.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -220,6 +225,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.gemv_bf16 = GemvStep{8, 0, 8, 16384, true};
     b.gemv_int8.pf_short = 16;
     b.direct_pf = 0;
+    b.direct_slab_bytes = 16384;
   }
   return b;
 }
