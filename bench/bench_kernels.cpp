@@ -466,7 +466,8 @@ int main(int argc, char** argv) {
           std::to_string(b.strip_prefetch) + ", c_tile " + std::to_string(b.c_tile) +
           ", direct_slab_bytes " + std::to_string(b.direct_slab_bytes) +
           ", gemv rows:pf:pf_short:slab f32 " + gemv(b.gemv_f32) + " bf16 " + gemv(b.gemv_bf16) +
-          " int8 " + gemv(b.gemv_int8) + ", direct_rows " + std::to_string(b.direct_rows));
+          " int8 " + gemv(b.gemv_int8) + ", direct_rows " + std::to_string(b.direct_rows) +
+          " (core-bound " + std::to_string(b.direct_rows_core_bound) + ")");
   benchmark::AddCustomContext("limit_dram_GBps_1t_2t", std::to_string(l.dram(1) * 1e-9) + " " +
                                                            std::to_string(l.dram(2) * 1e-9));
   benchmark::AddCustomContext("limit_fma_GFLOPs_1t_2t", std::to_string(l.fma(1) * 1e-9) + " " +

@@ -188,10 +188,13 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   Blocking zen3 = blocking_for(HostInfo::zen3());
   zen3.gemv_bf16 = zen3.gemv_int8 = moe::detail::GemvStep{};
   CHECK(b.direct_slab_bytes == 16384);
+  CHECK(b.direct_rows_core_bound == 16);
   CHECK(zen3.direct_pf == zen3.direct_rows);
   CHECK(zen3.direct_slab_bytes == 8192);
   rest.direct_pf = zen3.direct_pf;
   rest.direct_slab_bytes = zen3.direct_slab_bytes;
+  CHECK(zen3.direct_rows_core_bound == zen3.direct_rows);
+  rest.direct_rows_core_bound = zen3.direct_rows_core_bound;
   CHECK(rest == zen3);
 
   const std::size_t scratch = std::size_t{4} << 20;
@@ -222,6 +225,20 @@ TEST_CASE("Zen 1's one-token GEMV: 8 bf16 rows a call, prefetch only on short sl
   CHECK(bf16_t2_short.pf == b.direct_rows);  // 2 KiB rows keep a call group ahead
   CHECK_FALSE(bf16_t2_short.pf_in_order);
   CHECK(make_plan(shape(4, 6144, 32768, 1), b, scratch).pf == 0);
+  // Core-bound calls (two or more multiply-adds per weight byte) take 16 rows; short rows then
+  // prefetch 16 ahead.
+  CHECK(make_plan(shape(2, 6144, 32768, 1), b, scratch).kc == 16);  // int8 from 2 tokens
+  CHECK(make_plan(shape(3, 6144, 32768, 2), b, scratch).kc == 8);   // bf16 at 3: read-bound
+  CHECK(make_plan(shape(4, 1024, 4096, 2), b, scratch).kc == 16);   // bf16 from 4
+  CHECK(make_plan(shape(4, 32768, 6144, 2), b, scratch).kc == 16);
+  CHECK(make_plan(shape(4, 6144, 32768, 2), b, scratch).kc == 8);   // 64 KiB rows: one L2 set
+  CHECK(make_plan(shape(4, 6144, 32768, 1), b, scratch).kc == 16);  // 32 KiB rows: two sets
+  CHECK(make_plan(shape(4, 6144, 1024, 2), b, scratch).pf == 16);
+  CHECK(make_plan(shape(6, 6144, 32768, 4), b, scratch).kc == 8);   // f32: never
+  CHECK(make_plan(shape(1, 6144, 32768, 1), b, scratch).kc == 16);  // T = 1: its own step
+  for (const HostInfo& h : {HostInfo::zen3(), HostInfo::zen5(), HostInfo::emerald_rapids()}) {
+    CHECK(make_plan(shape(4, 6144, 32768, 1), blocking_for(h), scratch).kc == 8);
+  }
   CHECK(make_plan(shape(6, 6144, 32768, 4), b, scratch).pf == 0);
   CHECK(make_plan(shape(2, 6144, 32768, 2), blocking_for(HostInfo::zen3()), scratch).pf == 8);
   // Only Zen 1 prefetches short rows in order (measured there).

@@ -102,6 +102,11 @@ struct Blocking {
   GemvStep gemv_int8{4, 8, 8};
   std::size_t direct_rows = 8;
   std::size_t direct_pf = 8;
+  /// Rows per call for T = 2..6 where a call does at least two multiply-adds per weight byte
+  /// (T >= 2 x the element's bytes: int8 from 2 tokens, bf16 from 4), which the core bounds
+  /// rather than the reads (see blocking_for); direct_rows for the others and for rows a
+  /// multiple of an L2 way apart.
+  std::size_t direct_rows_core_bound = 8;
   /// Dot path ([out, in] weights, T <= kDotMaxT): rows ahead the kernel prefetches when a
   /// weight row is shorter than kShortSlabRowBytes (0: none; see blocking_for).
   std::size_t dot_pf_short = 0;
@@ -202,7 +207,14 @@ struct Blocking {
 ///    [32768 -> 6144] (12 KiB in bf16) are then read whole, in one run each, instead of as an
 ///    8 KiB and a 4 KiB slab. Zen 1, 5 rounds, medians, one binary (plan data only), T = 2-4:
 ///    bf16 and f32 1.00-1.11x on rows of 12 KiB and more (bf16 [32768 -> 6144] 1.11x at T = 2),
-///    int8 and the int8-activation path 0.98-1.02x, rows of 8 KiB or less 0.99-1.02x.
+///    int8 and the int8-activation path 0.98-1.02x, rows of 8 KiB or less 0.99-1.02x. And the
+///    calls that do two or more multiply-adds per weight byte (int8 from 2 tokens, bf16 from 4:
+///    bound by the core's multiplies and widening, not by DRAM) take 16 rows
+///    (direct_rows_core_bound), which halves the y round trips per row; the others keep 8 (with
+///    16, bf16 at T = 2 ran 0.86-0.92x and f32 0.87-1.00x: more rows are more streams for the
+///    reads), and so do rows a multiple of an L2 way apart (bf16 [6144 -> 32768]: 16 rows in one
+///    8-way set, 0.58-0.72x). Zen 1, alternated with the code before, 3 rounds, medians: int8
+///    T = 2-6 1.05-1.15x, bf16 T = 4 and 6 1.09-1.23x, unchanged plans 0.97-1.04x.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -226,6 +238,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
     b.gemv_int8.pf_short = 16;
     b.direct_pf = 0;
     b.direct_slab_bytes = 16384;
+    b.direct_rows_core_bound = 16;
   }
   return b;
 }
@@ -456,7 +469,13 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   Plan p;
   p.path = Path::kDirect;
   const GemvStep& gemv = b.gemv_step(s.elem);
-  p.kc = T == 1 ? gemv.rows : b.direct_rows;
+  // Rows a multiple of an L2 way apart (2 x group_stride: bf16 [6144 -> 32768]) all fall in one
+  // L2 set, which 16 rows in flight overflow (8 ways): they keep direct_rows.
+  const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : out) * s.elem;
+  const bool one_l2_set = b.group_stride != 0 && row_bytes % (2 * b.group_stride) == 0;
+  p.kc = T == 1                           ? gemv.rows
+         : T >= 2 * s.elem && !one_l2_set ? b.direct_rows_core_bound
+                                          : b.direct_rows;
   p.pf = T == 1 ? gemv.pf : b.direct_pf;
   p.tb = T;
   if (tiny) {
