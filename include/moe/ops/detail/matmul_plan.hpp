@@ -202,19 +202,21 @@ struct Blocking {
 ///    16-token prefill of a Grok-1-shaped layer (2-4 tokens per expert) took longer than a
 ///    64-token one. Zen 1, alternated with the code before, 3 rounds, medians: that prefill
 ///    2.86x (bench_decoder grok1_layer/prefill); [6144 -> 32768] at T = 2 and 4 1.12-1.35x,
-///    [32768 -> 6144] 0.92-1.00x at T = 2 and 1.06-1.10x at T = 4 (bf16, f32, int8). Its slabs
-///    are 16 KiB there (direct_slab_bytes, as the one-token bf16 GEMV's): the rows of
-///    [32768 -> 6144] (12 KiB in bf16) are then read whole, in one run each, instead of as an
-///    8 KiB and a 4 KiB slab. Zen 1, 5 rounds, medians, one binary (plan data only), T = 2-4:
-///    bf16 and f32 1.00-1.11x on rows of 12 KiB and more (bf16 [32768 -> 6144] 1.11x at T = 2),
-///    int8 and the int8-activation path 0.98-1.02x, rows of 8 KiB or less 0.99-1.02x. And the
-///    calls that do two or more multiply-adds per weight byte (int8 from 2 tokens, bf16 from 4:
-///    bound by the core's multiplies and widening, not by DRAM) take 16 rows
-///    (direct_rows_core_bound), which halves the y round trips per row; the others keep 8 (with
-///    16, bf16 at T = 2 ran 0.86-0.92x and f32 0.87-1.00x: more rows are more streams for the
-///    reads), and so do rows a multiple of an L2 way apart (bf16 [6144 -> 32768]: 16 rows in one
-///    8-way set, 0.58-0.72x). Zen 1, alternated with the code before, 3 rounds, medians: int8
-///    T = 2-6 1.05-1.15x, bf16 T = 4 and 6 1.09-1.23x, unchanged plans 0.97-1.04x.
+///    [32768 -> 6144] 0.92-1.00x at T = 2 and 1.06-1.10x at T = 4 (bf16, f32, int8).
+///  * on the same cores the 2-6-token slabs are 16 KiB (direct_slab_bytes, as the one-token bf16
+///    GEMV's): the rows of [32768 -> 6144] (12 KiB in bf16) are then read whole, in one run each,
+///    instead of as an 8 KiB and a 4 KiB slab. Zen 1, 5 rounds, medians, one binary (plan data
+///    only), T = 2-4: bf16 and f32 1.00-1.11x on rows of 12 KiB and more (bf16
+///    [32768 -> 6144] 1.11x at T = 2), int8 and the int8-activation path 0.98-1.02x, rows of 8 KiB
+///    or less 0.99-1.02x.
+///  * on the same cores the 2-6-token calls that do two or more multiply-adds per weight byte
+///    (int8 from 2 tokens, bf16 from 4: bound by the core's multiplies and widening, not by
+///    DRAM) take 16 rows (direct_rows_core_bound), which halves the y round trips per row; the
+///    others keep 8 (with 16, bf16 at T = 2 ran 0.86-0.92x and f32 0.87-1.00x: more rows are
+///    more streams for the reads), and so do rows a multiple of an L2 way apart (bf16
+///    [6144 -> 32768]: 16 rows in one 8-way set, 0.58-0.72x). Zen 1, alternated with the code
+///    before, 3 rounds, medians: int8 T = 2-6 1.05-1.15x, bf16 T = 4 and 6 1.09-1.23x, unchanged
+///    plans 0.97-1.04x.
 inline Blocking blocking_for(const HostInfo& h) noexcept {
   Blocking b;
   std::size_t kc = (h.l1d_bytes * 2 / 3) / (kNR * sizeof(float));
@@ -400,6 +402,8 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
                       bool parallel = true) noexcept {
   const std::size_t T = s.T, in = s.in, out = s.out;
   const std::size_t bytes = in * out * s.elem;
+  // The weight's row stride in bytes (its rows alias in the caches at group_stride multiples).
+  const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : s.in_out ? out : in) * s.elem;
   const bool tiny = bytes <= Tuning::kTinyBytes && T <= kMR;
 
   if (!s.in_out && T <= kDotMaxT && !s.a_trans && s.dot) return dot_plan(s, b, tiny);
@@ -418,7 +422,6 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
     q.n_tblocks = ceil_div(T, q.tb);
     // Strips packed one at a time (fused), or in groups where the weight rows alias, and only
     // with room for every buffer next to the group.
-    const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : s.in_out ? out : in) * s.elem;
     const bool alias = b.group_stride != 0 && row_bytes % b.group_stride == 0;
     const std::size_t group_floats =
         b.pack_group * q.kc * kNR + q.tb * q.kc + q.tb * round_up(q.nc, kNR);
@@ -471,7 +474,6 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
   const GemvStep& gemv = b.gemv_step(s.elem);
   // Rows a multiple of an L2 way apart (2 x group_stride: bf16 [6144 -> 32768]) all fall in one
   // L2 set, which 16 rows in flight overflow (8 ways): they keep direct_rows.
-  const std::size_t row_bytes = (s.ldw != 0 ? s.ldw : out) * s.elem;
   const bool one_l2_set = b.group_stride != 0 && row_bytes % (2 * b.group_stride) == 0;
   p.kc = T == 1                           ? gemv.rows
          : T >= 2 * s.elem && !one_l2_set ? b.direct_rows_core_bound
