@@ -387,6 +387,15 @@ void register_all() {
   }
   add_matmul(WType::kF32OutIn, kGrokUp, 256, 2);
   add_matmul(WType::kBf16OutIn, kGrokUp, 256, 2);
+  // A few tokens (an expert's share of a short prefill: the direct path), [in, out] weights and
+  // int8 activations.
+  for (std::size_t T : {2, 3, 4, 6}) {
+    for (Shape s : shapes) {
+      for (WType wt : {WType::kF32, WType::kBf16, WType::kInt8, WType::kInt8Act}) {
+        add_matmul(wt, s, T, 2);
+      }
+    }
+  }
   // One core, compute-bound (peak_frac_cpu: over the thread's CPU time).
   for (std::size_t T : {64, 256}) {
     for (Shape s : shapes) {

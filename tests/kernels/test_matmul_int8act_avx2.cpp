@@ -1,13 +1,15 @@
 // The AVX2 int8-activation kernel against the scalar kernel compiled into the same TU
 // (detail::gemm_int8act<Int8ActKernel::kScalar>): the integer sums are exact in both and the
 // f32 operations per K step are the same, so every output must be BIT-identical (compared as
-// bytes, so NaNs count too). Awkward sizes on purpose: T = 1..7 (the direct path, every MR),
-// 37 and 64 (the packed path, partial token blocks); `in` odd and scale blocks with an odd
-// number of rows (a K step that ends in half a row pair), `out` not a multiple of the 16-column
-// register block; weights at the int8 extremes (whole rows and columns of -128 and of 127, where
-// the int16 pair sums are largest); token blocks whose scales are huge (1e30) or tiny (1e-30),
-// all-zero blocks and lone outliers; misaligned weights and scales; both the host's blocking and
-// a small one (more K steps, several token blocks per packed strip, slabs of 48 columns);
+// bytes, so NaNs count too). Awkward sizes on purpose: T = 1..7 (the direct path, every MR:
+// int8act_direct_avx2 with 64 columns per pass at one token, 16 at 2-6, passes of 3 + 3 at 6,
+// column tails of 1-15 and K steps of odd length), 37 and 64 (the packed path, partial token
+// blocks); `in` odd and scale blocks with an odd number of rows (a K step that ends in half a
+// row pair), `out` not a multiple of the 16-column register block; weights at the int8
+// extremes (whole rows and columns of -128 and of 127, where the int16 pair sums are largest);
+// token blocks whose scales are huge (1e30) or tiny (1e-30), all-zero blocks and lone outliers;
+// misaligned weights and scales; both the host's blocking and a small one (more K steps,
+// several token blocks per packed strip, slabs of 48 columns);
 // accumulate on and off; 1 and 2 threads.
 //
 // Builds without the AVX2 kernel (test_kernels_portable, or an AVX-512 VNNI host, where the

@@ -24,9 +24,10 @@
 // Layout: vpdpbusd sums 4 consecutive bytes of a 32-bit lane, so the VNNI kernel uses weights
 // [k, n] in groups of 4 rows interleaved per column ([k/4][n][4]); the AVX2 kernel in pairs of
 // rows sign-extended to int16 ([k/2][n][2]). Done on the way (T <= kMR, read in place like the
-// exact GEMV; AVX2: into a stack buffer, one pass over each row) or once per strip into the
-// thread's scratch, by the first token block of the strip (T > kMR, like the f32 packed path;
-// AVX2 strips are kQR2 = 16 columns wide, so that kc rows of int16 stay in L1).
+// exact GEMV; AVX2: int8act_direct_avx2, in registers, a K step of kInt8ActDirectRows rows per
+// call) or once per strip into the thread's scratch, by the first token block of the strip
+// (T > kMR, like the f32 packed path; AVX2 strips are kQR2 = 16 columns wide, so that kc rows of
+// int16 stay in L1).
 #pragma once
 
 #include <algorithm>
@@ -80,6 +81,10 @@ inline constexpr std::size_t kQR = 64;
 /// Columns per packed strip of the AVX2 kernel (its register block's width): kc rows of int16
 /// pairs, 32 bytes per row (20 KiB at kc = 640), stay in L1 while the task's token blocks read it.
 inline constexpr std::size_t kQR2 = 16;
+
+/// Rows of a direct-path K step (T <= kMR: weights read in place). 16, 32 and 64 measured alike
+/// with the AVX2 kernel on Zen 1 (T = 1-6, 2 threads).
+inline constexpr std::size_t kInt8ActDirectRows = 16;
 
 /// Quantisation scale of one token over a block: max|x| / 127 (0 for an all-zero block, NaN if
 /// the block holds a NaN or an infinity).
@@ -297,7 +302,7 @@ inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32
 #if MOE_MATMUL_INT8ACT_AVX2
 /// n (<= 16) int8 weights at p, sign-extended to int16 (columns past n read as 0). AVX2 has no
 /// byte-masked load, so a short tail goes through a zeroed 16-byte copy.
-inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
+[[gnu::always_inline]] inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
   if (n >= 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   alignas(16) std::int8_t b[16] = {};
   std::memcpy(b, p, n);
@@ -307,28 +312,29 @@ inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
 /// 2 x 2 transpose of 128-bit lanes: the AVX2 kernel's column order in a pair of accumulators
 /// (u0 = columns 0-3, 8-11; u1 = 4-7, 12-15: what vpunpck{l,h}wd leave) <-> natural (0-7,
 /// 8-15). Its own inverse.
-inline void swap_lanes(__m256i& u0, __m256i& u1) noexcept {
+[[gnu::always_inline]] inline void swap_lanes(__m256i& u0, __m256i& u1) noexcept {
   const __m256i a = _mm256_permute2x128_si256(u0, u1, 0x20);
   u1 = _mm256_permute2x128_si256(u0, u1, 0x31);
   u0 = a;
 }
 
 /// 16 int32 sums at p (natural column order) into a pair of accumulators in the kernel's order.
-inline void load_acc16(const std::int32_t* p, __m256i& u0, __m256i& u1) noexcept {
+[[gnu::always_inline]] inline void load_acc16(const std::int32_t* p, __m256i& u0,
+                                              __m256i& u1) noexcept {
   u0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
   u1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 8));
   swap_lanes(u0, u1);
 }
 
 /// The inverse of load_acc16.
-inline void store_acc16(std::int32_t* p, __m256i u0, __m256i u1) noexcept {
+[[gnu::always_inline]] inline void store_acc16(std::int32_t* p, __m256i u0, __m256i u1) noexcept {
   swap_lanes(u0, u1);
   _mm256_store_si256(reinterpret_cast<__m256i*>(p), u0);
   _mm256_store_si256(reinterpret_cast<__m256i*>(p + 8), u1);
 }
 
 /// The int16 pair (x[0], x[1]) in every 32-bit lane: a token's two rows' activations.
-inline __m256i broadcast_pair(const std::int16_t* x) noexcept {
+[[gnu::always_inline]] inline __m256i broadcast_pair(const std::int16_t* x) noexcept {
   std::int32_t x2 = 0;
   std::memcpy(&x2, x, 4);
   return _mm256_set1_epi32(x2);
@@ -340,8 +346,8 @@ inline __m256i broadcast_pair(const std::int16_t* x) noexcept {
 struct RowPair {
   __m256i v0, v1;
 };
-inline RowPair load_row_pair(const std::int8_t* wr, std::size_t ldw, bool second,
-                             std::size_t n) noexcept {
+[[gnu::always_inline]] inline RowPair load_row_pair(const std::int8_t* wr, std::size_t ldw,
+                                                    bool second, std::size_t n) noexcept {
   const __m256i lo = load_i16(wr, n);
   const __m256i hi = second ? load_i16(wr + ldw, n) : _mm256_setzero_si256();
   return {_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi)};
@@ -371,38 +377,37 @@ inline void int8act_pairs_avx2(std::size_t pairs, const std::int8_t* w, const st
 }
 
 /// Prefetches row wr (and the next row, when `second`) pf_bytes ahead along the row, into L1.
-inline void prefetch_pair(const std::int8_t* wr, std::size_t ldw, bool second,
-                          std::size_t pf_bytes) noexcept {
+[[gnu::always_inline]] inline void prefetch_pair(const std::int8_t* wr, std::size_t ldw,
+                                                 bool second, std::size_t pf_bytes) noexcept {
   simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + pf_bytes));
   if (second) simd::prefetch_l1(reinterpret_cast<std::uintptr_t>(wr + ldw + pf_bytes));
 }
 
-/// The AVX2 twin of int8act_kernel: acc[t][c] += sum_{k < rows} q[k][c] * xq[t][k] for t < MR,
-/// c < cols (<= kQR), WITHOUT the +128 bias (int8act_store_avx2 subtracts nothing). AVX2 has no
-/// vpdpbusd; vpmaddwd multiplies 16 signed int16 pairs and adds each pair into an int32, so two
-/// rows go together: 32-bit lane c of a weight vector holds (q[k][c], q[k + 1][c]) sign-extended
-/// to int16, the token's broadcast holds (xq[k], xq[k + 1]). Every pair sum is exact
-/// (|.| <= 2 * 128 * 127) and so is the int32 accumulation (|S| <= rows * 128 * 127 < 2^31).
-/// Rows go 64 at a time (the tokens' int16 copies of xq, on the stack), 16-column groups
-/// within: raw rows are first converted to row pairs (into pk, or an 8 KiB stack buffer), then
-/// int8act_pairs_avx2 runs over them once per 3 or 4 tokens (so a raw strip is converted once).
-/// kRaw: w points at int8 rows (row stride ldw), read in place; rows past `rows` read as zero,
-/// and xq must be zero there (quantize_row pads). kPackOut (cols <= kQR2): the row pairs are
-/// stored to pk (64 bytes per pair). !kRaw: w is such a strip. pf_bytes > 0: prefetch the line
-/// that many bytes past the start of each row's strip (raw only; it must exist).
-template <std::size_t MR, bool kRaw, bool kPackOut>
-inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
-                                const std::int8_t* w, std::size_t ldw, std::size_t cols,
-                                std::size_t pf_bytes, std::int8_t* pk, Acc32<MR>& acc) noexcept {
-  static_assert(kRaw || !kPackOut, "only raw weights are packed on the way");
-  MOE_ASSERT(!kPackOut || cols <= kQR2);
+/// The AVX2 twin of int8act_kernel for the packed path: acc[t][c] += sum_{k < rows} q[k][c] *
+/// xq[t][k] for t < MR, c < cols (<= kQR2), WITHOUT the +128 bias (int8act_store_avx2 subtracts
+/// nothing). AVX2 has no vpdpbusd; vpmaddwd multiplies 16 signed int16 pairs and adds each pair
+/// into an int32, so two rows go together: 32-bit lane c of a weight vector holds (q[k][c],
+/// q[k + 1][c]) sign-extended to int16, the token's broadcast holds (xq[k], xq[k + 1]). Every
+/// pair sum is exact (|.| <= 2 * 128 * 127) and so is the int32 accumulation (|S| <= rows * 128 *
+/// 127 < 2^31). Rows go 64 at a time (the tokens' int16 copies of xq, on the stack); then
+/// int8act_pairs_avx2 runs over the strip once per 3 or 4 tokens. kRaw (the first token block of
+/// a strip): w points at int8 rows (row stride ldw), read in place and stored to pk as row pairs
+/// (64 bytes per pair) on the way; rows past `rows` read as zero, and xq must be zero there
+/// (quantize_row pads). !kRaw: w is such a strip. (The direct path has its own kernel,
+/// int8act_direct_avx2.) Always inlined, as GCC chose before that kernel came: out of line the
+/// T = 256 calls measured 0.94-1.00x (Zen 1).
+template <std::size_t MR, bool kRaw>
+[[gnu::always_inline]] inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq,
+                                                       std::size_t ldxq, const std::int8_t* w,
+                                                       std::size_t ldw, std::size_t cols,
+                                                       std::int8_t* pk, Acc32<MR>& acc) noexcept {
+  MOE_ASSERT(cols <= kQR2);
   constexpr std::size_t kChunk = 64;
   // Tokens per pass: 1-4, 3 + 2, 3 + 3 (4 + 2 measured 7 % slower at T = 256: one more pass
   // over the 2 tokens' weights does not pay for the 4-token pass's register pressure).
   constexpr std::size_t G1 = MR <= 4 ? MR : (MR + 1) / 2;
   constexpr std::size_t G2 = MR - G1;
   alignas(32) std::int16_t xs[MR][kChunk];
-  alignas(32) std::int8_t buf[kRaw && !kPackOut ? 32 * kChunk * (kQR / 16) : 1];
   const std::size_t group_bytes = 32 * round_up(rows, 2);  // one 16-column group, packed
   for (std::size_t r0 = 0; r0 < rows; r0 += kChunk) {
     const std::size_t pairs = (std::min(kChunk, rows - r0) + 1) / 2;
@@ -415,53 +420,25 @@ inline void int8act_kernel_avx2(std::size_t rows, const std::int8_t* xq, std::si
                            _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
       }
     }
-    if constexpr (kRaw && !kPackOut && MR == 1) {
-      // One token (GEMV): convert and multiply in the same pass, the 4 groups' accumulators in
-      // registers (8 + 2 rows + 2 products + 1 broadcast ymm), no buffer round trip.
-      constexpr std::size_t kG = kQR / 16;
-      __m256i a[kG][2];
-      for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
-        load_acc16(&acc.v[0][16 * g], a[g][0], a[g][1]);
-      }
-      for (std::size_t p = 0; p < pairs; ++p) {
-        const std::size_t k = r0 + 2 * p;
-        const std::int8_t* wr = w + k * ldw;
-        if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
-        const __m256i xb = broadcast_pair(&xs[0][2 * p]);
-        for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
-          const std::size_t n = std::min<std::size_t>(16, cols - 16 * g);
-          const auto [v0, v1] = load_row_pair(wr + 16 * g, ldw, k + 1 < rows, n);
-          a[g][0] = _mm256_add_epi32(a[g][0], _mm256_madd_epi16(v0, xb));
-          a[g][1] = _mm256_add_epi32(a[g][1], _mm256_madd_epi16(v1, xb));
-        }
-      }
-      for (std::size_t g = 0; g < kG && 16 * g < cols; ++g) {
-        store_acc16(&acc.v[0][16 * g], a[g][0], a[g][1]);
-      }
-      continue;
-    }
-    // Raw rows: both rows of a pair, all their columns, converted at once into row pairs (so
-    // each row's line is read once per call, even when the rows share one L1 set: a row stride
-    // that is a multiple of 4 KiB, as in Grok's 6144 x 32768 weights).
-    std::int8_t* dst = kPackOut ? pk + 32 * r0 : buf;
-    const std::size_t dst_group = kPackOut ? group_bytes : 32 * kChunk;
     if constexpr (kRaw) {
+      // Both rows of a pair, all their columns, converted at once (so each row's line is read
+      // once per call, even when the rows share one L1 set: a row stride that is a multiple of
+      // 4 KiB, as in Grok's 6144 x 32768 weights).
       for (std::size_t p = 0; p < pairs; ++p) {
         const std::size_t k = r0 + 2 * p;
         const std::int8_t* wr = w + k * ldw;
-        if (pf_bytes != 0) prefetch_pair(wr, ldw, k + 1 < rows, pf_bytes);
         for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
           const auto [v0, v1] =
               load_row_pair(wr + c0, ldw, k + 1 < rows, std::min<std::size_t>(16, cols - c0));
-          std::int8_t* d = dst + (c0 / 16) * dst_group + 64 * p;
+          std::int8_t* d = pk + (c0 / 16) * group_bytes + 32 * r0 + 64 * p;
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), v0);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32), v1);
         }
       }
     }
+    const std::int8_t* strip = kRaw ? pk : w;
     for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
-      const std::int8_t* src =
-          kRaw ? dst + (c0 / 16) * dst_group : w + (c0 / 16) * group_bytes + 32 * r0;
+      const std::int8_t* src = strip + (c0 / 16) * group_bytes + 32 * r0;
       int8act_pairs_avx2<G1>(pairs, src, &xs[0][0], kChunk, &acc.v[0][c0], kQR);
       if constexpr (G2 > 0) {
         int8act_pairs_avx2<G2>(pairs, src, &xs[G1][0], kChunk, &acc.v[G1][c0], kQR);
@@ -491,6 +468,128 @@ inline void int8act_store_avx2(const Acc32<MR>& acc, std::size_t mr, const float
     }
   }
 }
+
+/// 16 int8 weights at p (n < 16: the first n, then zeros; AVX2 has no byte-masked load).
+[[gnu::always_inline]] inline __m128i load_i8x16(const std::int8_t* p, std::size_t n) noexcept {
+  if (n >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  alignas(16) std::int8_t b[16] = {};
+  std::memcpy(b, p, n);
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(b));
+}
+
+/// n (<= 16) columns of rows wr and wr + ldw (read as zero when !second) as row pairs in column
+/// order: 32-bit lane c of v0 holds (q[k][c], q[k + 1][c]) as int16 for c < 8, of v1 for
+/// c = 8..15. The bytes are interleaved before the sign extension, so no lane shuffle follows.
+[[gnu::always_inline]] inline RowPair load_row_pair_ordered(const std::int8_t* wr, std::size_t ldw,
+                                                            bool second, std::size_t n) noexcept {
+  const __m128i a = load_i8x16(wr, n);
+  const __m128i b = second ? load_i8x16(wr + ldw, n) : _mm_setzero_si128();
+  return {_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)),
+          _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b))};
+}
+
+/// y[t][c] (+)= float(a[t][c]) * (sx[t] * sw[c]) for t < G, c < n (<= 16): int8act_store_avx2's
+/// f32 operations (so the same bits) on sums held in registers in column order.
+template <std::size_t G>
+[[gnu::always_inline]] inline void store_sums16(const __m256i (*a)[2], std::size_t n,
+                                                const float* sx, const bf16* sw, float* y,
+                                                std::size_t ldy, bool load_y) noexcept {
+  for (std::size_t h = 0; h < 2 && 8 * h < n; ++h) {
+    const std::size_t m = std::min<std::size_t>(8, n - 8 * h);
+    const fbatch s = m == 8 ? simd::widen(sw + 8 * h) : simd::widen_partial(sw + 8 * h, m);
+    for (std::size_t t = 0; t < G; ++t) {
+      const fbatch v(_mm256_cvtepi32_ps(a[t][h]));
+      const fbatch f = fbatch(sx[t]) * s;
+      float* yp = y + t * ldy + 8 * h;
+      const fbatch r = load_y ? simd::fma(v, f, simd::load_n(yp, m)) : v * f;
+      simd::store_n(yp, r, m);
+    }
+  }
+}
+
+/// One pass of int8act_direct_avx2: G tokens (xs rows, stride ldx int16) over NG groups of 16
+/// columns of `rows` raw weight rows from w (n columns in the last group when !kFull), the sums
+/// in registers from the first row pair to the store: 2 G NG accumulators, 2 weights, the
+/// broadcast and a product (at most 14 ymm).
+template <std::size_t G, std::size_t NG, bool kFull>
+inline void int8act_direct_pass(std::size_t rows, const std::int16_t* xs, std::size_t ldx,
+                                const std::int8_t* w, std::size_t ldw, std::size_t n,
+                                std::size_t pf_bytes, const float* sx, const bf16* sw, float* y,
+                                std::size_t ldy, bool load_y) noexcept {
+  static_assert(2 * G * NG + 4 <= 16, "the sums must stay in the 16 ymm registers");
+  const std::size_t last = kFull ? 16 : n;  // columns of the last group
+  __m256i a[NG][G][2];
+  for (auto& r : a) {
+    for (auto& x : r) x[0] = x[1] = _mm256_setzero_si256();
+  }
+  for (std::size_t k = 0; k < rows; k += 2) {
+    const std::int8_t* wr = w + k * ldw;
+    const bool second = k + 1 < rows;
+    if (pf_bytes != 0) prefetch_pair(wr, ldw, second, pf_bytes);
+    for (std::size_t j = 0; j < NG; ++j) {
+      const auto [v0, v1] = load_row_pair_ordered(wr + 16 * j, ldw, second, j + 1 < NG ? 16 : last);
+      for (std::size_t t = 0; t < G; ++t) {
+        const __m256i xb = broadcast_pair(xs + t * ldx + k);
+        a[j][t][0] = _mm256_add_epi32(a[j][t][0], _mm256_madd_epi16(v0, xb));
+        a[j][t][1] = _mm256_add_epi32(a[j][t][1], _mm256_madd_epi16(v1, xb));
+      }
+    }
+  }
+  for (std::size_t j = 0; j < NG; ++j) {
+    store_sums16<G>(a[j], j + 1 < NG ? 16 : last, sx, sw + 16 * j, y + 16 * j, ldy, load_y);
+  }
+}
+
+/// The AVX2 direct path (weights read in place, T <= kMR): for t < MR and c < cols (<= kQR),
+/// y[t][c] (+)= float(S[t][c]) * (sx[t] * sw[c]) with S[t][c] = sum_{k < rows} q[k][c] * xq[t][k]:
+/// int8act_kernel_avx2 and int8act_store_avx2 in one, the sums in registers from the first row
+/// to the store (no Acc32 round trip, no lane shuffles), the weights extended as they are read.
+///  * One token: all 64 columns of a row pair at once (8 accumulators), so each weight line is
+///    read by one pass. The rows of a call are often a multiple of 4 KiB apart, in one L1 set,
+///    where a line does not last until a second pass over the rows comes back for it.
+///  * 2-5 tokens: 16 columns per pass, all tokens in it; 6 tokens as two passes of 3. (A stack
+///    buffer of extended row pairs that the passes share measured 0.83-0.94x of this at 3 and 4
+///    tokens and 1.00-1.04x at 6; 32 columns per pass at 2 tokens 0.96-1.04x: Zen 1.)
+/// rows <= kInt8ActDirectRows; rows past `rows` read as zero and xq must be zero there
+/// (quantize_row pads). pf_bytes > 0: prefetch the line that many bytes past the start of each
+/// row's columns (once per row pair).
+template <std::size_t MR>
+inline void int8act_direct_avx2(std::size_t rows, const std::int8_t* xq, std::size_t ldxq,
+                                const std::int8_t* w, std::size_t ldw, std::size_t cols,
+                                std::size_t pf_bytes, const float* sx, const bf16* sw, float* y,
+                                std::size_t ldy, bool load_y) noexcept {
+  MOE_ASSERT(rows <= kInt8ActDirectRows && cols <= kQR);
+  constexpr std::size_t kRows = kInt8ActDirectRows;
+  constexpr std::size_t NG = MR == 1 ? kQR / 16 : 1;  // column groups per pass
+  constexpr std::size_t G1 = MR <= 5 ? MR : MR / 2;   // tokens in the first pass
+  alignas(32) std::int16_t xs[MR][kRows];
+  // xq rows are padded to a multiple of 64 bytes (Int8ActScratch), so the 16-byte loads stay
+  // inside; bytes past round_up(rows, 4) are never used.
+  for (std::size_t t = 0; t < MR; ++t) {
+    for (std::size_t i = 0; i < rows; i += 16) {
+      const auto* src = reinterpret_cast<const __m128i*>(xq + t * ldxq + i);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(&xs[t][i]),
+                         _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
+    }
+  }
+  // The passes over NGp groups from group g; the first one prefetches.
+  const auto passes = [&]<std::size_t NGp, bool kFull>(std::size_t g) {
+    const std::size_t n = cols - 16 * (g + NGp - 1);
+    int8act_direct_pass<G1, NGp, kFull>(rows, &xs[0][0], kRows, w + 16 * g, ldw, n,
+                                        g == 0 ? pf_bytes : 0, sx, sw + 16 * g, y + 16 * g, ldy,
+                                        load_y);
+    if constexpr (MR > G1) {
+      int8act_direct_pass<MR - G1, NGp, kFull>(rows, &xs[G1][0], kRows, w + 16 * g, ldw, n, 0,
+                                               sx + G1, sw + 16 * g, y + G1 * ldy + 16 * g, ldy,
+                                               load_y);
+    }
+  };
+  const std::size_t full = cols / 16;
+  std::size_t g = 0;
+  for (; g + NG <= full; g += NG) passes.template operator()<NG, true>(g);
+  for (; g < full; ++g) passes.template operator()<1, true>(g);
+  if (16 * g < cols) passes.template operator()<1, false>(g);
+}
 #endif
 
 /// Scratch of one int8-activation task (bytes): packed strip, quantised rows, scales, sums.
@@ -519,7 +618,7 @@ inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, co
   Plan p;
   const bool direct = T <= kMR;
   p.path = direct ? Path::kDirect : Path::kPacked;
-  p.kc = std::min(round_up(in, 4), direct ? std::size_t{16} : 4 * b.kc);
+  p.kc = std::min(round_up(in, 4), direct ? kInt8ActDirectRows : 4 * b.kc);
   // Rows of prefetch distance: at T = 1 that of Zen 5's bf16 GEMV, with which it was tuned.
   p.pf = direct ? (T == 1 ? std::size_t{8} : 16) : 0;
   if (direct) {
@@ -538,47 +637,61 @@ inline Plan make_int8act_plan(std::size_t T, std::size_t in, std::size_t out, co
   return p;
 }
 
+#if MOE_MATMUL_INT8ACT_AVX2
+/// One call of the AVX2 direct path (T <= kMR): MR tokens from t over columns [n, n + cols) of
+/// the K step [k0, k0 + kc), into y (kept apart from run_int8act_tblock, whose packed path it
+/// would otherwise share a function with).
+template <std::size_t MR>
+void run_int8act_direct_avx2(const Plan& plan, const Int8Weight& w, const Block& blk, std::size_t t,
+                             std::size_t k0, std::size_t kc, std::size_t n, std::size_t cols,
+                             const Int8ActScratch& s, bool load_y) noexcept {
+  const std::size_t ldq = round_up(plan.kc, 64);
+  const std::size_t ldw = w.row_stride();
+  // Prefetch the same rows kAhead columns on (a task reads a K step strip after strip, all rows
+  // at once), or past the slab's end the next K step's rows from the slab's start. The direct
+  // plan's distance (pf rows ahead) would land in this step's 16 rows, or a whole step later:
+  // 128 KiB on at the 8192-column slabs, long evicted from L1 by then.
+  constexpr std::size_t kAhead = 256;
+  std::size_t pfb = 0;
+  if (plan.pf != 0) {
+    if (n + kAhead < blk.n1) {
+      pfb = kAhead;
+    } else if (k0 + 2 * kc <= w.in) {
+      pfb = kc * ldw + kAhead - (blk.n1 - blk.n0);
+    }
+  }
+  int8act_direct_avx2<MR>(kc, s.xq + (t - blk.t0) * ldq, ldq, w.data + k0 * ldw + n, ldw, cols, pfb,
+                          s.sx + (t - blk.t0), w.scales + (k0 / w.block_rows()) * ldw + n,
+                          blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0), blk.d.ld, load_y);
+}
+#endif
+
 /// One task of an int8-activation call (see gemm() in matmul.hpp for the Block fields).
 template <std::size_t MR, Int8ActKernel K>
 void run_int8act_tblock(const Plan& plan, const Int8Weight& w, const Block& blk, std::size_t t,
                         std::size_t k0, std::size_t kc, std::size_t n, std::size_t cols,
                         const Int8ActScratch& s, bool raw, bool pack_out, bool load_y) noexcept {
   const std::size_t ldq = round_up(plan.kc, 64);
-  Acc32<MR> acc;
-  acc.zero();
   const std::int8_t* xq = s.xq + (t - blk.t0) * ldq;
   const std::size_t ldw = w.row_stride();
   const bf16* sw = w.scales + (k0 / w.block_rows()) * ldw + n;
   float* y = blk.d.p + (t - blk.t0) * blk.d.ld + (n - blk.n0);
 #if MOE_MATMUL_INT8ACT_AVX2
   if constexpr (K == Int8ActKernel::kAvx2) {
-    // Prefetch the same rows kAhead columns on (a task reads a K step strip after strip, all
-    // rows at once), or past the slab's end the next K step's rows from the slab's start. The
-    // direct plan's distance (pf rows ahead) would land in this step's 16 rows, or a whole
-    // step later: 128 KiB on at the 8192-column slabs, long evicted from L1 by then.
-    constexpr std::size_t kAhead = 256;
-    std::size_t pfb = 0;
-    if (plan.pf != 0 && raw && !pack_out) {
-      if (n + kAhead < blk.n1) {
-        pfb = kAhead;
-      } else if (k0 + 2 * kc <= w.in) {
-        pfb = kc * ldw + kAhead - (blk.n1 - blk.n0);
-      }
-    }
-    if (!raw) {
-      int8act_kernel_avx2<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
-    } else if (pack_out) {
-      int8act_kernel_avx2<MR, true, true>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, 0, s.strip,
-                                          acc);
+    Acc32<MR> acc;
+    acc.zero();
+    if (raw) {  // the first token block of a packed strip packs it
+      int8act_kernel_avx2<MR, true>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, s.strip, acc);
     } else {
-      int8act_kernel_avx2<MR, true, false>(kc, xq, ldq, w.data + k0 * ldw + n, ldw, cols, pfb,
-                                           nullptr, acc);
+      int8act_kernel_avx2<MR, false>(kc, xq, ldq, s.strip, 0, cols, nullptr, acc);
     }
     int8act_store_avx2(acc, std::min(MR, blk.t1 - t), s.sx + (t - blk.t0), sw, cols, y, blk.d.ld,
                        load_y);
     return;
   }
 #endif
+  Acc32<MR> acc;
+  acc.zero();
   const std::size_t pf = k0 + kc + plan.pf <= w.in ? plan.pf : 0;  // rows ahead, within K
   if (!raw) {
     int8act_kernel<MR, false, false>(kc, xq, ldq, s.strip, 0, cols, 0, nullptr, acc);
@@ -629,6 +742,15 @@ void run_int8act(const Plan& plan, MatrixView<const float> x, const Int8Weight& 
         const bool raw = !packed || first;
         const bool pack_out = packed && first;
         dispatch_count<kMR>(blk.t1 - t, [&](auto m) {
+#if MOE_MATMUL_INT8ACT_AVX2
+          if constexpr (K == Int8ActKernel::kAvx2) {
+            if (!packed) {
+              run_int8act_direct_avx2<decltype(m)::value>(plan, w, blk, t, k0, kc, n, cols, s,
+                                                          load_y);
+              return;
+            }
+          }
+#endif
           run_int8act_tblock<decltype(m)::value, K>(plan, w, blk, t, k0, kc, n, cols, s, raw,
                                                     pack_out, load_y);
         });
