@@ -91,6 +91,7 @@ TEST_CASE("the Zen 5 blocking keeps the parameters tuned there", "[kernels][plan
   CHECK(b.direct_rows == 8);
   CHECK(b.direct_pf == 8);
   CHECK(b.pack_fetch_cols == 0);
+  CHECK(b.stream_prefetch_lines == 0);  // prefetches a share before each call
 }
 
 TEST_CASE("Zen 5 prefetches the next strip for int8 weights only", "[kernels][plan]") {
@@ -106,6 +107,36 @@ TEST_CASE("Zen 5 prefetches the next strip for int8 weights only", "[kernels][pl
   CHECK(make_plan(shape(64, 1024, 4096, 2), emr, scratch).strip_pf);
 }
 
+TEST_CASE("Emerald Rapids prefetches from inside the calls where a burst exceeds 16 lines",
+          "[kernels][plan]") {
+  const Blocking b = blocking_for(HostInfo::emerald_rapids());
+  const std::size_t scratch = std::size_t{4} << 20;
+  // T = 64 (11 calls per strip): every weight type's shares before a call exceed 16 lines.
+  for (std::size_t elem : {1, 2, 4}) {
+    const moe::detail::Plan p = make_plan(shape(64, 6144, 32768, elem), b, scratch);
+    CAPTURE(elem);
+    CHECK(p.strip_pf);
+    CHECK(p.tile_pf);
+    CHECK(moe::detail::burst_lines(p, elem) > 16);
+    CHECK(p.stream_pf);
+  }
+#if MOE_MATMUL_AVX512
+  // T = 256 (43 calls): 128 rows x 4 lines of f32 strip over 43 calls (12) + the tile's 12 lines
+  // per call stream; bf16 (6 + 6) and int8 (3 + 3) keep the bursts.
+  const moe::detail::Plan f32 = make_plan(shape(256, 6144, 32768, 4), b, scratch);
+  CHECK(moe::detail::burst_lines(f32, 4) == 24);
+  CHECK(f32.stream_pf);
+  const moe::detail::Plan bf16 = make_plan(shape(256, 6144, 32768, 2), b, scratch);
+  CHECK(moe::detail::burst_lines(bf16, 2) == 12);
+  CHECK_FALSE(bf16.stream_pf);
+  CHECK_FALSE(make_plan(shape(256, 6144, 32768, 1), b, scratch).stream_pf);
+#endif
+  // The direct path and Zen 5 never do.
+  CHECK_FALSE(make_plan(shape(4, 6144, 32768, 4), b, scratch).stream_pf);
+  CHECK_FALSE(
+      make_plan(shape(64, 6144, 32768, 4), blocking_for(HostInfo::zen5()), scratch).stream_pf);
+}
+
 TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   const Blocking b = blocking_for(HostInfo::emerald_rapids());
   CHECK(b.kc == blocking_for(HostInfo::zen5()).kc);  // same L1d as Zen 5
@@ -117,6 +148,7 @@ TEST_CASE("the Emerald Rapids blocking", "[kernels][plan]") {
   CHECK(b.strip_prefetch_int8);
   CHECK(b.gemv_bf16.pf == 8);
   CHECK(b.pack_fetch_cols == 0);
+  CHECK(b.stream_prefetch_lines == 16);  // the L1 fill buffers of a Golden Cove core
   // A smaller L1d gives shallower strips; an unknown vendor gets the Zen 5 defaults.
   HostInfo small = HostInfo::emerald_rapids();
   small.l1d_bytes = 32 * 1024;

@@ -133,51 +133,29 @@ struct WeightAccess<F32Rows> {
   static RowReader<float> reader(const F32Rows&) noexcept { return {}; }
 };
 
-/// Prefetches a block of rows (rows x row_bytes, row stride ld bytes) a few lines at a time, one
-/// share per micro-kernel call, so that the memory stream of the next block overlaps the compute
-/// of this one.
-class BlockPrefetcher {
- public:
-  BlockPrefetcher() = default;
-  BlockPrefetcher(const void* base, std::size_t rows, std::size_t row_bytes, std::size_t ld,
-                  std::size_t calls) noexcept
-      : base_(reinterpret_cast<std::uintptr_t>(base)),
-        rows_(rows),
-        lines_((row_bytes + kCacheLine - 1) / kCacheLine),
-        ld_(ld),
-        per_call_(calls == 0 ? 0 : (rows * lines_ + calls - 1) / calls) {}
-  /// Issues the next share (into L1 when `l1`, else into L2).
-  template <bool kL1>
-  void step() noexcept {
-    for (std::size_t n = 0; n < per_call_ && row_ < rows_; ++n) {
-      const std::uintptr_t a = base_ + row_ * ld_ + line_ * kCacheLine;
-      if constexpr (kL1) {
-        simd::prefetch_l1(a);
-      } else {
-        simd::prefetch_l2(a);
-      }
-      if (++line_ == lines_) {
-        line_ = 0;
-        ++row_;
-      }
-    }
-  }
-
- private:
-  std::uintptr_t base_ = 0;
-  std::size_t rows_ = 0, lines_ = 1, ld_ = 0, per_call_ = 0;
-  std::size_t row_ = 0, line_ = 0;
-};
-
 /// Rows [k0, k0 + kc) x columns [n0, n0 + cols) of the weight's storage as a prefetch block.
 template <class W>
 BlockPrefetcher weight_block(const W& w, std::size_t k0, std::size_t kc, std::size_t n0,
-                             std::size_t cols, std::size_t calls) noexcept {
+                             std::size_t cols, std::size_t steps) noexcept {
   using A = WeightAccess<W>;
   using E = typename A::E;
   const std::size_t ld = A::ld(w) * sizeof(E);
-  if (A::in_out(w)) return {w.data + k0 * A::ld(w) + n0, kc, cols * sizeof(E), ld, calls};
-  return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, calls};
+  if (A::in_out(w)) return {w.data + k0 * A::ld(w) + n0, kc, cols * sizeof(E), ld, steps};
+  return {w.data + n0 * A::ld(w) + k0, cols, kc * sizeof(E), ld, steps};
+}
+
+/// The strip a packed-path task computes after the one at (k0, n): the next of its tile, or the
+/// first of the next tile (none after the last), as a prefetch block spread over `steps`.
+template <class W>
+BlockPrefetcher next_strip(const Plan& plan, const W& w, const Block& blk, std::size_t k0,
+                           std::size_t n, std::size_t steps) noexcept {
+  std::size_t kn = k0, nn = n + kNR;
+  if (nn >= blk.n1) {
+    kn = k0 + plan.kc;
+    nn = blk.n0;
+  }
+  if (kn >= blk.r1) return {};
+  return weight_block(w, kn, std::min(plan.kc, blk.r1 - kn), nn, std::min(kNR, blk.n1 - nn), steps);
 }
 
 /// Direct path: an [in, out] weight read in place, a few rows per micro-kernel call.
@@ -281,30 +259,31 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
     } else {
       xb = a.row(t0) + k0;
     }
-    // The next tile of this task, fetched into L2 during the compute below.
-    BlockPrefetcher tile_pf;
+    // The next tile of this task (into L2) and the next strip (into L1), fetched during the
+    // compute below: a share before each micro-kernel call, or (plan.stream_pf) a share every
+    // few k steps inside the calls that read the packed strip.
+    const std::size_t strips = ceil_div(n1 - n0, kNR);
+    const std::size_t packed_calls = in_out && plan.group == 1 ? t_blocks - 1 : t_blocks;
+    const bool stream = plan.stream_pf && packed_calls > 0;
+    KernelPrefetch next;
     const std::size_t k_next = k0 + plan.kc;
     if (plan.tile_pf && plan.pack && k_next < r1) {
-      tile_pf = weight_block(w, k_next, std::min(plan.kc, r1 - k_next), n0, n1 - n0,
-                             ceil_div(n1 - n0, kNR) * t_blocks);
+      next.tile = weight_block(
+          w, k_next, std::min(plan.kc, r1 - k_next), n0, n1 - n0,
+          stream ? KernelPrefetch::steps(strips * packed_calls, kc, KernelPrefetch::kTileEvery)
+                 : strips * t_blocks);
     }
     // In place (no packing): the first token block of each strip prefetches the same strip of
     // the next tile, a row per k step, inside the micro-kernel.
     const std::size_t in_place_pf = !plan.pack && k_next + plan.kc <= r1 ? plan.kc : 0;
     for (std::size_t n = n0; n < n1; n += kNR) {
       const std::size_t cols = std::min(kNR, n1 - n);
-      // The next strip (of this tile, or the first of the next), fetched into L1.
-      BlockPrefetcher strip_pf;
+      next.strip = {};
       if (plan.strip_pf && plan.pack) {
-        std::size_t kn = k0, nn = n + kNR;
-        if (nn >= n1) {
-          kn = k_next;
-          nn = n0;
-        }
-        if (kn < r1) {
-          strip_pf =
-              weight_block(w, kn, std::min(plan.kc, r1 - kn), nn, std::min(kNR, n1 - nn), t_blocks);
-        }
+        next.strip =
+            next_strip(plan, w, blk, k0, n,
+                       stream ? KernelPrefetch::steps(packed_calls, kc, KernelPrefetch::kStripEvery)
+                              : t_blocks);
       }
       std::size_t t = t0;
       auto yp = [&](std::size_t tt) { return blk.d.p + (tt - t0) * blk.d.ld + (n - n0); };
@@ -330,8 +309,10 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
         // Fused packing: the first token block reads the weights (int8: one scale block at a
         // time) and stores the widened strip into bp on the way.
         const std::size_t mr = std::min(kMR, t1 - t);
-        tile_pf.template step<false>();
-        strip_pf.template step<true>();
+        if (!stream) {
+          next.tile.template step<false>();
+          next.strip.template step<true>();
+        }
         for_each_scale_block(w, k0, kc, n, [&](std::size_t ka, std::size_t kb, const bf16* sp) {
           const E* wp = w.data + ka * ldw + n;
           const bool ly = ka == k0 ? load_y : true;
@@ -345,10 +326,12 @@ void run_packed(const Plan& plan, const Activations& a, const W& w, const Block&
       }
       for (; t < t1; t += kMR) {
         const std::size_t mr = std::min(kMR, t1 - t);
-        tile_pf.template step<false>();
-        strip_pf.template step<true>();
+        if (!stream) {
+          next.tile.template step<false>();
+          next.strip.template step<true>();
+        }
         axpy_strip<true, false>(mr, kc, xp(t), ldx, strip, kNR, nullptr, yp(t), blk.d.ld, load_y,
-                                cols, 0);
+                                cols, 0, nullptr, 0, stream ? &next : nullptr);
       }
     }
   }

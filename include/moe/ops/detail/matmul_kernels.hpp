@@ -105,6 +105,66 @@ template <std::size_t NO, class E>
   prefetch_ahead(w + pf_rows * ldw, q * NO * kCacheLine, NO * kCacheLine);
 }
 
+/// Prefetches a block of rows (rows x row_bytes, row stride ld bytes) a few lines at a time, one
+/// share per step, so that the memory stream of the next block overlaps the compute of this one.
+/// A step is a micro-kernel call (the call-level prefetch), or a k step inside one (the packed
+/// path's KernelPrefetch); `steps` is how many the block is spread over.
+class BlockPrefetcher {
+ public:
+  BlockPrefetcher() = default;
+  BlockPrefetcher(const void* base, std::size_t rows, std::size_t row_bytes, std::size_t ld,
+                  std::size_t steps) noexcept
+      : base_(reinterpret_cast<std::uintptr_t>(base)),
+        rows_(rows),
+        lines_((row_bytes + kCacheLine - 1) / kCacheLine),
+        ld_(ld),
+        per_step_(steps == 0 ? 0 : (rows * lines_ + steps - 1) / steps) {}
+  /// Issues the next share (into L1 when `l1`, else into L2).
+  template <bool kL1>
+  [[gnu::always_inline]] void step() noexcept {
+    for (std::size_t n = 0; n < per_step_ && row_ < rows_; ++n) {
+      const std::uintptr_t a = base_ + row_ * ld_ + line_ * kCacheLine;
+      if constexpr (kL1) {
+        simd::prefetch_l1(a);
+      } else {
+        simd::prefetch_l2(a);
+      }
+      if (++line_ == lines_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  std::uintptr_t base_ = 0;
+  std::size_t rows_ = 0, lines_ = 1, ld_ = 0, per_step_ = 0;
+  std::size_t row_ = 0, line_ = 0;
+};
+
+/// What a packed-path task prefetches while a micro-kernel call over a packed strip runs
+/// (Plan::stream_pf): a share of the next strip into L1 every kStripEvery-th k step and of the
+/// next tile into L2 every kTileEvery-th, so that the misses trickle out between the FMAs instead
+/// of leaving in a burst before each call (a burst of more misses than the core has L1 fill
+/// buffers holds them all, and the call's own activation and output loads wait behind it).
+struct KernelPrefetch {
+  static constexpr std::size_t kStripEvery = 2;
+  static constexpr std::size_t kTileEvery = 4;
+  BlockPrefetcher strip;  ///< into L1
+  BlockPrefetcher tile;   ///< into L2
+
+  /// The shares (one every `every` k steps) of `calls` calls of kc rows.
+  static constexpr std::size_t steps(std::size_t calls, std::size_t kc,
+                                     std::size_t every) noexcept {
+    return calls * kc / every > 0 ? calls * kc / every : 1;
+  }
+  /// Called at k step k of a micro-kernel call.
+  [[gnu::always_inline]] void tick(std::size_t k) noexcept {
+    if (k % kStripEvery == 0) strip.template step<true>();
+    if (k % kTileEvery == kTileEvery - 1) tile.template step<false>();
+  }
+};
+
 /// Valid lanes of vector j of a strip with `cols` valid columns (0..simd::kLanes).
 constexpr std::size_t strip_lanes(std::size_t cols, std::size_t j) noexcept {
   return cols > j * simd::kLanes
@@ -265,13 +325,14 @@ inline void axpy_kernel_bf16_unpack(std::size_t kc, const float* x, std::size_t 
 /// stored to pk[k * kNR ..] (kNR floats, zeros past `cols`), and the `pack_pf_lines` cache lines
 /// that follow the start of weight row k (the row's part of the next strips) are prefetched into
 /// L2 as it is read, so that several lines of each row are in flight at once (see
-/// Blocking::pack_fetch_cols).
+/// Blocking::pack_fetch_cols). kTick (calls over a packed strip): kpf, unless null, is advanced
+/// at every k step (KernelPrefetch::tick).
 template <std::size_t MR, bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut,
-          std::size_t NV = kNV, class E>
+          std::size_t NV = kNV, bool kTick = false, class E>
 inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E* w,
                         std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
-                        std::size_t cols, std::size_t pf_rows, float* pk,
-                        std::size_t pack_pf_lines) noexcept {
+                        std::size_t cols, std::size_t pf_rows, float* pk, std::size_t pack_pf_lines,
+                        KernelPrefetch* kpf) noexcept {
   static_assert(!kPackOut || NV == kNV, "a packed strip is kNR columns wide");
 #if MOE_MATMUL_AVX512
   if constexpr (std::is_same_v<E, bf16> && NV == kNV && !kMaskW && !kMaskY && !kScaled &&
@@ -308,6 +369,9 @@ inline void axpy_kernel(std::size_t kc, const float* x, std::size_t ldx, const E
   for (std::size_t k = 0; k < kc; ++k) {
     const E* wr = w + k * ldw;
     if (pf_rows != 0) prefetch_ahead(wr, pf_offset, kRowBytes);
+    if constexpr (kTick) {
+      if (kpf != nullptr) kpf->tick(k);
+    }
     if constexpr (kPackOut) {
       const auto row = reinterpret_cast<std::uintptr_t>(wr);
       for (std::size_t q = 1; q <= pack_pf_lines; ++q) simd::prefetch_l2(row + q * kCacheLine);
@@ -343,17 +407,17 @@ constexpr std::size_t fitting_nv(std::size_t mr, std::size_t nv) noexcept {
 
 /// Runtime MR (1..kMR) -> template. Same arguments as axpy_kernel.
 template <bool kMaskW, bool kMaskY, bool kScaled, bool kPackOut = false, std::size_t NV = kNV,
-          class E>
+          bool kTick = false, class E>
 inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx,
                            const E* w, std::size_t ldw, const bf16* s, float* y, std::size_t ldy,
                            bool load_y, std::size_t cols, std::size_t pf_rows, float* pk,
-                           std::size_t pack_pf_lines) noexcept {
+                           std::size_t pack_pf_lines, KernelPrefetch* kpf) noexcept {
   auto call = [&](auto m) {
     constexpr std::size_t M = decltype(m)::value;
     constexpr std::size_t V = fitting_nv(M, NV);
     if constexpr (V == NV) {
-      axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV>(kc, x, ldx, w, ldw, s, y, ldy, load_y,
-                                                            cols, pf_rows, pk, pack_pf_lines);
+      axpy_kernel<M, kMaskW, kMaskY, kScaled, kPackOut, NV, kTick>(
+          kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk, pack_pf_lines, kpf);
     } else {  // too many rows for NV vectors: V-wide column groups (never with kPackOut)
       static_assert(V == NV || !kPackOut, "a packed strip is one kNV-wide call");
       constexpr std::size_t W = V * simd::kLanes;
@@ -361,7 +425,7 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
         const std::size_t n = cols - c < W ? cols - c : W;
         axpy_kernel<M, kMaskW, kMaskY, kScaled, false, V>(kc, x, ldx, w + c, ldw,
                                                           kScaled ? s + c : s, y + c, ldy, load_y,
-                                                          n, pf_rows, nullptr, 0);
+                                                          n, pf_rows, nullptr, 0, nullptr);
       }
     }
   };
@@ -370,18 +434,19 @@ inline void axpy_kernel_mr(std::size_t mr, std::size_t kc, const float* x, std::
 
 /// One micro-kernel call over a strip of cols <= NV * kLanes columns: a full strip runs unmasked;
 /// a narrower one masks y, and the weights too unless they are a packed strip, whose columns past
-/// `cols` are zeros (kPaddedW). Same arguments as axpy_kernel.
+/// `cols` are zeros (kPaddedW; only such calls take a KernelPrefetch). Same arguments as
+/// axpy_kernel.
 template <bool kPaddedW, bool kScaled, bool kPackOut = false, std::size_t NV = kNV, class E>
 inline void axpy_strip(std::size_t mr, std::size_t kc, const float* x, std::size_t ldx, const E* w,
                        std::size_t ldw, const bf16* s, float* y, std::size_t ldy, bool load_y,
                        std::size_t cols, std::size_t pf_rows, float* pk = nullptr,
-                       std::size_t pack_pf_lines = 0) noexcept {
+                       std::size_t pack_pf_lines = 0, KernelPrefetch* kpf = nullptr) noexcept {
   if (cols == NV * simd::kLanes) {
-    axpy_kernel_mr<false, false, kScaled, kPackOut, NV>(mr, kc, x, ldx, w, ldw, s, y, ldy, load_y,
-                                                        cols, pf_rows, pk, pack_pf_lines);
+    axpy_kernel_mr<false, false, kScaled, kPackOut, NV, kPaddedW>(
+        mr, kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk, pack_pf_lines, kpf);
   } else {
-    axpy_kernel_mr<!kPaddedW, true, kScaled, kPackOut, NV>(
-        mr, kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk, pack_pf_lines);
+    axpy_kernel_mr<!kPaddedW, true, kScaled, kPackOut, NV, kPaddedW>(
+        mr, kc, x, ldx, w, ldw, s, y, ldy, load_y, cols, pf_rows, pk, pack_pf_lines, kpf);
   }
 }
 

@@ -24,7 +24,9 @@
 //    of the task runs the register-blocked micro-kernel over it. For [in, out] weights the first
 //    token block does the packing itself, on the way ("fused": no separate pass over the
 //    weights). While a tile is computed, the next tile of the task may be prefetched into L2
-//    (where it fits: Blocking::tile_prefetch) and the next strip into L1. Small T on f32
+//    (where it fits: Blocking::tile_prefetch) and the next strip into L1, a share before each
+//    micro-kernel call or, where such a share is large, a line every few k steps inside the
+//    calls (Blocking::stream_prefetch_lines). Small T on f32
 //    [in, out] may read the strips in place instead (Blocking::f32_in_place_max_t). Where an
 //    [in, out] weight's rows alias (Blocking::group_stride), a few strips are packed together
 //    in a pass of their own instead of fused, and every token block reads them packed.
@@ -77,6 +79,10 @@ struct Blocking {
   /// bench_kernels zen5plan against a zen5 blocking with it on, per-core CPU time; f32 and bf16
   /// there within -5 .. +3 %).
   bool strip_prefetch_int8 = true;
+  /// Those two prefetches issued from inside the micro-kernel calls that read the packed strip,
+  /// a share every few k steps (KernelPrefetch), instead of a share before each call, where the
+  /// share before a call would be more than this many cache lines (0: never; see burst_lines).
+  std::size_t stream_prefetch_lines = 0;
   /// f32 and bf16 [in, out] weights: the fused first token block (see kPacked) fetches this many
   /// columns of each weight row together, its own strip's and, by an L2 prefetch of the lines
   /// that follow, the next strips' (0: its strip only; see pack_pf_lines). int8 strips are
@@ -135,6 +141,21 @@ struct Blocking {
 ///        on every host: Blocking::strip_prefetch_int8).
 ///    (The GEMV parameters stay Zen 5's: 8, 16 and 24 rows of prefetch distance measured the
 ///    same here, within the noise of a shared machine.)
+///  * on Intel those two prefetches leave from inside the micro-kernel calls that read the
+///    packed strip, a line every 2nd (strip) and every 4th (tile) k step, wherever the share
+///    before each call would exceed 16 lines (stream_prefetch_lines; burst_lines): f32 at every
+///    token count of the packed path (below ~380 per block), bf16 below ~190, int8 below ~95.
+///    Issued as a burst, such a share takes all 16 of a Golden Cove core's L1 fill buffers for
+///    a DRAM round trip, and the call's own loads of activations and outputs (from L2) queue
+///    behind it: timed with rdtsc around the calls (f32 [1024 -> 4096], T = 64, one thread), a
+///    call over the packed strip took ~1,370 cycles with no prefetch and ~2,000 with the bursts
+///    (the fused first call, without prefetch, 8x a normal one). Emerald Rapids, bench_kernels'
+///    four shapes, one binary (the blocking with stream_prefetch_lines 0 against 16), 5
+///    interleaved repetitions, medians; one thread, CPU time: T = 64 f32 1.14-1.26x (0.57-0.61
+///    -> 0.69-0.75 of the FMA peak), bf16 1.11-1.21x, int8 1.03-1.07x, f32 at T = 256
+///    1.03-1.07x; 2 threads: T = 64 f32 1.07-1.29x, bf16 0.93-1.19x, int8 1.04-1.14x. bf16 and
+///    int8 at T = 256 (12 and 6 lines: they keep the bursts) measured 0.93-1.06x streamed. AMD
+///    hosts are unmeasured and keep the bursts.
 ///  * f32 [in, out] strips are also packed for every T on a host whose L1d is smaller than
 ///    48 KiB: a strip row read in place is one to four cache lines of a weight row, and weight
 ///    rows 4 KiB apart (out = 1024, 4096, 6144, 32768) all map to the same L1 set, so only as
@@ -226,6 +247,7 @@ inline Blocking blocking_for(const HostInfo& h) noexcept {
   if (h.vendor == CpuVendor::kIntel) {
     b.f32_in_place_max_t = 0;
     b.strip_prefetch = true;
+    b.stream_prefetch_lines = 16;
   }
   if (h.l1d_bytes < 48 * 1024) b.f32_in_place_max_t = 0;
   if (!h.avx512) {
@@ -305,6 +327,7 @@ struct Plan {
   std::size_t group_pf = 0;       ///< ... prefetching this many rows ahead
   bool tile_pf = false;           ///< packed path: prefetch the next tile into L2
   bool strip_pf = false;          ///< packed path: prefetch the next strip into L1
+  bool stream_pf = false;         ///< ... both inside the calls (see burst_lines)
   std::size_t pack_pf_lines = 0;  ///< packed path, fused packing: see pack_pf_lines()
   bool c_tile = false;            ///< packed path: accumulate in a contiguous scratch tile
   std::size_t strip_floats = 0;   ///< scratch floats for the packed strip
@@ -374,6 +397,19 @@ constexpr std::size_t pack_pf_lines(const Blocking& b, std::size_t elem) noexcep
   const std::size_t want = ceil_div(b.pack_fetch_cols * elem, kCacheLine);
   const std::size_t own = ceil_div(kNR * elem, kCacheLine);
   return want > own ? want - own : 0;
+}
+
+/// The cache lines a packed-path task prefetches before each micro-kernel call when it does so
+/// call by call: its shares of the next strip (kc rows of kNR elements) and of the next tile (kc
+/// rows of nc), each spread over the calls that compute a strip or a tile.
+constexpr std::size_t burst_lines(const Plan& q, std::size_t elem) noexcept {
+  const std::size_t calls = ceil_div(q.tb, kMR);
+  const std::size_t strip =
+      q.strip_pf ? ceil_div(q.kc * ceil_div(kNR * elem, kCacheLine), calls) : 0;
+  const std::size_t tile =
+      q.tile_pf ? ceil_div(q.kc * ceil_div(q.nc * elem, kCacheLine), ceil_div(q.nc, kNR) * calls)
+                : 0;
+  return strip + tile;
 }
 
 /// Dot path over [out, in] weights: rows shorter than kShortSlabRowBytes prefetch
@@ -457,6 +493,8 @@ inline Plan make_plan(const Shape& s, const Blocking& b, std::size_t scratch_byt
           size_buffers();
         }
       }
+      q.stream_pf = b.stream_prefetch_lines != 0 && q.pack &&
+                    burst_lines(q, s.elem) > b.stream_prefetch_lines;
       return q;
     }
     // A scratch too small for a strip: dot products kDotMaxT tokens at a time, or nothing.
