@@ -300,13 +300,34 @@ inline void int8act_store(const Acc32<MR>& acc, std::size_t mr, const std::int32
 }
 
 #if MOE_MATMUL_INT8ACT_AVX2
-/// n (<= 16) int8 weights at p, sign-extended to int16 (columns past n read as 0). AVX2 has no
-/// byte-masked load, so a short tail goes through a zeroed 16-byte copy.
-[[gnu::always_inline]] inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
-  if (n >= 16) return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+/// 16 int8 weights at p (n < 16: the first n, then zeros; AVX2 has no byte-masked load, so a
+/// short tail goes through a zeroed 16-byte copy).
+[[gnu::always_inline]] inline __m128i load_i8x16(const std::int8_t* p, std::size_t n) noexcept {
+  if (n >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   alignas(16) std::int8_t b[16] = {};
   std::memcpy(b, p, n);
-  return _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(b));
+}
+
+/// The same, sign-extended to int16.
+[[gnu::always_inline]] inline __m256i load_i16(const std::int8_t* p, std::size_t n) noexcept {
+  return _mm256_cvtepi8_epi16(load_i8x16(p, n));
+}
+
+/// xq[t][i] for t < MR, i < n, sign-extended to int16 into xs[t * ldx + i], 16 at a time. xq
+/// rows (stride ldxq) are padded to a multiple of 64 bytes (Int8ActScratch), so the 16-byte
+/// loads stay inside; what lies past round_up(n, 4) is never used.
+template <std::size_t MR>
+[[gnu::always_inline]] inline void widen_rows(const std::int8_t* xq, std::size_t ldxq,
+                                              std::size_t n, std::int16_t* xs,
+                                              std::size_t ldx) noexcept {
+  for (std::size_t t = 0; t < MR; ++t) {
+    for (std::size_t i = 0; i < n; i += 16) {
+      const auto* src = reinterpret_cast<const __m128i*>(xq + t * ldxq + i);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(xs + t * ldx + i),
+                         _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
+    }
+  }
 }
 
 /// 2 x 2 transpose of 128-bit lanes: the AVX2 kernel's column order in a pair of accumulators
@@ -411,15 +432,7 @@ template <std::size_t MR, bool kRaw>
   const std::size_t group_bytes = 32 * round_up(rows, 2);  // one 16-column group, packed
   for (std::size_t r0 = 0; r0 < rows; r0 += kChunk) {
     const std::size_t pairs = (std::min(kChunk, rows - r0) + 1) / 2;
-    // xq rows are padded to a multiple of 64 bytes (Int8ActScratch), so the 16-byte loads stay
-    // inside; bytes past round_up(rows, 4) are never used.
-    for (std::size_t t = 0; t < MR; ++t) {
-      for (std::size_t i = 0; i < 2 * pairs; i += 16) {
-        const auto* src = reinterpret_cast<const __m128i*>(xq + t * ldxq + r0 + i);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(&xs[t][i]),
-                           _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
-      }
-    }
+    widen_rows<MR>(xq + r0, ldxq, 2 * pairs, &xs[0][0], kChunk);
     if constexpr (kRaw) {
       // Both rows of a pair, all their columns, converted at once (so each row's line is read
       // once per call, even when the rows share one L1 set: a row stride that is a multiple of
@@ -447,53 +460,14 @@ template <std::size_t MR, bool kRaw>
   }
 }
 
-/// y[t][c] (+)= float(acc[t][c]) * (sx[t] * sw[c]) for t < mr, c < cols: int8act_store's f32
-/// operations (the same conversion, product and FMA, so the same bits) on the AVX2 kernel's
-/// unbiased sums.
-template <std::size_t MR>
-inline void int8act_store_avx2(const Acc32<MR>& acc, std::size_t mr, const float* sx,
-                               const bf16* sw, std::size_t cols, float* y, std::size_t ldy,
-                               bool load_y) noexcept {
-  static_assert(simd::kLanes == 8, "the AVX2 store works on 8-float vectors");
-  for (std::size_t t = 0; t < mr; ++t) {
-    const fbatch s(sx[t]);
-    for (std::size_t c = 0; c < cols; c += 8) {
-      const std::size_t n = std::min<std::size_t>(8, cols - c);
-      const fbatch v(
-          _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(&acc.v[t][c]))));
-      const fbatch f = s * (n == 8 ? simd::widen(sw + c) : simd::widen_partial(sw + c, n));
-      float* yp = y + t * ldy + c;
-      const fbatch r = load_y ? simd::fma(v, f, simd::load_n(yp, n)) : v * f;
-      simd::store_n(yp, r, n);
-    }
-  }
-}
-
-/// 16 int8 weights at p (n < 16: the first n, then zeros; AVX2 has no byte-masked load).
-[[gnu::always_inline]] inline __m128i load_i8x16(const std::int8_t* p, std::size_t n) noexcept {
-  if (n >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  alignas(16) std::int8_t b[16] = {};
-  std::memcpy(b, p, n);
-  return _mm_load_si128(reinterpret_cast<const __m128i*>(b));
-}
-
-/// n (<= 16) columns of rows wr and wr + ldw (read as zero when !second) as row pairs in column
-/// order: 32-bit lane c of v0 holds (q[k][c], q[k + 1][c]) as int16 for c < 8, of v1 for
-/// c = 8..15. The bytes are interleaved before the sign extension, so no lane shuffle follows.
-[[gnu::always_inline]] inline RowPair load_row_pair_ordered(const std::int8_t* wr, std::size_t ldw,
-                                                            bool second, std::size_t n) noexcept {
-  const __m128i a = load_i8x16(wr, n);
-  const __m128i b = second ? load_i8x16(wr + ldw, n) : _mm_setzero_si128();
-  return {_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)),
-          _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b))};
-}
-
-/// y[t][c] (+)= float(a[t][c]) * (sx[t] * sw[c]) for t < G, c < n (<= 16): int8act_store_avx2's
-/// f32 operations (so the same bits) on sums held in registers in column order.
+/// y[t][c] (+)= float(a[t][c]) * (sx[t] * sw[c]) for t < G, c < n (<= 16): int8act_store's f32
+/// operations (the same conversion, product and FMA, so the same bits) on the AVX2 kernels'
+/// unbiased sums, held in column order (a[t][0]: columns 0-7, a[t][1]: 8-15).
 template <std::size_t G>
 [[gnu::always_inline]] inline void store_sums16(const __m256i (*a)[2], std::size_t n,
                                                 const float* sx, const bf16* sw, float* y,
                                                 std::size_t ldy, bool load_y) noexcept {
+  static_assert(simd::kLanes == 8, "the AVX2 store works on 8-float vectors");
   for (std::size_t h = 0; h < 2 && 8 * h < n; ++h) {
     const std::size_t m = std::min<std::size_t>(8, n - 8 * h);
     const fbatch s = m == 8 ? simd::widen(sw + 8 * h) : simd::widen_partial(sw + 8 * h, m);
@@ -505,6 +479,35 @@ template <std::size_t G>
       simd::store_n(yp, r, m);
     }
   }
+}
+
+/// y[t][c] (+)= float(acc[t][c]) * (sx[t] * sw[c]) for t < mr, c < cols: the packed path's
+/// store, 16 columns of a token at a time through store_sums16. Always inlined, as GCC chose
+/// while it had a loop of its own (out of line, the 4-token calls ran slower).
+template <std::size_t MR>
+[[gnu::always_inline]] inline void int8act_store_avx2(const Acc32<MR>& acc, std::size_t mr,
+                                                      const float* sx, const bf16* sw,
+                                                      std::size_t cols, float* y, std::size_t ldy,
+                                                      bool load_y) noexcept {
+  for (std::size_t t = 0; t < mr; ++t) {
+    for (std::size_t c = 0; c < cols; c += 16) {
+      const auto* p = reinterpret_cast<const __m256i*>(&acc.v[t][c]);
+      const __m256i a[1][2] = {{_mm256_load_si256(p), _mm256_load_si256(p + 1)}};
+      store_sums16<1>(a, std::min<std::size_t>(16, cols - c), sx + t, sw + c, y + t * ldy + c, ldy,
+                      load_y);
+    }
+  }
+}
+
+/// n (<= 16) columns of rows wr and wr + ldw (read as zero when !second) as row pairs in column
+/// order: 32-bit lane c of v0 holds (q[k][c], q[k + 1][c]) as int16 for c < 8, of v1 for
+/// c = 8..15. The bytes are interleaved before the sign extension, so no lane shuffle follows.
+[[gnu::always_inline]] inline RowPair load_row_pair_ordered(const std::int8_t* wr, std::size_t ldw,
+                                                            bool second, std::size_t n) noexcept {
+  const __m128i a = load_i8x16(wr, n);
+  const __m128i b = second ? load_i8x16(wr + ldw, n) : _mm_setzero_si128();
+  return {_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)),
+          _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b))};
 }
 
 /// One pass of int8act_direct_avx2: G tokens (xs rows, stride ldx int16) over NG groups of 16
@@ -563,17 +566,12 @@ inline void int8act_direct_avx2(std::size_t rows, const std::int8_t* xq, std::si
   constexpr std::size_t NG = MR == 1 ? kQR / 16 : 1;  // column groups per pass
   constexpr std::size_t G1 = MR <= 5 ? MR : MR / 2;   // tokens in the first pass
   alignas(32) std::int16_t xs[MR][kRows];
-  // xq rows are padded to a multiple of 64 bytes (Int8ActScratch), so the 16-byte loads stay
-  // inside; bytes past round_up(rows, 4) are never used.
-  for (std::size_t t = 0; t < MR; ++t) {
-    for (std::size_t i = 0; i < rows; i += 16) {
-      const auto* src = reinterpret_cast<const __m128i*>(xq + t * ldxq + i);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(&xs[t][i]),
-                         _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
-    }
-  }
-  // The passes over NGp groups from group g; the first one prefetches.
-  const auto passes = [&]<std::size_t NGp, bool kFull>(std::size_t g) {
+  widen_rows<MR>(xq, ldxq, rows, &xs[0][0], kRows);
+  // The passes over NGp groups from group g; the first one prefetches. Always inlined: once
+  // widen_rows took the loop above, GCC left it out of line for 4 and 5 tokens, and those calls
+  // ran 0.84-0.93x (AVX2 build on the Intel host).
+  const auto passes = [&]<std::size_t NGp, bool kFull>(std::size_t g)
+      __attribute__((always_inline)) {
     const std::size_t n = cols - 16 * (g + NGp - 1);
     int8act_direct_pass<G1, NGp, kFull>(rows, &xs[0][0], kRows, w + 16 * g, ldw, n,
                                         g == 0 ? pf_bytes : 0, sx, sw + 16 * g, y + 16 * g, ldy,
